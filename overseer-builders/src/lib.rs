@@ -1,0 +1,166 @@
+//! Consumers and state builders for the change formats Overseer reads.
+//!
+//! One module per format, each a [`Consumer`] (raw event → record change, at
+//! ingestion) and a [`StateBuilder`] (stored update → [`Change`], at read
+//! time):
+//!
+//! | module | format name | events |
+//! |---|---|---|
+//! | [`mongo`] | `mongo` | MongoDB change stream events (relaxed or canonical Extended JSON v2, or the simplified `_id`/`clusterTime` shape) |
+//! | [`postgres`] | `wal2json` | wal2json `format-version` 2 changes |
+//! | [`postgres`] | `pgoutput` | decoded pgoutput row changes ([`postgres::PgRowChange`] as JSON) |
+//! | [`debezium`] | `debezium` | Debezium relational connector envelopes, with or without the `schema`/`payload` wrapper |
+//! | [`json`] | `json` | whole records written by an application |
+//!
+//! For relational sources a row's record id is its primary-key value as text
+//! (`42`, `abc`; a composite key as the JSON array text of its values), and
+//! its state is a JSON object of column name to value with the JSON types the
+//! source gives.
+//!
+//! ```
+//! use overseer_builders::{FormatName, FormatOptions};
+//! let consumer = overseer_builders::consumer("mongo".parse()?, FormatOptions::default())?;
+//! assert_eq!(consumer.format().as_str(), "mongo");
+//! # Ok::<(), overseer_builders::Error>(())
+//! ```
+
+pub mod debezium;
+pub mod json;
+pub mod mongo;
+pub mod postgres;
+mod relational;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use overseer_core::{Consumer, Dal, Model, StateBuilder, Store};
+
+#[doc(no_inline)]
+pub use overseer_core::Change;
+
+/// Errors of `overseer-builders`: configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The format name is not one this crate knows.
+    #[error("unknown format {name:?}; known formats: {known}")]
+    UnknownFormat {
+        /// The name given.
+        name: String,
+        /// The known names, comma-separated.
+        known: &'static str,
+    },
+    /// An option is missing or invalid for the chosen format.
+    #[error("format {format}: {reason}")]
+    InvalidOption {
+        /// The format.
+        format: &'static str,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+}
+
+/// The formats of this crate, by name.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum FormatName {
+    /// MongoDB change streams ([`mongo`]).
+    Mongo,
+    /// wal2json format-version 2 ([`postgres`]).
+    Wal2json,
+    /// Decoded pgoutput row changes ([`postgres`]).
+    Pgoutput,
+    /// Debezium relational envelopes ([`debezium`]).
+    Debezium,
+    /// Whole application records ([`json`]).
+    Json,
+}
+
+const KNOWN: &str = "mongo, wal2json, pgoutput, debezium, json";
+
+impl FormatName {
+    /// Every format.
+    pub const ALL: [FormatName; 5] = [
+        FormatName::Mongo,
+        FormatName::Wal2json,
+        FormatName::Pgoutput,
+        FormatName::Debezium,
+        FormatName::Json,
+    ];
+
+    /// The format's name as stored with each update.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FormatName::Mongo => mongo::FORMAT,
+            FormatName::Wal2json => postgres::WAL2JSON_FORMAT,
+            FormatName::Pgoutput => postgres::PGOUTPUT_FORMAT,
+            FormatName::Debezium => debezium::FORMAT,
+            FormatName::Json => json::FORMAT,
+        }
+    }
+}
+
+impl fmt::Display for FormatName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FormatName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| Error::UnknownFormat {
+                name: s.to_owned(),
+                known: KNOWN,
+            })
+    }
+}
+
+/// Options of a consumer; each format reads the ones that apply to it.
+#[derive(Clone, Debug, Default)]
+pub struct FormatOptions {
+    /// The model of every event, instead of the event's own collection or
+    /// table name. Required for `json`.
+    pub model: Option<Model>,
+    /// Relational formats: the primary-key columns, for events that do not
+    /// name them (wal2json without `include-pk`, Debezium values without
+    /// their key). Default: the event's own key information, else `id`.
+    pub key_columns: Vec<String>,
+    /// `json`: the field holding the record id (default `id`).
+    pub id_field: Option<String>,
+    /// `json`: the field holding the commit time, RFC 3339 or epoch
+    /// milliseconds (default `updated_at`).
+    pub time_field: Option<String>,
+}
+
+/// The consumer of a format, configured by `options`.
+pub fn consumer(format: FormatName, options: FormatOptions) -> Result<Arc<dyn Consumer>, Error> {
+    Ok(match format {
+        FormatName::Mongo => Arc::new(mongo::Mongo::new(options)),
+        FormatName::Wal2json => Arc::new(postgres::Wal2Json::new(options)),
+        FormatName::Pgoutput => Arc::new(postgres::PgOutput::new(options)),
+        FormatName::Debezium => Arc::new(debezium::Debezium::new(options)),
+        FormatName::Json => Arc::new(json::Json::new(options)?),
+    })
+}
+
+/// The state builders of every format of this crate.
+pub fn builders() -> Vec<Arc<dyn StateBuilder>> {
+    vec![
+        Arc::new(mongo::Mongo::default()),
+        Arc::new(postgres::Wal2Json::default()),
+        Arc::new(postgres::PgOutput::default()),
+        Arc::new(debezium::Debezium::default()),
+        Arc::new(json::Json::builder()),
+    ]
+}
+
+/// A DAL over `store` that reads every format of this crate.
+pub fn dal(store: Store) -> Dal {
+    builders()
+        .into_iter()
+        .fold(Dal::new(store), Dal::with_shared_builder)
+}

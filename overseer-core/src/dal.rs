@@ -1,0 +1,318 @@
+//! The data access layer: time travel, aggregation, joins and typed reads.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::change::{self, Change, FieldPath, State};
+use crate::consumer::{StateBuilder, id_text};
+use crate::error::{Error, Result};
+use crate::model::{Format, Model, RecordKey, Reference, UpdateDocument};
+use crate::store::{ReferenceEntry, Store};
+use crate::time::Timestamp;
+
+/// Default size of the decoded-update cache, in bytes of raw events.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// One stored update, decoded by its format's builder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistoryEntry {
+    /// The stored update.
+    pub update: UpdateDocument,
+    /// What it changes, normalized.
+    pub change: Change,
+}
+
+/// One line of a record's timeline: an update and its effect.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimelineEntry {
+    /// The update.
+    pub entry: Arc<HistoryEntry>,
+    /// The fields (dotted paths) whose value differs from the previous state.
+    pub changed_fields: Vec<String>,
+    /// The record's state after the update (`None`: deleted).
+    pub state: Option<State>,
+}
+
+#[derive(Clone)]
+struct Weigher;
+
+impl quick_cache::Weighter<String, Arc<HistoryEntry>> for Weigher {
+    fn weight(&self, key: &String, value: &Arc<HistoryEntry>) -> u64 {
+        (key.len() + 2 * value.update.raw.len() + 256) as u64
+    }
+}
+
+/// The data access layer over a [`Store`]: a record's history up to a time,
+/// its state at a time (folded by its format's [`StateBuilder`]), its
+/// references and the records that reference it, and typed reads into serde
+/// types.
+///
+/// Decoded updates are cached (they are immutable, so the cache is always
+/// right; it is derived, never the truth).
+#[derive(Clone)]
+pub struct Dal {
+    store: Store,
+    builders: HashMap<Format, Arc<dyn StateBuilder>>,
+    cache: Arc<quick_cache::sync::Cache<String, Arc<HistoryEntry>, Weigher>>,
+}
+
+impl std::fmt::Debug for Dal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut formats: Vec<_> = self.builders.keys().collect();
+        formats.sort();
+        f.debug_struct("Dal")
+            .field("formats", &formats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dal {
+    /// A DAL over `store` with no builders yet.
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            builders: HashMap::new(),
+            cache: Arc::new(Self::make_cache(DEFAULT_CACHE_BYTES)),
+        }
+    }
+
+    fn make_cache(bytes: u64) -> quick_cache::sync::Cache<String, Arc<HistoryEntry>, Weigher> {
+        quick_cache::sync::Cache::with_weighter((bytes / 1024).max(16) as usize, bytes.max(1), Weigher)
+    }
+
+    /// Adds the builder of one format.
+    pub fn with_builder(mut self, builder: impl StateBuilder) -> Self {
+        self.builders.insert(builder.format(), Arc::new(builder));
+        self
+    }
+
+    /// Adds a shared builder.
+    pub fn with_shared_builder(mut self, builder: Arc<dyn StateBuilder>) -> Self {
+        self.builders.insert(builder.format(), builder);
+        self
+    }
+
+    /// Sets the size of the decoded-update cache (bytes of raw events; 0 disables it).
+    pub fn with_cache_bytes(mut self, bytes: u64) -> Self {
+        self.cache = Arc::new(Self::make_cache(bytes));
+        self
+    }
+
+    /// The store under this DAL.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn decode(&self, update: UpdateDocument) -> Result<HistoryEntry> {
+        let builder = self.builders.get(&update.format).ok_or_else(|| {
+            let mut known: Vec<&str> = self.builders.keys().map(|f| f.as_str()).collect();
+            known.sort_unstable();
+            Error::UnknownFormat {
+                format: update.format.to_string(),
+                known: known.join(", "),
+            }
+        })?;
+        let change = builder.decode(&update).map_err(|e| Error::Build {
+            key: update.key.to_string(),
+            position: update.position.to_string(),
+            format: update.format.to_string(),
+            reason: e.reason,
+        })?;
+        Ok(HistoryEntry { update, change })
+    }
+
+    async fn load(&self, path: String) -> Result<Arc<HistoryEntry>> {
+        if let Some(hit) = self.cache.get(&path) {
+            return Ok(hit);
+        }
+        let update = self.store.get_update(&path).await?;
+        let entry = Arc::new(self.decode(update)?);
+        self.cache.insert(path, entry.clone());
+        Ok(entry)
+    }
+
+    /// Time travel: the updates of a record committed at or before `up_to`,
+    /// ordered by (commit time, source, position).
+    pub async fn history(&self, key: &RecordKey, up_to: Timestamp) -> Result<Vec<Arc<HistoryEntry>>> {
+        let objects = self.store.list_updates(key, up_to).await?;
+        let mut entries: Vec<Arc<HistoryEntry>> = stream::iter(objects)
+            .map(|o| self.load(o.path))
+            .buffered(crate::store::DEFAULT_CONCURRENCY)
+            .try_collect()
+            .await?;
+        entries.sort_by(|a, b| {
+            let (a, b) = (&a.update, &b.update);
+            (a.commit_time, &a.source, &a.position).cmp(&(b.commit_time, &b.source, &b.position))
+        });
+        Ok(entries)
+    }
+
+    /// Aggregation: the state of a record after every update committed at or
+    /// before `at`; `None` if it does not exist then (never inserted yet, or
+    /// deleted).
+    pub async fn state_at(&self, key: &RecordKey, at: Timestamp) -> Result<Option<State>> {
+        let history = self.history(key, at).await?;
+        Ok(history
+            .iter()
+            .fold(None, |state, e| change::apply(state, &e.change)))
+    }
+
+    /// A typed read: the state at `at` deserialized into `T`.
+    pub async fn get<T: DeserializeOwned>(&self, key: &RecordKey, at: Timestamp) -> Result<Option<T>> {
+        match self.state_at(key, at).await? {
+            None => Ok(None),
+            Some(state) => deserialize(key, state).map(Some),
+        }
+    }
+
+    /// The record's whole timeline: every update with the fields it changed
+    /// and the state after it.
+    pub async fn timeline(&self, key: &RecordKey) -> Result<Vec<TimelineEntry>> {
+        let history = self.history(key, Timestamp::MAX).await?;
+        let mut state: Option<State> = None;
+        let mut out = Vec::with_capacity(history.len());
+        for entry in history {
+            let next = change::apply(state.clone(), &entry.change);
+            let changed_fields = diff(state.as_ref(), next.as_ref());
+            out.push(TimelineEntry {
+                entry,
+                changed_fields,
+                state: next.clone(),
+            });
+            state = next;
+        }
+        Ok(out)
+    }
+
+    /// The master document: the references of `key` first stored at or
+    /// before `at`.
+    pub async fn references(&self, key: &RecordKey, at: Timestamp) -> Result<Vec<ReferenceEntry>> {
+        let mut refs = self.store.references(key).await?;
+        refs.retain(|r| r.first_seen <= at);
+        Ok(refs)
+    }
+
+    /// Joins: the records of `model` whose `field` points at `target` in
+    /// their state at `at`, with those states, ordered by id.
+    ///
+    /// Candidates come from the reverse reference index; each is confirmed
+    /// on its state at `at`, so a reference that was changed or removed
+    /// later (or earlier) is answered as of `at`.
+    pub async fn referrers(
+        &self,
+        target: &RecordKey,
+        model: &Model,
+        field: &str,
+        at: Timestamp,
+    ) -> Result<Vec<(RecordKey, State)>> {
+        let path = FieldPath::parse(field);
+        let mut candidates: Vec<RecordKey> = self
+            .store
+            .referrers(target)
+            .await?
+            .into_iter()
+            .filter(|e| &e.from.model == model && e.reference.field == field && e.first_seen <= at)
+            .map(|e| e.from)
+            .collect();
+        candidates.sort();
+        candidates.dedup();
+        let states: Vec<Option<(RecordKey, State)>> = stream::iter(candidates)
+            .map(|key| {
+                let path = &path;
+                async move {
+                    let state = self.state_at(&key, at).await?;
+                    Ok::<_, Error>(state.filter(|s| points_at(s, path, target)).map(|s| (key, s)))
+                }
+            })
+            .buffered(crate::store::DEFAULT_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(states.into_iter().flatten().collect())
+    }
+
+    /// Joins the other way: the record of `target_model` that `key`'s
+    /// `field` points at in its state at `at`, with its state at `at`.
+    pub async fn referenced(
+        &self,
+        key: &RecordKey,
+        field: &str,
+        target_model: &Model,
+        at: Timestamp,
+    ) -> Result<Vec<(RecordKey, State)>> {
+        let Some(state) = self.state_at(key, at).await? else {
+            return Ok(Vec::new());
+        };
+        let mut ids: Vec<String> = match FieldPath::parse(field).lookup(&state) {
+            Some(Value::Array(items)) => items.iter().filter_map(id_text).collect(),
+            Some(v) => id_text(v).into_iter().collect(),
+            None => Vec::new(),
+        };
+        ids.sort();
+        ids.dedup();
+        let mut out = Vec::new();
+        for id in ids {
+            let Ok(target) = RecordKey::new(target_model.as_str(), &id) else {
+                continue;
+            };
+            if let Some(s) = self.state_at(&target, at).await? {
+                out.push((target, s));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn points_at(state: &State, path: &FieldPath, target: &RecordKey) -> bool {
+    let id = target.id.as_str();
+    match path.lookup(state) {
+        Some(Value::Array(items)) => items.iter().any(|v| id_text(v).as_deref() == Some(id)),
+        Some(v) => id_text(v).as_deref() == Some(id),
+        None => false,
+    }
+}
+
+/// Deserializes a state into the user's type, naming the record on error.
+pub fn deserialize<T: DeserializeOwned>(key: &RecordKey, state: State) -> Result<T> {
+    serde_json::from_value(Value::Object(state)).map_err(|source| Error::Deserialize {
+        key: key.to_string(),
+        type_name: std::any::type_name::<T>(),
+        source,
+    })
+}
+
+/// The dotted paths whose values differ between two states (nested objects
+/// are descended into; arrays and scalars compare whole).
+fn diff(before: Option<&State>, after: Option<&State>) -> Vec<String> {
+    fn walk(prefix: &str, a: Option<&State>, b: Option<&State>, out: &mut Vec<String>) {
+        let empty = State::new();
+        let (a, b) = (a.unwrap_or(&empty), b.unwrap_or(&empty));
+        let mut names: Vec<&String> = a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))).collect();
+        names.dedup();
+        for name in names {
+            let path = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            match (a.get(name), b.get(name)) {
+                (Some(Value::Object(x)), Some(Value::Object(y))) => walk(&path, Some(x), Some(y), out),
+                (x, y) if x != y => out.push(path),
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk("", before, after, &mut out);
+    out
+}
+
+/// The references an update carries, as a readable list (`field -> model/id`).
+pub fn describe_references(refs: &[Reference]) -> Vec<String> {
+    refs.iter()
+        .map(|r| format!("{} -> {}", r.field, r.target))
+        .collect()
+}

@@ -1,0 +1,288 @@
+//! Batch ingestion: raw events in, immutable updates, references and dead
+//! letters stored, notifications out, the batch's last position acknowledged.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, stream};
+
+use crate::consumer::{Consumed, ConsumedRecord, Consumer, References};
+use crate::error::{ConsumeError, Error, Result};
+use crate::model::{Notification, SourceId, SourcePosition, UpdateDocument};
+use crate::store::{Checkpoint, DeadLetter, PutOutcome, Store};
+use crate::time::Timestamp;
+
+/// Batches at least this large are consumed on several threads.
+const PARALLEL_CONSUME_THRESHOLD: usize = 512;
+
+/// What ingesting one batch did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BatchReport {
+    /// Events read.
+    pub read: usize,
+    /// Updates newly stored.
+    pub stored: usize,
+    /// Updates already stored before (re-delivered events).
+    pub duplicates: usize,
+    /// Events rejected into the dead-letter area (including ones already
+    /// dead-lettered before).
+    pub dead_lettered: usize,
+    /// Events that change no record (transaction boundaries, heartbeats).
+    pub control: usize,
+    /// One notification per newly stored update, in batch order.
+    pub notifications: Vec<Notification>,
+    /// The position of the batch's last event that had one.
+    pub last_position: Option<SourcePosition>,
+    /// The latest source commit time seen in the batch.
+    pub watermark: Option<Timestamp>,
+}
+
+impl BatchReport {
+    /// Adds another batch's counters to this one (notifications are not kept).
+    pub fn absorb(&mut self, other: BatchReport) {
+        self.read += other.read;
+        self.stored += other.stored;
+        self.duplicates += other.duplicates;
+        self.dead_lettered += other.dead_lettered;
+        self.control += other.control;
+        if other.last_position.is_some() {
+            self.last_position = other.last_position;
+        }
+        self.watermark = self.watermark.max(other.watermark);
+    }
+}
+
+/// Ingests the events of one source through one consumer into a store.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> overseer_core::Result<()> {
+/// use overseer_core::{Ingestor, Store, SourceId, References};
+/// # use overseer_core::testing::LinesConsumer;
+/// let store = Store::in_memory();
+/// let ingestor = Ingestor::new(store.clone(), SourceId::new("app")?, LinesConsumer, References::new());
+/// let report = ingestor.ingest_batch(&["a 1".into(), "a 1".into(), "garbage".into()]).await?;
+/// assert_eq!((report.stored, report.duplicates, report.dead_lettered), (1, 1, 1));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Ingestor {
+    store: Store,
+    source: SourceId,
+    consumer: Arc<dyn Consumer>,
+    references: Arc<References>,
+}
+
+impl std::fmt::Debug for Ingestor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingestor")
+            .field("source", &self.source)
+            .field("format", &self.consumer.format())
+            .finish_non_exhaustive()
+    }
+}
+
+enum Outcome {
+    Record(Box<ConsumedRecord>),
+    Control(Option<Timestamp>, Option<SourcePosition>),
+    Rejected(ConsumeError),
+}
+
+impl Ingestor {
+    /// An ingestor for `source`, reading events with `consumer`.
+    pub fn new(store: Store, source: SourceId, consumer: impl Consumer, references: References) -> Self {
+        Self {
+            store,
+            source,
+            consumer: Arc::new(consumer),
+            references: Arc::new(references),
+        }
+    }
+
+    /// The source this ingestor reads.
+    pub fn source(&self) -> &SourceId {
+        &self.source
+    }
+
+    fn consume_one(&self, raw: &[u8]) -> Outcome {
+        match self.consumer.consume(raw) {
+            Ok(Consumed::Record(r)) if r.commit_time < Timestamp::EPOCH => {
+                Outcome::Rejected(ConsumeError::new(
+                    self.consumer.format().as_str(),
+                    format!("commit time {} is before 1970", r.commit_time),
+                ))
+            }
+            Ok(Consumed::Record(r)) => Outcome::Record(Box::new(r)),
+            Ok(Consumed::Control {
+                commit_time,
+                position,
+            }) => Outcome::Control(commit_time, position),
+            Err(e) => Outcome::Rejected(e),
+        }
+    }
+
+    fn consume_all(&self, batch: &[Bytes]) -> Vec<Outcome> {
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        if batch.len() < PARALLEL_CONSUME_THRESHOLD || threads < 2 {
+            return batch.iter().map(|raw| self.consume_one(raw)).collect();
+        }
+        let chunk = batch.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = batch
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || part.iter().map(|raw| self.consume_one(raw)).collect::<Vec<_>>())
+                })
+                .collect();
+            let mut out = Vec::with_capacity(batch.len());
+            for handle in handles {
+                match handle.join() {
+                    Ok(part) => out.extend(part),
+                    // A consumer that panics is a bug in the consumer; the
+                    // events of that chunk are re-consumed one by one so the
+                    // panic is isolated to its own event.
+                    Err(_) => {
+                        let done = out.len();
+                        for raw in &batch[done..(done + chunk).min(batch.len())] {
+                            out.push(self.consume_isolated(raw));
+                        }
+                    }
+                }
+            }
+            out
+        })
+    }
+
+    fn consume_isolated(&self, raw: &[u8]) -> Outcome {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.consume_one(raw))).unwrap_or_else(
+            |_| {
+                Outcome::Rejected(ConsumeError::new(
+                    self.consumer.format().as_str(),
+                    "the consumer panicked on this event",
+                ))
+            },
+        )
+    }
+
+    /// Ingests one batch: consumes every event, stores the new updates and
+    /// their references, dead-letters what cannot be consumed, and returns
+    /// what happened. A store error fails the whole batch (nothing is
+    /// acknowledged; ingesting it again is safe, since every write is
+    /// idempotent).
+    pub async fn ingest_batch(&self, batch: &[Bytes]) -> Result<BatchReport> {
+        let received_at = Timestamp::now();
+        let format = self.consumer.format();
+        let outcomes = self.consume_all(batch);
+        let mut report = BatchReport {
+            read: batch.len(),
+            ..BatchReport::default()
+        };
+        let mut docs = Vec::new();
+        let mut rejected = Vec::new();
+        for (raw, outcome) in batch.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Record(r) => {
+                    report.last_position = Some(r.position.clone());
+                    report.watermark = report.watermark.max(Some(r.commit_time));
+                    let references = self.references.extract(&r.key, &r.change);
+                    docs.push(UpdateDocument {
+                        key: r.key,
+                        source: self.source.clone(),
+                        position: r.position,
+                        commit_time: r.commit_time,
+                        ingested_at: received_at,
+                        operation: r.operation,
+                        format: format.clone(),
+                        raw: raw.clone(),
+                        references,
+                    });
+                }
+                Outcome::Control(commit_time, position) => {
+                    report.control += 1;
+                    report.watermark = report.watermark.max(commit_time);
+                    if position.is_some() {
+                        report.last_position = position;
+                    }
+                }
+                Outcome::Rejected(e) => rejected.push((raw.clone(), None, e.to_string())),
+            }
+        }
+
+        // Data first, then the references that make it reachable.
+        let outcomes = self.store.put_updates(&docs).await;
+        let mut stored = Vec::new();
+        for (doc, outcome) in docs.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(PutOutcome::Created) => stored.push(doc),
+                Ok(PutOutcome::Duplicate) => report.duplicates += 1,
+                Err(e @ Error::PositionConflict { .. }) => {
+                    rejected.push((doc.raw.clone(), Some(doc.position.clone()), e.to_string()))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let with_refs: Vec<&UpdateDocument> = stored.iter().filter(|d| !d.references.is_empty()).collect();
+        let results: Vec<Result<usize>> = stream::iter(with_refs)
+            .map(|d| self.store.add_references(&d.key, &d.references, d.commit_time))
+            .buffer_unordered(crate::store::DEFAULT_CONCURRENCY)
+            .collect()
+            .await;
+        for r in results {
+            r?;
+        }
+
+        for (raw, position, error) in rejected {
+            tracing::warn!(source = %self.source, %error, "event dead-lettered");
+            let letter = DeadLetter {
+                source: self.source.clone(),
+                position,
+                format: format.to_string(),
+                raw,
+                error,
+                received_at,
+            };
+            self.store.put_dead_letter(&letter).await?;
+            report.dead_lettered += 1;
+        }
+
+        report.stored = stored.len();
+        report.notifications = stored
+            .into_iter()
+            .map(|d| Notification {
+                object: self.store.update_path(&d),
+                key: d.key,
+                source: d.source,
+                position: d.position,
+                commit_time: d.commit_time,
+                ingested_at: d.ingested_at,
+                operation: d.operation,
+                references: d.references,
+            })
+            .collect();
+        Ok(report)
+    }
+
+    /// Ingests a batch and then acknowledges it: the source's checkpoint
+    /// (last position and watermark) is written only after every update of
+    /// the batch is durably stored.
+    pub async fn ingest_and_ack(&self, batch: &[Bytes]) -> Result<BatchReport> {
+        let report = self.ingest_batch(batch).await?;
+        if let Some(position) = &report.last_position {
+            let previous = self.store.checkpoint(&self.source).await?;
+            let watermark = previous
+                .map(|c| c.watermark)
+                .max(report.watermark)
+                .unwrap_or(Timestamp::EPOCH);
+            self.store
+                .put_checkpoint(
+                    &self.source,
+                    &Checkpoint {
+                        position: position.clone(),
+                        watermark,
+                    },
+                )
+                .await?;
+        }
+        Ok(report)
+    }
+}

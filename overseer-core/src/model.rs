@@ -1,0 +1,284 @@
+//! The data model: records, sources, time, operations, update documents and
+//! notifications.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::time::Timestamp;
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            #[doc = concat!("Creates a ", $what, "; an empty string is an [`Error::InvalidInput`].")]
+            pub fn new(value: impl AsRef<str>) -> Result<Self> {
+                let value = value.as_ref();
+                if value.is_empty() {
+                    return Err(Error::InvalidInput {
+                        what: $what,
+                        reason: "it is empty".into(),
+                    });
+                }
+                Ok(Self(Arc::from(value)))
+            }
+
+            /// The text of this name.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = Error;
+            fn try_from(value: &str) -> Result<Self> {
+                Self::new(value)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+            fn try_from(value: String) -> Result<Self> {
+                Self::new(value)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// The name of a model: a MongoDB collection, a Postgres table, an
+    /// application entity. Any non-empty UTF-8 text.
+    Model,
+    "model name"
+);
+name_type!(
+    /// The id of a record within its model, as text: a MongoDB `_id`
+    /// (an ObjectId as its hex string), a primary-key value (`42`, `abc`), or
+    /// for composite keys the JSON array text of the key's values.
+    ///
+    /// Ids come from the outside world and are untrusted: any non-empty UTF-8
+    /// text is accepted and stored safely (see the store layout).
+    RecordId,
+    "record id"
+);
+name_type!(
+    /// The name of a source: one database or change stream that delivers
+    /// events, with its own positions and its own watermark.
+    SourceId,
+    "source id"
+);
+name_type!(
+    /// The name of an event format (`mongo`, `wal2json`, `debezium`,
+    /// `pgoutput`, `json`, or your own), which selects the
+    /// [`StateBuilder`](crate::StateBuilder) that folds its updates.
+    Format,
+    "format name"
+);
+
+/// The identity of a record: its model and its id.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct RecordKey {
+    /// The record's model.
+    pub model: Model,
+    /// The record's id within the model.
+    pub id: RecordId,
+}
+
+impl RecordKey {
+    /// Creates a key from a model name and an id, both non-empty.
+    ///
+    /// ```
+    /// use overseer_core::RecordKey;
+    /// let key = RecordKey::new("transfers", "t-1")?;
+    /// assert_eq!(key.to_string(), "transfers/t-1");
+    /// assert!(RecordKey::new("transfers", "").is_err());
+    /// # Ok::<(), overseer_core::Error>(())
+    /// ```
+    pub fn new(model: impl AsRef<str>, id: impl AsRef<str>) -> Result<Self> {
+        Ok(Self {
+            model: Model::new(model)?,
+            id: RecordId::new(id)?,
+        })
+    }
+}
+
+impl fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.model, self.id)
+    }
+}
+
+/// An event's position in its source: a MongoDB resume token or cluster
+/// time, a Postgres LSN, ... Positions are text whose byte order is the
+/// source's order (consumers pad numbers to a fixed width).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct SourcePosition(String);
+
+impl SourcePosition {
+    /// A position from its text. The text must order like the source's events.
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
+    /// A position from numbers, most significant first, each written as 16
+    /// hex digits so that text order equals numeric order.
+    ///
+    /// ```
+    /// use overseer_core::SourcePosition;
+    /// let a = SourcePosition::from_numbers(&[1, 2]);
+    /// let b = SourcePosition::from_numbers(&[1, 10]);
+    /// assert!(a < b);
+    /// assert_eq!(a.as_str(), "0000000000000001.0000000000000002");
+    /// ```
+    pub fn from_numbers(numbers: &[u64]) -> Self {
+        let mut text = String::with_capacity(numbers.len() * 17);
+        for (i, n) in numbers.iter().enumerate() {
+            if i > 0 {
+                text.push('.');
+            }
+            text.push_str(&format!("{n:016x}"));
+        }
+        Self(text)
+    }
+
+    /// Appends a short digest of `raw` to this position. Consumers use it
+    /// where a source's native position is not unique per event (snapshot
+    /// rows sharing an LSN, events without a resume token), so that distinct
+    /// events get distinct positions while a re-delivered event keeps its own.
+    pub fn with_digest_of(self, raw: &[u8]) -> Self {
+        let mut text = self.0;
+        if !text.is_empty() {
+            text.push('.');
+        }
+        text.push_str(&crate::store::layout::short_digest(raw));
+        Self(text)
+    }
+
+    /// The text of this position.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the position is empty (unknown).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for SourcePosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a change did to its record.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Operation {
+    /// The record was created.
+    Insert,
+    /// Some fields of the record changed.
+    Update,
+    /// The whole record was replaced.
+    Replace,
+    /// The record was deleted.
+    Delete,
+    /// The record's state as read by an initial snapshot.
+    Snapshot,
+}
+
+impl Operation {
+    /// The operation's lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Insert => "insert",
+            Operation::Update => "update",
+            Operation::Replace => "replace",
+            Operation::Delete => "delete",
+            Operation::Snapshot => "snapshot",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A reference from a record to another record, found in a field.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct Reference {
+    /// The field (dotted path) of the referencing record holding the reference.
+    pub field: String,
+    /// The record pointed at.
+    pub target: RecordKey,
+}
+
+/// One update of one record: the raw event exactly as received, plus the
+/// metadata ingestion extracted from it. Immutable once stored.
+#[derive(Clone, PartialEq, Debug)]
+pub struct UpdateDocument {
+    /// The record this update belongs to.
+    pub key: RecordKey,
+    /// The source that delivered it.
+    pub source: SourceId,
+    /// Its position in the source.
+    pub position: SourcePosition,
+    /// The change's commit time in its own database.
+    pub commit_time: Timestamp,
+    /// When Overseer received it.
+    pub ingested_at: Timestamp,
+    /// What the change did.
+    pub operation: Operation,
+    /// The format of `raw`.
+    pub format: Format,
+    /// The event exactly as received.
+    pub raw: Bytes,
+    /// The references to other records this update carries.
+    pub references: Vec<Reference>,
+}
+
+/// Emitted by ingestion once per newly stored update; what the runner
+/// selects checks from.
+#[derive(Clone, PartialEq, Debug)]
+pub struct Notification {
+    /// The updated record.
+    pub key: RecordKey,
+    /// The source that delivered the update.
+    pub source: SourceId,
+    /// The update's position in its source.
+    pub position: SourcePosition,
+    /// The update's commit time in its source.
+    pub commit_time: Timestamp,
+    /// When the update was received.
+    pub ingested_at: Timestamp,
+    /// What the update did.
+    pub operation: Operation,
+    /// The store key of the update object.
+    pub object: String,
+    /// References the update carries.
+    pub references: Vec<Reference>,
+}

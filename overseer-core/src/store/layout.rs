@@ -1,0 +1,163 @@
+//! Key encoding of the store layout (documented in `docs/store-layout.md`).
+//!
+//! Every name that comes from the outside world (models, record ids, sources,
+//! field names) is encoded into exactly one key segment that
+//! `object_store` never re-encodes and that can never be `.` or `..`:
+//!
+//! * bytes in `[A-Za-z0-9_.-]` are kept, except a leading `.`;
+//! * every other byte is written `+XX` (two uppercase hex digits);
+//! * if the result is longer than [`MAX_SEGMENT`] bytes, the segment is
+//!   `+H` followed by the 64 hex digits of the SHA-256 of the raw name
+//!   (`H` is not a hex digit, so the two forms cannot collide).
+
+use sha2::{Digest, Sha256};
+
+/// The longest encoded segment kept readable; longer names are hashed, which
+/// keeps every segment well under the 255-byte file name limit of local
+/// file systems.
+pub const MAX_SEGMENT: usize = 120;
+
+/// Encodes one untrusted name into a safe key segment.
+///
+/// ```
+/// use overseer_core::store::layout::encode_segment;
+/// assert_eq!(encode_segment("42"), "42");
+/// assert_eq!(encode_segment("a/b"), "a+2Fb");
+/// assert_eq!(encode_segment(".."), "+2E.");
+/// assert!(encode_segment(&"x".repeat(1000)).starts_with("+H"));
+/// ```
+pub fn encode_segment(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for (i, b) in name.bytes().enumerate() {
+        let keep = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
+        if keep {
+            out.push(char::from(b));
+        } else {
+            out.push('+');
+            out.push(hex_digit(b >> 4));
+            out.push(hex_digit(b & 0x0f));
+        }
+        if out.len() > MAX_SEGMENT {
+            return format!("+H{}", hex(&Sha256::digest(name.as_bytes())));
+        }
+    }
+    out
+}
+
+/// Decodes a segment written by [`encode_segment`]; `None` for a hashed
+/// segment (whose name is kept in the object's body) or a malformed one.
+pub fn decode_segment(segment: &str) -> Option<String> {
+    if segment.starts_with("+H") {
+        return None;
+    }
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'+' {
+            let hi = from_hex(*bytes.get(i + 1)?)?;
+            let lo = from_hex(*bytes.get(i + 2)?)?;
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The first 128 bits of the SHA-256 of `bytes`, as 32 hex digits.
+pub fn short_digest(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes)[..16])
+}
+
+/// The file name of an update object: the commit time (20 digits, so that
+/// names sort by time) and a digest of the source and position.
+pub(crate) fn update_file_name(commit_micros: i64, source: &str, position: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(source.as_bytes());
+    h.update([0u8]);
+    h.update(position.as_bytes());
+    // Commit times before the epoch are rejected at ingestion.
+    let micros = commit_micros.max(0);
+    format!("{micros:020}-{}.pb", hex(&h.finalize()[..16]))
+}
+
+/// Reads the commit time back from an update object's file name.
+pub(crate) fn commit_micros_of(file_name: &str) -> Option<i64> {
+    file_name.get(..20)?.parse().ok()
+}
+
+fn hex_digit(n: u8) -> char {
+    char::from(b"0123456789ABCDEF"[usize::from(n & 0x0f)])
+}
+
+fn from_hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_round_trip_and_stay_in_one_safe_segment() {
+        let names = [
+            "..",
+            ".",
+            "a/../../etc/passwd",
+            "%2F",
+            "with space",
+            "tab\tnew\nline\0nul",
+            "emoji 🦀",
+            "+2F",
+            "+H00",
+            "C:\\windows",
+            "~user",
+            "a.b",
+        ];
+        for name in names {
+            let seg = encode_segment(name);
+            assert!(seg != "." && seg != "..", "{name:?} -> {seg:?}");
+            assert!(
+                seg.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-+".contains(&b)),
+                "{name:?} -> {seg:?}"
+            );
+            assert!(!seg.starts_with('.'), "{name:?} -> {seg:?}");
+            assert_eq!(decode_segment(&seg).as_deref(), Some(name), "{seg}");
+        }
+    }
+
+    #[test]
+    fn long_names_are_hashed_and_distinct() {
+        let a = "x".repeat(1024);
+        let b = format!("{}y", "x".repeat(1023));
+        assert!(encode_segment(&a).len() <= MAX_SEGMENT);
+        assert_ne!(encode_segment(&a), encode_segment(&b));
+        assert_eq!(decode_segment(&encode_segment(&a)), None);
+    }
+
+    #[test]
+    fn update_file_names_sort_by_time() {
+        let a = update_file_name(5, "s", "p");
+        let b = update_file_name(40, "s", "a");
+        assert!(a < b);
+        assert_eq!(commit_micros_of(&b), Some(40));
+    }
+}

@@ -1,0 +1,488 @@
+//! The update store on [`object_store`]: immutable update objects, master
+//! documents (references), the reverse reference index, dead letters and
+//! source checkpoints. The layout is a documented format
+//! (`docs/store-layout.md`).
+
+pub(crate) mod codec;
+pub mod layout;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt, stream};
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use prost::Message;
+
+use crate::error::{Error, Result};
+use crate::model::{RecordKey, Reference, SourceId, SourcePosition, UpdateDocument};
+use crate::proto;
+use crate::time::Timestamp;
+use layout::encode_segment;
+
+/// How many store requests one call keeps in flight by default.
+pub const DEFAULT_CONCURRENCY: usize = 64;
+
+/// How many stored references the store remembers to save requests.
+const KNOWN_REFS_CAPACITY: usize = 100_000;
+
+/// What a create-only write found.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PutOutcome {
+    /// The object was new and is now stored.
+    Created,
+    /// The same object was already stored; nothing was written.
+    Duplicate,
+}
+
+/// A stored update as listed: its key and its commit time (read from the key,
+/// without fetching the object).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct UpdateObject {
+    /// The object's key in the store.
+    pub path: String,
+    /// The update's source commit time.
+    pub commit_time: Timestamp,
+}
+
+/// One reference of a record, as found in the master document or the
+/// reverse index.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ReferenceEntry {
+    /// The referencing record.
+    pub from: RecordKey,
+    /// The reference (field and target).
+    pub reference: Reference,
+    /// Commit time of the update in which the reference was first stored.
+    pub first_seen: Timestamp,
+}
+
+/// An event that could not be consumed, kept with its bytes and the reason.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct DeadLetter {
+    /// The source that delivered it.
+    pub source: SourceId,
+    /// Its position, if it could be read.
+    pub position: Option<SourcePosition>,
+    /// The format it was consumed as.
+    pub format: String,
+    /// The event exactly as received.
+    pub raw: Bytes,
+    /// Why it was rejected.
+    pub error: String,
+    /// When it was received.
+    pub received_at: Timestamp,
+}
+
+/// A source's acknowledged progress.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Checkpoint {
+    /// The last position whose batch is durably stored.
+    pub position: SourcePosition,
+    /// The latest source commit time delivered (the watermark).
+    pub watermark: Timestamp,
+}
+
+/// The Overseer store: a thin, typed layer over any [`ObjectStore`].
+///
+/// Nothing here assumes a backend: every write is a create-only put
+/// ([`PutMode::Create`], supported by InMemory, LocalFileSystem and S3),
+/// except checkpoints, which one ingester per source overwrites.
+///
+/// ```
+/// # async fn demo() -> overseer_core::Result<()> {
+/// use overseer_core::Store;
+/// let memory = Store::in_memory();
+/// let dir = tempfile::tempdir().unwrap();
+/// let local = Store::local(dir.path())?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    root: Path,
+    /// References known to be stored (a derived cache that saves requests).
+    known_refs: Arc<Mutex<HashSet<(RecordKey, Reference)>>>,
+    concurrency: usize,
+}
+
+impl Store {
+    /// A store over any object store, at its root.
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            inner,
+            root: Path::default(),
+            known_refs: Arc::default(),
+            concurrency: DEFAULT_CONCURRENCY,
+        }
+    }
+
+    /// A store in memory (tests, examples, the embedded default).
+    pub fn in_memory() -> Self {
+        Self::new(Arc::new(InMemory::new()))
+    }
+
+    /// A store in a local directory, created if missing.
+    pub fn local(dir: impl AsRef<std::path::Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| Error::InvalidInput {
+            what: "store directory",
+            reason: format!("cannot create {}: {e}", dir.display()),
+        })?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(|e| Error::Store {
+            operation: "open",
+            path: dir.display().to_string(),
+            source: e,
+        })?;
+        Ok(Self::new(Arc::new(fs)))
+    }
+
+    /// The same store under a key prefix (several Overseer stores in one bucket).
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        for part in prefix.split('/').filter(|p| !p.is_empty()) {
+            self.root = self.root.clone().join(encode_segment(part));
+        }
+        self
+    }
+
+    /// The number of requests one call keeps in flight (default
+    /// [`DEFAULT_CONCURRENCY`]).
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// The underlying object store.
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner
+    }
+
+    fn path(&self, parts: &[&str]) -> Path {
+        let mut p = self.root.clone();
+        for part in parts {
+            p = p.join(*part);
+        }
+        p
+    }
+
+    fn record_prefix(&self, area: &str, key: &RecordKey) -> Path {
+        self.path(&[
+            area,
+            &encode_segment(key.model.as_str()),
+            &encode_segment(key.id.as_str()),
+        ])
+    }
+
+    /// The key under which an update is stored: derived from its record,
+    /// commit time, source and position only, so storing the same event
+    /// twice addresses the same object.
+    pub fn update_path(&self, doc: &UpdateDocument) -> String {
+        self.record_prefix("updates", &doc.key)
+            .join(layout::update_file_name(
+                doc.commit_time.as_micros(),
+                doc.source.as_str(),
+                doc.position.as_str(),
+            ))
+            .to_string()
+    }
+
+    async fn put_create(&self, path: &Path, bytes: Bytes) -> Result<PutOutcome> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .inner
+            .put_opts(path, PutPayload::from_bytes(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::Duplicate),
+            Err(source) => Err(Error::Store {
+                operation: "put",
+                path: path.to_string(),
+                source,
+            }),
+        }
+    }
+
+    async fn get_bytes(&self, path: &Path) -> Result<Bytes> {
+        let store_err = |source| Error::Store {
+            operation: "get",
+            path: path.to_string(),
+            source,
+        };
+        self.inner
+            .get(path)
+            .await
+            .map_err(store_err)?
+            .bytes()
+            .await
+            .map_err(store_err)
+    }
+
+    async fn list_paths(&self, prefix: &Path) -> Result<Vec<Path>> {
+        let mut paths: Vec<Path> = self
+            .inner
+            .list(Some(prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|source| Error::Store {
+                operation: "list",
+                path: prefix.to_string(),
+                source,
+            })?;
+        // `list` order is not guaranteed by every backend.
+        paths.sort();
+        Ok(paths)
+    }
+
+    /// Stores one update, create-only. If an object already exists at its
+    /// key, it is fetched and compared: the same raw bytes are a
+    /// [`PutOutcome::Duplicate`] (a re-delivered event, or our own earlier
+    /// put whose reply was lost); different bytes are an
+    /// [`Error::PositionConflict`].
+    pub async fn put_update(&self, doc: &UpdateDocument) -> Result<PutOutcome> {
+        let path = Path::from(self.update_path(doc));
+        match self.put_create(&path, codec::encode_update(doc)).await? {
+            PutOutcome::Created => Ok(PutOutcome::Created),
+            PutOutcome::Duplicate => {
+                let existing = codec::decode_update(path.as_ref(), self.get_bytes(&path).await?)?;
+                if existing.raw == doc.raw && existing.key == doc.key {
+                    Ok(PutOutcome::Duplicate)
+                } else {
+                    Err(Error::PositionConflict {
+                        source_id: doc.source.to_string(),
+                        position: doc.position.to_string(),
+                        key: doc.key.to_string(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Stores many updates with up to the store's concurrency in flight;
+    /// the outcomes are in the order of `docs`.
+    pub async fn put_updates(&self, docs: &[UpdateDocument]) -> Vec<Result<PutOutcome>> {
+        stream::iter(docs.iter().map(|d| self.put_update(d)))
+            .buffered(self.concurrency)
+            .collect()
+            .await
+    }
+
+    /// The updates of a record with a commit time at or before `up_to`,
+    /// ordered by commit time (ties are ordered by position once fetched).
+    pub async fn list_updates(&self, key: &RecordKey, up_to: Timestamp) -> Result<Vec<UpdateObject>> {
+        let prefix = self.record_prefix("updates", key);
+        let mut out = Vec::new();
+        for path in self.list_paths(&prefix).await? {
+            let Some(commit) = path.filename().and_then(layout::commit_micros_of) else {
+                continue;
+            };
+            if commit <= up_to.as_micros() {
+                out.push(UpdateObject {
+                    path: path.to_string(),
+                    commit_time: Timestamp::from_micros(commit),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fetches and decodes one update object.
+    pub async fn get_update(&self, path: &str) -> Result<UpdateDocument> {
+        let p = Path::from(path);
+        codec::decode_update(path, self.get_bytes(&p).await?)
+    }
+
+    /// Records the references of `from` found in an update committed at
+    /// `commit_time`: one create-only object per reference in the master
+    /// document (`refs/`) and one in the reverse index (`referrers/`), so
+    /// concurrent writers can never lose each other's references.
+    /// Returns how many references were new.
+    pub async fn add_references(
+        &self,
+        from: &RecordKey,
+        references: &[Reference],
+        commit_time: Timestamp,
+    ) -> Result<usize> {
+        let mut added = 0;
+        for reference in references {
+            let cache_key = (from.clone(), reference.clone());
+            if self
+                .known_refs
+                .lock()
+                .map(|k| k.contains(&cache_key))
+                .unwrap_or(false)
+            {
+                continue;
+            }
+            let entry = proto::ReferenceEntry {
+                from: Some(codec::key_to_proto(from)),
+                reference: Some(codec::reference_to_proto(reference)),
+                first_seen_micros: commit_time.as_micros(),
+            };
+            let bytes = Bytes::from(entry.encode_to_vec());
+            let field = encode_segment(&reference.field);
+            let target_model = encode_segment(reference.target.model.as_str());
+            let target_id = encode_segment(reference.target.id.as_str());
+            // Reverse index first: a master-document entry is only ever
+            // visible once its reverse entry exists.
+            let reverse = self
+                .record_prefix("referrers", &reference.target)
+                .join(encode_segment(from.model.as_str()))
+                .join(encode_segment(from.id.as_str()))
+                .join(field.as_str());
+            self.put_create(&reverse, bytes.clone()).await?;
+            let forward = self
+                .record_prefix("refs", from)
+                .join(field.as_str())
+                .join(target_model.as_str())
+                .join(target_id.as_str());
+            if self.put_create(&forward, bytes).await? == PutOutcome::Created {
+                added += 1;
+            }
+            if let Ok(mut known) = self.known_refs.lock() {
+                if known.len() >= KNOWN_REFS_CAPACITY {
+                    known.clear();
+                }
+                known.insert(cache_key);
+            }
+        }
+        Ok(added)
+    }
+
+    async fn read_entries(&self, prefix: &Path) -> Result<Vec<ReferenceEntry>> {
+        let paths = self.list_paths(prefix).await?;
+        let entries: Vec<ReferenceEntry> = stream::iter(paths)
+            .map(|path| async move {
+                const M: &str = "ReferenceEntry";
+                let e: proto::ReferenceEntry = codec::decode(path.as_ref(), M, self.get_bytes(&path).await?)?;
+                let reference = e.reference.ok_or_else(|| Error::Corrupt {
+                    path: path.to_string(),
+                    message: M,
+                    reason: "reference missing".into(),
+                })?;
+                Ok::<_, Error>(ReferenceEntry {
+                    from: codec::key_from_proto(e.from, path.as_ref(), M)?,
+                    reference: codec::reference_from_proto(reference, path.as_ref(), M)?,
+                    first_seen: Timestamp::from_micros(e.first_seen_micros),
+                })
+            })
+            .buffered(self.concurrency)
+            .try_collect()
+            .await?;
+        Ok(entries)
+    }
+
+    /// The master document of a record: every reference it was ever stored with.
+    pub async fn references(&self, key: &RecordKey) -> Result<Vec<ReferenceEntry>> {
+        self.read_entries(&self.record_prefix("refs", key)).await
+    }
+
+    /// The reverse index: every record that was ever stored with a reference
+    /// to `target`.
+    pub async fn referrers(&self, target: &RecordKey) -> Result<Vec<ReferenceEntry>> {
+        self.read_entries(&self.record_prefix("referrers", target)).await
+    }
+
+    /// Keeps an event that could not be consumed. Its key is derived from the
+    /// source and the raw bytes, so dead-lettering the same input twice
+    /// stores it once.
+    pub async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<PutOutcome> {
+        let path = self.path(&[
+            "dead-letters",
+            &encode_segment(letter.source.as_str()),
+            &format!("{}.pb", layout::short_digest(&letter.raw)),
+        ]);
+        let message = proto::DeadLetter {
+            source: letter.source.to_string(),
+            position: letter
+                .position
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            format: letter.format.clone(),
+            raw: letter.raw.clone(),
+            error: letter.error.clone(),
+            received_at_micros: letter.received_at.as_micros(),
+        };
+        self.put_create(&path, Bytes::from(message.encode_to_vec())).await
+    }
+
+    /// Every dead letter, ordered by the time it was received.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        let paths = self.list_paths(&self.path(&["dead-letters"])).await?;
+        let mut out = Vec::with_capacity(paths.len());
+        for path in paths {
+            const M: &str = "DeadLetter";
+            let d: proto::DeadLetter = codec::decode(path.as_ref(), M, self.get_bytes(&path).await?)?;
+            out.push(DeadLetter {
+                source: SourceId::new(&d.source).map_err(|e| Error::Corrupt {
+                    path: path.to_string(),
+                    message: M,
+                    reason: e.to_string(),
+                })?,
+                position: (!d.position.is_empty()).then(|| SourcePosition::new(d.position)),
+                format: d.format,
+                raw: d.raw,
+                error: d.error,
+                received_at: Timestamp::from_micros(d.received_at_micros),
+            });
+        }
+        out.sort_by_key(|d| d.received_at);
+        Ok(out)
+    }
+
+    fn checkpoint_path(&self, source: &SourceId) -> Path {
+        self.path(&["sources", &encode_segment(source.as_str()), "checkpoint.pb"])
+    }
+
+    /// Acknowledges a source's progress: its batch up to `position` is stored.
+    pub async fn put_checkpoint(&self, source: &SourceId, checkpoint: &Checkpoint) -> Result<()> {
+        let path = self.checkpoint_path(source);
+        let message = proto::SourceCheckpoint {
+            source: source.to_string(),
+            position: checkpoint.position.to_string(),
+            watermark_micros: checkpoint.watermark.as_micros(),
+            updated_at_micros: Timestamp::now().as_micros(),
+        };
+        self.inner
+            .put(&path, PutPayload::from(message.encode_to_vec()))
+            .await
+            .map_err(|source| Error::Store {
+                operation: "put",
+                path: path.to_string(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// A source's last acknowledged progress, if any.
+    pub async fn checkpoint(&self, source: &SourceId) -> Result<Option<Checkpoint>> {
+        let path = self.checkpoint_path(source);
+        match self.inner.get(&path).await {
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(Error::Store {
+                operation: "get",
+                path: path.to_string(),
+                source,
+            }),
+            Ok(got) => {
+                let bytes = got.bytes().await.map_err(|source| Error::Store {
+                    operation: "get",
+                    path: path.to_string(),
+                    source,
+                })?;
+                let c: proto::SourceCheckpoint = codec::decode(path.as_ref(), "SourceCheckpoint", bytes)?;
+                Ok(Some(Checkpoint {
+                    position: SourcePosition::new(c.position),
+                    watermark: Timestamp::from_micros(c.watermark_micros),
+                }))
+            }
+        }
+    }
+}

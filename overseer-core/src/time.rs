@@ -1,0 +1,107 @@
+//! Source time: commit times in microseconds since the Unix epoch (UTC).
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::error::{Error, Result};
+
+/// A point in time, in microseconds since the Unix epoch (UTC).
+///
+/// Used for source commit times (when a change committed in its own
+/// database) and for delivery times (when Overseer received it); the two
+/// clocks are kept apart by the types that hold them.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// The Unix epoch.
+    pub const EPOCH: Timestamp = Timestamp(0);
+    /// The latest representable time; `at(Timestamp::MAX)` means "now and forever".
+    pub const MAX: Timestamp = Timestamp(i64::MAX);
+
+    /// From microseconds since the epoch.
+    pub const fn from_micros(micros: i64) -> Self {
+        Self(micros)
+    }
+
+    /// From milliseconds since the epoch (saturating).
+    pub const fn from_millis(millis: i64) -> Self {
+        Self(millis.saturating_mul(1_000))
+    }
+
+    /// From whole seconds since the epoch (saturating).
+    pub const fn from_secs(secs: i64) -> Self {
+        Self(secs.saturating_mul(1_000_000))
+    }
+
+    /// Microseconds since the epoch.
+    pub const fn as_micros(self) -> i64 {
+        self.0
+    }
+
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        Self(Utc::now().timestamp_micros())
+    }
+
+    /// This time plus a duration (saturating).
+    pub fn saturating_add(self, d: Duration) -> Self {
+        let micros = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        Self(self.0.saturating_add(micros))
+    }
+
+    /// This time minus a duration (saturating).
+    pub fn saturating_sub(self, d: Duration) -> Self {
+        let micros = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        Self(self.0.saturating_sub(micros))
+    }
+
+    /// Parses RFC 3339 (`2024-05-01T12:00:00Z`, `2024-05-01T12:00:00.5+02:00`)
+    /// or an integer number of Unix seconds (`1714564800`).
+    ///
+    /// ```
+    /// use overseer_core::Timestamp;
+    /// let a = Timestamp::parse("2022-07-19T09:47:53Z")?;
+    /// let b = Timestamp::parse("1658224073")?;
+    /// assert_eq!(a, b);
+    /// assert!(Timestamp::parse("yesterday").is_err());
+    /// # Ok::<(), overseer_core::Error>(())
+    /// ```
+    pub fn parse(text: &str) -> Result<Self> {
+        let text = text.trim();
+        if let Ok(secs) = text.parse::<i64>() {
+            return Ok(Self::from_secs(secs));
+        }
+        DateTime::parse_from_rfc3339(text)
+            .map(|t| Self(t.timestamp_micros()))
+            .map_err(|e| Error::InvalidInput {
+                what: "time",
+                reason: format!(
+                    "{text:?} is neither RFC 3339 (2024-05-01T12:00:00Z) nor integer Unix seconds: {e}"
+                ),
+            })
+    }
+
+    /// The time as a chrono `DateTime`, if representable.
+    fn to_datetime(self) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp_micros(self.0)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    /// RFC 3339 in UTC with microseconds where they are not zero.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.to_datetime() {
+            Some(t) => f.write_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+            None => write!(f, "{}us", self.0),
+        }
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
