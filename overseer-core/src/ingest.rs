@@ -221,9 +221,17 @@ impl Ingestor {
                 Err(e) => return Err(e),
             }
         }
-        let with_refs: Vec<&UpdateDocument> = stored.iter().filter(|d| !d.references.is_empty()).collect();
+        let with_refs: Vec<(crate::RecordKey, Vec<crate::Reference>, Timestamp)> = stored
+            .iter()
+            .filter(|d| !d.references.is_empty())
+            .map(|d| (d.key.clone(), d.references.clone(), d.commit_time))
+            .collect();
+        let store = self.store.clone();
         let results: Vec<Result<usize>> = stream::iter(with_refs)
-            .map(|d| self.store.add_references(&d.key, &d.references, d.commit_time))
+            .map(move |(key, refs, time)| {
+                let store = store.clone();
+                async move { store.add_references(&key, &refs, time).await }
+            })
             .buffer_unordered(crate::store::DEFAULT_CONCURRENCY)
             .collect()
             .await;

@@ -66,9 +66,39 @@ pub enum ViewError {
         /// The view's time.
         at: Timestamp,
     },
+    /// A join found a number of records its field cannot hold (several
+    /// records for a `T` or `Option<T>` field).
+    #[error("join of {model} for {root} found {found} records where at most one fits")]
+    Cardinality {
+        /// The root record.
+        root: RecordKey,
+        /// The joined model.
+        model: &'static str,
+        /// How many records were found.
+        found: usize,
+    },
     /// The store or a builder failed.
     #[error(transparent)]
     Store(#[from] Error),
+}
+
+/// A user type bound to a model: the records of `MODEL` deserialize into it.
+///
+/// ```
+/// use overseer_core::view::Record;
+/// #[derive(serde::Deserialize)]
+/// struct LedgerEntry { amount_minor: i64 }
+/// impl Record for LedgerEntry { const MODEL: &'static str = "ledger_entries"; }
+/// ```
+///
+/// `#[derive(Record)]` with `#[record(model = "ledger_entries")]` writes it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not bound to a model",
+    note = "add `#[derive(Record)]` and `#[record(model = \"...\")]` to `{Self}`, or name the model on the field: `#[join(model = \"...\", on = \"...\")]`"
+)]
+pub trait Record: DeserializeOwned + Send + 'static {
+    /// The model whose records this type reads.
+    const MODEL: &'static str;
 }
 
 /// Everything a [`DataView`] needs to load itself: the DAL, the root record
@@ -127,6 +157,35 @@ impl<'a> ViewContext<'a> {
             .collect::<Result<_, Error>>()?)
     }
 
+    /// Exactly one joined record: none is [`ViewError::Missing`] (of the
+    /// root), several a [`ViewError::Cardinality`] error.
+    pub fn one<T>(&self, model: &'static str, mut found: Vec<T>) -> Result<T, ViewError> {
+        match found.len() {
+            1 => found.pop().ok_or_else(|| unreachable_missing(self)),
+            0 => Err(ViewError::Missing {
+                key: self.root.clone(),
+                at: self.at,
+            }),
+            n => Err(ViewError::Cardinality {
+                root: self.root.clone(),
+                model,
+                found: n,
+            }),
+        }
+    }
+
+    /// At most one joined record: several are a [`ViewError::Cardinality`] error.
+    pub fn optional<T>(&self, model: &'static str, mut found: Vec<T>) -> Result<Option<T>, ViewError> {
+        match found.len() {
+            0 | 1 => Ok(found.pop()),
+            n => Err(ViewError::Cardinality {
+                root: self.root.clone(),
+                model,
+                found: n,
+            }),
+        }
+    }
+
     /// The records of `model` that the root's `on` field points at, as `T`.
     pub async fn referenced_as<T: DeserializeOwned>(
         &self,
@@ -139,6 +198,13 @@ impl<'a> ViewContext<'a> {
             .into_iter()
             .map(|(key, state)| deserialize(&key, state))
             .collect::<Result<_, Error>>()?)
+    }
+}
+
+fn unreachable_missing(ctx: &ViewContext<'_>) -> ViewError {
+    ViewError::Missing {
+        key: ctx.root.clone(),
+        at: ctx.at,
     }
 }
 

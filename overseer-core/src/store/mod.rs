@@ -4,7 +4,12 @@
 //! (`docs/store-layout.md`).
 
 pub(crate) mod codec;
+mod audit;
+mod counting;
 pub mod layout;
+
+pub use audit::{AuditEntry, IncidentEntry, OutcomeKind};
+pub use counting::{CountingStore, RequestCounts};
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -159,7 +164,7 @@ impl Store {
         &self.inner
     }
 
-    fn path(&self, parts: &[&str]) -> Path {
+    pub(crate) fn path(&self, parts: &[&str]) -> Path {
         let mut p = self.root.clone();
         for part in parts {
             p = p.join(*part);
@@ -188,7 +193,7 @@ impl Store {
             .to_string()
     }
 
-    async fn put_create(&self, path: &Path, bytes: Bytes) -> Result<PutOutcome> {
+    pub(crate) async fn put_create(&self, path: &Path, bytes: Bytes) -> Result<PutOutcome> {
         let opts = PutOptions {
             mode: PutMode::Create,
             ..PutOptions::default()
@@ -208,7 +213,7 @@ impl Store {
         }
     }
 
-    async fn get_bytes(&self, path: &Path) -> Result<Bytes> {
+    pub(crate) async fn get_bytes(&self, path: &Path) -> Result<Bytes> {
         let store_err = |source| Error::Store {
             operation: "get",
             path: path.to_string(),
@@ -223,7 +228,7 @@ impl Store {
             .map_err(store_err)
     }
 
-    async fn list_paths(&self, prefix: &Path) -> Result<Vec<Path>> {
+    pub(crate) async fn list_paths(&self, prefix: &Path) -> Result<Vec<Path>> {
         let mut paths: Vec<Path> = self
             .inner
             .list(Some(prefix))
@@ -267,7 +272,12 @@ impl Store {
     /// Stores many updates with up to the store's concurrency in flight;
     /// the outcomes are in the order of `docs`.
     pub async fn put_updates(&self, docs: &[UpdateDocument]) -> Vec<Result<PutOutcome>> {
-        stream::iter(docs.iter().map(|d| self.put_update(d)))
+        let store = self.clone();
+        stream::iter(docs.to_vec())
+            .map(move |d| {
+                let store = store.clone();
+                async move { store.put_update(&d).await }
+            })
             .buffered(self.concurrency)
             .collect()
             .await

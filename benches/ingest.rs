@@ -1,0 +1,203 @@
+//! Ingestion and time-travel benchmarks, printing one JSON object per mode.
+//!
+//! ```text
+//! cargo bench -p overseer-benches --bench ingest -- memory [EVENTS]   # default 1,000,000
+//! cargo bench -p overseer-benches --bench ingest -- local  [EVENTS]   # default 100,000; raw put rate in the same run
+//! cargo bench -p overseer-benches --bench ingest -- state  [UPDATES]  # default 1,000
+//! ```
+#![allow(clippy::print_stdout, clippy::unwrap_used, missing_docs)]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::{StreamExt, stream};
+use overseer_benches::{Rng, mongo_events, one_record_events, peak_rss_mib};
+use overseer_builders::{FormatName, FormatOptions};
+use overseer_core::object_store::local::LocalFileSystem;
+use overseer_core::object_store::memory::InMemory;
+use overseer_core::object_store::path::Path;
+use overseer_core::object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use overseer_core::store::CountingStore;
+use overseer_core::{BatchReport, Ingestor, RecordKey, ReferenceSpec, References, SourceId, Store, Timestamp};
+use serde_json::json;
+
+const BATCH: usize = 10_000;
+
+fn ingestor(store: Store) -> Ingestor {
+    let consumer = overseer_builders::consumer(FormatName::Mongo, FormatOptions::default()).unwrap();
+    let refs = References::new().with(ReferenceSpec::parse("transfers.user_id -> users").unwrap());
+    Ingestor::new(store, SourceId::new("transfers-cdc").unwrap(), consumer, refs)
+}
+
+/// Ingests `events` generated on the fly, in batches; returns the report and seconds.
+async fn ingest(ing: &Ingestor, events: usize) -> (BatchReport, f64) {
+    let mut report = BatchReport::default();
+    let mut events_iter = mongo_events(events, 42);
+    let mut elapsed = 0.0;
+    loop {
+        let batch: Vec<Bytes> = events_iter.by_ref().take(BATCH).collect();
+        if batch.is_empty() {
+            break;
+        }
+        let start = Instant::now();
+        report.absorb(ing.ingest_and_ack(&batch).await.unwrap());
+        elapsed += start.elapsed().as_secs_f64();
+    }
+    (report, elapsed)
+}
+
+async fn memory(events: usize) {
+    let counting = Arc::new(CountingStore::new(InMemory::new()));
+    let ing = ingestor(Store::new(counting.clone()));
+    let (report, secs) = ingest(&ing, events).await;
+    assert_eq!(report.stored, events, "every event stored: {report:?}");
+    // Request cost of 1,000 events, measured on a fresh store.
+    let counting_1k = Arc::new(CountingStore::new(InMemory::new()));
+    let (r1k, _) = ingest(&ingestor(Store::new(counting_1k.clone())), 1000).await;
+    let c = counting_1k.counts();
+    println!(
+        "{}",
+        json!({
+            "mode": "memory",
+            "events": events,
+            "seconds": secs,
+            "events_per_sec": events as f64 / secs,
+            "requests_per_1000_events": {"puts": c.puts, "gets": c.gets, "lists": c.lists, "other": c.other, "stored": r1k.stored},
+            "requests_total": {"puts": counting.counts().puts, "gets": counting.counts().gets, "lists": counting.counts().lists},
+            "peak_rss_mib": peak_rss_mib(),
+        })
+    );
+}
+
+/// The raw rate at which this file system takes create-only puts of
+/// `sizes` (the physical ceiling for one object per update).
+async fn raw_put_rate(fs: Arc<dyn ObjectStore>, sizes: &[usize]) -> f64 {
+    let start = Instant::now();
+    let results: Vec<_> = stream::iter(sizes.iter().enumerate())
+        .map(|(i, &size)| {
+            let fs = fs.clone();
+            async move {
+                let path = Path::from(format!("raw/{:04}/{i:08}.pb", i % 1000));
+                let opts = PutOptions {
+                    mode: PutMode::Create,
+                    ..PutOptions::default()
+                };
+                fs.put_opts(&path, PutPayload::from(vec![7u8; size]), opts).await
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let secs = start.elapsed().as_secs_f64();
+    assert!(results.iter().all(Result::is_ok));
+    sizes.len() as f64 / secs
+}
+
+async fn local(events: usize) {
+    let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let fs: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    // Envelope sizes of the same events (raw event + ~170 bytes of metadata).
+    let sizes: Vec<usize> = mongo_events(events, 42).map(|e| e.len() + 170).collect();
+    let raw_rate = raw_put_rate(fs.clone(), &sizes).await;
+    let counting = Arc::new(CountingStore::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap()));
+    let store = Store::new(counting.clone()).with_prefix("overseer");
+    let (report, secs) = ingest(&ingestor(store), events).await;
+    assert_eq!(report.stored, events);
+    let c = counting.counts();
+    let puts_per_event = c.puts as f64 / events as f64;
+    let rate = events as f64 / secs;
+    let ceiling = raw_rate / puts_per_event;
+    println!(
+        "{}",
+        json!({
+            "mode": "local",
+            "events": events,
+            "seconds": secs,
+            "events_per_sec": rate,
+            "raw_puts_per_sec": raw_rate,
+            "puts_per_event": puts_per_event,
+            "gets_per_event": c.gets as f64 / events as f64,
+            "lists_per_event": c.lists as f64 / events as f64,
+            "ceiling_events_per_sec": ceiling,
+            "ratio_to_ceiling": rate / ceiling,
+            "peak_rss_mib": peak_rss_mib(),
+        })
+    );
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn state(updates: usize) {
+    let (start_ms, events) = one_record_events(updates);
+    let key = RecordKey::new("transfers", "tr-hot").unwrap();
+    let mut rng = Rng::new(7);
+    let mut random_t = || Timestamp::from_millis(start_ms + rng.below(updates as u64) as i64);
+
+    // Cached: InMemory, one DAL whose cache is warm after a first read.
+    let store = Store::in_memory();
+    ingestor(store.clone()).ingest_batch(&events).await.unwrap();
+    let dal = overseer_builders::dal(store);
+    let full = dal.state_at(&key, Timestamp::MAX).await.unwrap().unwrap();
+    assert_eq!(full["n"], json!(updates - 1));
+    let mut cached = Vec::new();
+    for _ in 0..300 {
+        let at = random_t();
+        let start = Instant::now();
+        let s = dal.state_at(&key, at).await.unwrap();
+        cached.push(start.elapsed().as_secs_f64() * 1e3);
+        assert!(s.is_some());
+    }
+
+    // Cold: LocalFileSystem, a new DAL (empty cache) for every read.
+    let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let local = Store::local(dir.path()).unwrap();
+    ingestor(local.clone()).ingest_batch(&events).await.unwrap();
+    let mut cold = Vec::new();
+    let mut warm_local = Vec::new();
+    let warm_dal = overseer_builders::dal(local.clone());
+    warm_dal.state_at(&key, Timestamp::MAX).await.unwrap();
+    for _ in 0..40 {
+        let at = random_t();
+        let dal = overseer_builders::dal(local.clone());
+        let start = Instant::now();
+        let s = dal.state_at(&key, at).await.unwrap();
+        cold.push(start.elapsed().as_secs_f64() * 1e3);
+        assert!(s.is_some());
+        let start = Instant::now();
+        warm_dal.state_at(&key, at).await.unwrap();
+        warm_local.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "{}",
+        json!({
+            "mode": "state",
+            "updates": updates,
+            "memory_cached_median_ms": median(cached),
+            "local_cold_median_ms": median(cold),
+            "local_cached_median_ms": median(warm_local),
+        })
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let mode = args.first().map(String::as_str).unwrap_or("all");
+    let n = |default: usize| args.get(1).and_then(|a| a.parse().ok()).unwrap_or(default);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        match mode {
+            "memory" => memory(n(1_000_000)).await,
+            "local" => local(n(100_000)).await,
+            "state" => state(n(1000)).await,
+            _ => {
+                memory(n(1_000_000)).await;
+                local(100_000).await;
+                state(1000).await;
+            }
+        }
+    });
+}

@@ -1,0 +1,125 @@
+//! Escalation: what happens when an incident opens or resolves.
+//!
+//! A failing (check, root record) opens one [`Incident`]; later failures
+//! update it; a later pass resolves it. Escalations are told about each
+//! transition, so a webhook pages once and resolves once — no alert storms.
+
+use std::fmt::{self, Debug};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::error::BoxError;
+use crate::model::RecordKey;
+use crate::time::Timestamp;
+
+/// One incident: a (check, root record) that fails.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Incident {
+    /// The failing check.
+    pub check: String,
+    /// The record it fails for.
+    pub root: RecordKey,
+    /// A key stable for this incident (check, record, opening time), for
+    /// deduplication by paging systems.
+    pub dedup_key: String,
+    /// When the incident opened (runner clock).
+    pub opened_at: Timestamp,
+    /// When it was last updated by a failing run.
+    pub updated_at: Timestamp,
+    /// When it resolved, if it has.
+    pub resolved_at: Option<Timestamp>,
+    /// How many failing runs it has seen.
+    pub failures: u32,
+    /// The latest failure's message.
+    pub message: String,
+    /// The latest failure's details.
+    pub details: Value,
+    /// Commit time of the update that made the discrepancy observable (the
+    /// trigger of the first failing run).
+    pub trigger_commit_time: Timestamp,
+}
+
+/// What happened to an incident.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IncidentChange {
+    /// A new failure opened it.
+    Opened,
+    /// Another failing run updated it.
+    Updated,
+    /// A passing run resolved it.
+    Resolved,
+}
+
+/// Told about every incident transition of the checks that name it.
+///
+/// ```
+/// use overseer_core::escalation::{Escalation, IncidentChange, Incident, FnEscalation};
+/// let pages = FnEscalation::new(|change: IncidentChange, incident: &Incident| {
+///     if change == IncidentChange::Opened {
+///         eprintln!("{} fails for {}: {}", incident.check, incident.root, incident.message);
+///     }
+/// });
+/// ```
+#[async_trait]
+pub trait Escalation: Send + Sync + Debug + 'static {
+    /// Escalates one transition. An error is logged and counted; the
+    /// incident itself is kept either way.
+    async fn escalate(&self, change: IncidentChange, incident: &Incident) -> Result<(), BoxError>;
+}
+
+/// Logs incidents with `tracing` (the default escalation, named `log`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogEscalation;
+
+#[async_trait]
+impl Escalation for LogEscalation {
+    async fn escalate(&self, change: IncidentChange, incident: &Incident) -> Result<(), BoxError> {
+        match change {
+            IncidentChange::Opened => tracing::warn!(
+                check = %incident.check, root = %incident.root, message = %incident.message,
+                "incident opened"
+            ),
+            IncidentChange::Updated => tracing::debug!(
+                check = %incident.check, root = %incident.root, failures = incident.failures,
+                "incident still failing"
+            ),
+            IncidentChange::Resolved => tracing::info!(
+                check = %incident.check, root = %incident.root, "incident resolved"
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// An escalation from a plain function (collect incidents in tests, send
+/// them to your own system).
+pub struct FnEscalation<F>(Arc<F>);
+
+impl<F> FnEscalation<F>
+where
+    F: Fn(IncidentChange, &Incident) + Send + Sync + 'static,
+{
+    /// Escalates by calling `f`.
+    pub fn new(f: F) -> Self {
+        Self(Arc::new(f))
+    }
+}
+
+impl<F> Debug for FnEscalation<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FnEscalation")
+    }
+}
+
+#[async_trait]
+impl<F> Escalation for FnEscalation<F>
+where
+    F: Fn(IncidentChange, &Incident) + Send + Sync + 'static,
+{
+    async fn escalate(&self, change: IncidentChange, incident: &Incident) -> Result<(), BoxError> {
+        (self.0)(change, incident);
+        Ok(())
+    }
+}

@@ -1,0 +1,485 @@
+//! The embedded pipeline: ingestion, the topic and the runner in one
+//! process, built with [`Overseer::builder`].
+//!
+//! ```
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use overseer_core::pipeline::{Overseer, SourceConfig};
+//! use overseer_core::testing::LinesConsumer;
+//! use overseer_core::{Registry, Store};
+//! # use overseer_core::{check::{Check, Verdict}, view::{DataView, ViewContext, ViewError, ViewSpec}};
+//! # #[derive(serde::Deserialize)] struct Line { n: i64 }
+//! # impl DataView for Line {
+//! #     fn spec() -> ViewSpec { ViewSpec { root: "lines", joins: vec![] } }
+//! #     async fn load(ctx: &ViewContext<'_>) -> Result<Self, ViewError> { ctx.root_as().await }
+//! # }
+//! # async fn small(l: Line) -> Verdict { if l.n < 100 { Verdict::pass() } else { Verdict::fail("too big") } }
+//!
+//! let mut overseer = Overseer::builder()
+//!     .store(Store::in_memory())
+//!     .state_builder(LinesConsumer)
+//!     .source(SourceConfig::new("app", LinesConsumer)?.models(["lines"])?)
+//!     .checks(Registry::new().add(Check::new("small", small)))
+//!     .build()?;
+//! overseer.ingest("app", &["a 5".into(), "b 500".into()]).await?;
+//! overseer.drain().await?;
+//! assert_eq!(overseer.runner().stats().incidents_opened, 1);
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::check::Registry;
+use crate::clock::{Clock, ManualClock, WallClock};
+use crate::consumer::{Consumer, ReferenceSpec, References, StateBuilder};
+use crate::dal::Dal;
+use crate::error::{BoxError, Error};
+use crate::escalation::Escalation;
+use crate::ingest::{BatchReport, Ingestor};
+use crate::model::{Model, SourceId, SourcePosition};
+use crate::runner::{Execution, ModelSources, Runner, RunnerConfig, RunnerError};
+use crate::store::Store;
+use crate::topic::{InProcessTopic, Message, Topic};
+
+/// One source of the pipeline: its id, the consumer of its format, and the
+/// models it delivers (what freshness waits for, and what checks may read).
+#[derive(Clone)]
+pub struct SourceConfig {
+    id: SourceId,
+    consumer: Arc<dyn Consumer>,
+    models: Vec<Model>,
+}
+
+impl std::fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("id", &self.id)
+            .field("format", &self.consumer.format())
+            .field("models", &self.models)
+            .finish()
+    }
+}
+
+impl SourceConfig {
+    /// A source named `id` read with `consumer`.
+    pub fn new(id: impl AsRef<str>, consumer: impl Consumer) -> Result<Self, Error> {
+        Ok(Self {
+            id: SourceId::new(id)?,
+            consumer: Arc::new(consumer),
+            models: Vec::new(),
+        })
+    }
+
+    /// A source read with a shared consumer.
+    pub fn with_shared(id: impl AsRef<str>, consumer: Arc<dyn Consumer>) -> Result<Self, Error> {
+        Ok(Self {
+            id: SourceId::new(id)?,
+            consumer,
+            models: Vec::new(),
+        })
+    }
+
+    /// The models this source delivers.
+    pub fn models<I, S>(mut self, models: I) -> Result<Self, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        for m in models {
+            self.models.push(Model::new(m)?);
+        }
+        Ok(self)
+    }
+}
+
+/// Why a pipeline could not be built or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// Something required was not configured.
+    #[error("pipeline configuration: {0}")]
+    Config(String),
+    /// The check registry is invalid.
+    #[error(transparent)]
+    Runner(#[from] RunnerError),
+    /// A store or ingestion error.
+    #[error(transparent)]
+    Core(#[from] Error),
+    /// The topic failed.
+    #[error("topic: {0}")]
+    Topic(BoxError),
+    /// A source failed.
+    #[error("source {source_id}: {error}")]
+    Source {
+        /// The source.
+        source_id: String,
+        /// Its error.
+        error: BoxError,
+    },
+}
+
+/// Configures an [`Overseer`].
+#[derive(Default)]
+pub struct OverseerBuilder {
+    store: Option<Store>,
+    state_builders: Vec<Arc<dyn StateBuilder>>,
+    sources: Vec<SourceConfig>,
+    references: References,
+    registry: Registry,
+    escalations: HashMap<String, Arc<dyn Escalation>>,
+    clock: Option<Arc<dyn Clock>>,
+    manual: Option<Arc<ManualClock>>,
+    topic: Option<Arc<dyn Topic>>,
+    config: RunnerConfig,
+}
+
+impl OverseerBuilder {
+    /// A clock driven by the caller (replays, simulations, tests): the
+    /// runner measures delays on it, and [`Overseer::drain`] moves it past
+    /// pending deadlines.
+    pub fn manual_clock(mut self, clock: Arc<ManualClock>) -> Self {
+        self.clock = Some(clock.clone());
+        self.manual = Some(clock);
+        self
+    }
+
+    /// The store (required).
+    pub fn store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Adds the state builder of one format.
+    pub fn state_builder(mut self, builder: impl StateBuilder) -> Self {
+        self.state_builders.push(Arc::new(builder));
+        self
+    }
+
+    /// Adds shared state builders (e.g. `overseer_builders::builders()`).
+    pub fn state_builders(mut self, builders: impl IntoIterator<Item = Arc<dyn StateBuilder>>) -> Self {
+        self.state_builders.extend(builders);
+        self
+    }
+
+    /// Adds a source.
+    pub fn source(mut self, source: SourceConfig) -> Self {
+        self.sources.push(source);
+        self
+    }
+
+    /// Adds a reference (`ledger_entries.transfer_id -> transfers`).
+    pub fn reference(mut self, spec: ReferenceSpec) -> Self {
+        self.references = self.references.with(spec);
+        self
+    }
+
+    /// The checks to run (e.g. [`registered()`](crate::registered)).
+    pub fn checks(mut self, registry: Registry) -> Self {
+        self.registry = self.registry.extend(registry);
+        self
+    }
+
+    /// Registers an escalation under the name checks use (`escalate = name`).
+    pub fn escalation(mut self, name: impl Into<String>, escalation: impl Escalation) -> Self {
+        self.escalations.insert(name.into(), Arc::new(escalation));
+        self
+    }
+
+    /// The runner's clock (default: the wall clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The topic between ingestion and the runner (default: in-process).
+    pub fn topic(mut self, topic: Arc<dyn Topic>) -> Self {
+        self.topic = Some(topic);
+        self
+    }
+
+    /// Runner tuning.
+    pub fn runner_config(mut self, config: RunnerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Validates everything at once and builds the pipeline.
+    pub fn build(self) -> Result<Overseer, PipelineError> {
+        let store = self
+            .store
+            .ok_or_else(|| PipelineError::Config("no store: call .store(Store::in_memory()) or Store::local(dir)".into()))?;
+        if self.sources.is_empty() {
+            return Err(PipelineError::Config("no sources: add at least one .source(SourceConfig::new(..))".into()));
+        }
+        let mut model_sources: ModelSources = HashMap::new();
+        let mut ingestors = HashMap::new();
+        for s in &self.sources {
+            if ingestors.contains_key(&s.id) {
+                return Err(PipelineError::Config(format!("source {} is configured twice", s.id)));
+            }
+            for m in &s.models {
+                model_sources.entry(m.clone()).or_default().push(s.id.clone());
+            }
+            ingestors.insert(
+                s.id.clone(),
+                Ingestor::new(store.clone(), s.id.clone(), s.consumer.clone(), self.references.clone()),
+            );
+        }
+        let dal = self.state_builders.into_iter().fold(Dal::new(store.clone()), Dal::with_shared_builder);
+        let clock = self.clock.unwrap_or_else(|| Arc::new(WallClock));
+        let runner = Runner::new(dal, clock, &self.registry, &model_sources, self.escalations, self.config)?;
+        Ok(Overseer {
+            store,
+            ingestors,
+            runner,
+            manual: self.manual,
+            topic: self.topic.unwrap_or_else(|| Arc::new(InProcessTopic::new())),
+        })
+    }
+}
+
+/// A batch source for [`Overseer::run`]: hands over batches of raw events
+/// and is told, after each batch is stored, the batch's last position.
+#[async_trait]
+pub trait Source: Send + 'static {
+    /// The source's id (as configured with [`SourceConfig`]).
+    fn id(&self) -> &SourceId;
+
+    /// The next batch; `None` when the source is exhausted.
+    async fn next_batch(&mut self) -> Result<Option<Vec<Bytes>>, BoxError>;
+
+    /// Acknowledges that everything up to `position` is durably stored.
+    async fn ack(&mut self, position: Option<&SourcePosition>) -> Result<(), BoxError>;
+}
+
+/// The embedded pipeline. Drive it step by step ([`ingest`](Self::ingest),
+/// [`tick`](Self::tick), [`drain`](Self::drain)) or let
+/// [`run`](Self::run) drive it from [`Source`]s until shutdown.
+pub struct Overseer {
+    store: Store,
+    ingestors: HashMap<SourceId, Ingestor>,
+    runner: Runner,
+    manual: Option<Arc<ManualClock>>,
+    topic: Arc<dyn Topic>,
+}
+
+impl std::fmt::Debug for Overseer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overseer")
+            .field("sources", &self.ingestors.keys().collect::<Vec<_>>())
+            .field("runner", &self.runner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many messages the runner takes from the topic at once.
+const POLL_MAX: usize = 65_536;
+
+impl Overseer {
+    /// Starts configuring a pipeline.
+    pub fn builder() -> OverseerBuilder {
+        OverseerBuilder::default()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The runner (stats, open incidents, watermarks).
+    pub fn runner(&self) -> &Runner {
+        &self.runner
+    }
+
+    fn ingestor(&self, source: &str) -> Result<&Ingestor, PipelineError> {
+        let id = SourceId::new(source)?;
+        self.ingestors.get(&id).ok_or_else(|| {
+            let mut known: Vec<&str> = self.ingestors.keys().map(SourceId::as_str).collect();
+            known.sort_unstable();
+            PipelineError::Config(format!("unknown source {source:?} (known: {})", known.join(", ")))
+        })
+    }
+
+    /// Ingests one batch of `source` (stores it, acknowledges it, publishes
+    /// its notifications and watermark to the topic).
+    pub async fn ingest(&self, source: &str, batch: &[Bytes]) -> Result<BatchReport, PipelineError> {
+        let ingestor = self.ingestor(source)?;
+        let mut report = ingestor.ingest_and_ack(batch).await?;
+        let mut messages: Vec<Message> =
+            report.notifications.drain(..).map(Message::Notification).collect();
+        if let Some(time) = report.watermark {
+            messages.push(Message::Watermark {
+                source: ingestor.source().clone(),
+                time,
+            });
+        }
+        self.topic.publish(messages).await.map_err(PipelineError::Topic)?;
+        Ok(report)
+    }
+
+    /// Records that `source` has delivered everything up to `time` (a
+    /// heartbeat of an idle source).
+    pub async fn heartbeat(&self, source: &str, time: crate::Timestamp) -> Result<(), PipelineError> {
+        let source = self.ingestor(source)?.source().clone();
+        self.topic
+            .publish(vec![Message::Watermark { source, time }])
+            .await
+            .map_err(PipelineError::Topic)
+    }
+
+    /// Takes what the topic holds into the runner, then runs every ready
+    /// check; returns the executions.
+    pub async fn tick(&mut self) -> Result<Vec<Execution>, PipelineError> {
+        loop {
+            let messages = self.topic.poll(POLL_MAX).await.map_err(PipelineError::Topic)?;
+            if messages.is_empty() {
+                break;
+            }
+            let mut notifications = Vec::with_capacity(messages.len());
+            for m in messages {
+                match m {
+                    Message::Notification(n) => notifications.push(n),
+                    Message::Watermark { source, time } => {
+                        self.runner.notify(&notifications).await?;
+                        notifications.clear();
+                        self.runner.observe_watermark(&source, time);
+                    }
+                }
+            }
+            self.runner.notify(&notifications).await?;
+        }
+        Ok(self.runner.run_ready().await?)
+    }
+
+    /// Runs every pending check, as if every delay had passed: the
+    /// [`ManualClock`] given to [`OverseerBuilder::manual_clock`] is moved
+    /// to each pending deadline in turn. With another clock, runs whose time
+    /// has not come stay pending. Used at the end of a replay or a test.
+    pub async fn drain(&mut self) -> Result<Vec<Execution>, PipelineError> {
+        let mut all = self.tick().await?;
+        let Some(clock) = self.manual.clone() else {
+            return Ok(all);
+        };
+        while let Some(deadline) = self.runner.next_deadline() {
+            clock.advance_to(deadline);
+            let ran = self.tick().await?;
+            if ran.is_empty() && self.runner.next_deadline() == Some(deadline) {
+                // Nothing can make progress (cannot happen with the built-in
+                // strategies, whose deadlines always make their runs ready).
+                break;
+            }
+            all.extend(ran);
+        }
+        Ok(all)
+    }
+
+    /// Runs the pipeline from `sources` until they are exhausted or
+    /// `shutdown` completes; then stops reading, runs what is ready, and
+    /// returns the pipeline (for its stats). Each source is read in its own
+    /// task; a batch is acknowledged to its source only once stored.
+    pub async fn run(
+        mut self,
+        sources: Vec<Box<dyn Source>>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<Self, PipelineError> {
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Result<(), PipelineError>>(sources.len().max(1));
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let mut handles = Vec::new();
+        let expected = sources.len();
+        for mut source in sources {
+            let ingestor = self
+                .ingestors
+                .get(source.id())
+                .cloned()
+                .ok_or_else(|| PipelineError::Config(format!("source {} is not configured", source.id())))?;
+            let topic = self.topic.clone();
+            let done = done_tx.clone();
+            let stop = stop.clone();
+            handles.push(tokio::spawn(async move {
+                let result = pump(&mut *source, &ingestor, topic.as_ref(), stop).await;
+                let _ = done.send(result).await;
+            }));
+        }
+        drop(done_tx);
+        tokio::pin!(shutdown);
+        let mut finished = 0;
+        loop {
+            let sleep_until = self.runner.next_deadline();
+            let now = self.runner.clock().now();
+            let nap = sleep_until
+                .map(|t| std::time::Duration::from_micros((t.as_micros() - now.as_micros()).max(0).unsigned_abs()))
+                .unwrap_or(std::time::Duration::from_secs(1))
+                .min(std::time::Duration::from_secs(1));
+            tokio::select! {
+                _ = &mut shutdown => break,
+                r = done_rx.recv(), if finished < expected => {
+                    match r {
+                        Some(Ok(())) => finished += 1,
+                        Some(Err(e)) => {
+                            let _ = stop_tx.send(true);
+                            return Err(e);
+                        }
+                        None => finished = expected,
+                    }
+                    if finished == expected {
+                        self.tick().await?;
+                        break;
+                    }
+                }
+                _ = self.topic.wait() => {}
+                _ = tokio::time::sleep(nap) => {}
+            }
+            self.tick().await?;
+        }
+        let _ = stop_tx.send(true);
+        for h in handles {
+            let _ = h.await;
+        }
+        self.tick().await?;
+        Ok(self)
+    }
+}
+
+/// Reads one source until it is exhausted or told to stop: each batch is
+/// stored, then published, then acknowledged to the source.
+async fn pump(
+    source: &mut dyn Source,
+    ingestor: &Ingestor,
+    topic: &dyn Topic,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), PipelineError> {
+    fn source_err(id: &SourceId, error: BoxError) -> PipelineError {
+        PipelineError::Source {
+            source_id: id.to_string(),
+            error,
+        }
+    }
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let batch = tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            b = source.next_batch() => b.map_err(|e| source_err(ingestor.source(), e))?,
+        };
+        let Some(batch) = batch else { return Ok(()) };
+        let mut report = ingestor.ingest_and_ack(&batch).await?;
+        let mut messages: Vec<Message> = report.notifications.drain(..).map(Message::Notification).collect();
+        if let Some(time) = report.watermark {
+            messages.push(Message::Watermark {
+                source: ingestor.source().clone(),
+                time,
+            });
+        }
+        topic.publish(messages).await.map_err(PipelineError::Topic)?;
+        source
+            .ack(report.last_position.as_ref())
+            .await
+            .map_err(|e| source_err(ingestor.source(), e))?;
+    }
+}

@@ -1,0 +1,775 @@
+//! The processors runner: selection, scheduling, translation, execution,
+//! escalation and audit of checks.
+//!
+//! The runner is driven by three calls, which the embedded pipeline
+//! ([`Overseer`](crate::pipeline::Overseer)), the testkit and simulations
+//! make in the order they choose:
+//!
+//! * [`Runner::notify`]: updates stored by ingestion. Advances the sources'
+//!   watermarks, selects the checks whose views read the updated model,
+//!   resolves each update to its root record(s), and schedules one pending
+//!   run per (check, root record) with the check's strategy. Repeated
+//!   triggers for a pending run coalesce into it.
+//! * [`Runner::observe_watermark`]: a source proves it has delivered
+//!   everything up to a time (heartbeats, transaction commits).
+//! * [`Runner::run_ready`]: runs every pending run that is ready on the
+//!   runner's clock, and returns what happened.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt, stream};
+use serde_json::Value;
+
+use crate::check::{Check, Registry, RegistryError, Verdict};
+use crate::clock::Clock;
+use crate::dal::Dal;
+use crate::error::Result;
+use crate::escalation::{Escalation, Incident, IncidentChange, LogEscalation};
+use crate::model::{Model, Notification, RecordKey, SourceId};
+use crate::store::{AuditEntry, IncidentEntry, OutcomeKind};
+use crate::strategy::{Plan, Trigger};
+use crate::time::Timestamp;
+use crate::view::{JoinDirection, ViewError};
+
+/// Tuning of the runner.
+#[derive(Clone, Debug)]
+pub struct RunnerConfig {
+    /// First delay before an indeterminate run is retried (doubles per attempt).
+    pub retry_delay: Duration,
+    /// Attempts before an indeterminate run is abandoned (counted, not escalated).
+    pub max_attempts: u32,
+    /// Executions in flight at once.
+    pub concurrency: usize,
+    /// Write an audit record for every execution.
+    pub audit: bool,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            retry_delay: Duration::from_secs(5),
+            max_attempts: 5,
+            concurrency: 64,
+            audit: true,
+        }
+    }
+}
+
+/// What one execution concluded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The check ran and returned a verdict.
+    Verdict(Verdict),
+    /// The view could not be loaded (retried; never escalated).
+    Indeterminate(String),
+    /// The check panicked, timed out or errored (recorded; never escalated
+    /// as a disagreement).
+    Error(String),
+}
+
+impl Outcome {
+    /// The kind of this outcome.
+    pub fn kind(&self) -> OutcomeKind {
+        match self {
+            Outcome::Verdict(Verdict::Pass) => OutcomeKind::Pass,
+            Outcome::Verdict(Verdict::Fail(_)) => OutcomeKind::Fail,
+            Outcome::Verdict(Verdict::NotApplicable) => OutcomeKind::NotApplicable,
+            Outcome::Indeterminate(_) => OutcomeKind::Indeterminate,
+            Outcome::Error(_) => OutcomeKind::Error,
+        }
+    }
+}
+
+/// One execution, as reported by [`Runner::run_ready`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Execution {
+    /// The check's name.
+    pub check: String,
+    /// The root record.
+    pub root: RecordKey,
+    /// The (latest) trigger.
+    pub trigger: Trigger,
+    /// The source time the view was loaded as of.
+    pub as_of: Timestamp,
+    /// The runner clock at execution.
+    pub executed_at: Timestamp,
+    /// What it concluded.
+    pub outcome: Outcome,
+    /// Sources that had not caught up (a capped wait ran it anyway).
+    pub lagging_sources: Vec<SourceId>,
+    /// How many triggers it covered.
+    pub coalesced: u32,
+    /// The incident transition it caused, if any.
+    pub incident: Option<(IncidentChange, Incident)>,
+    /// Wall time the execution took.
+    pub duration: Duration,
+}
+
+/// Counters of a runner.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunnerStats {
+    /// Notifications received.
+    pub notifications: u64,
+    /// Triggers (check, root) produced by selection.
+    pub triggers: u64,
+    /// Triggers merged into an already pending run.
+    pub coalesced: u64,
+    /// Executions.
+    pub executions: u64,
+    /// Passing executions.
+    pub passes: u64,
+    /// Failing executions.
+    pub failures: u64,
+    /// Not-applicable executions.
+    pub not_applicable: u64,
+    /// Indeterminate executions (view not loadable).
+    pub indeterminate: u64,
+    /// Executions that panicked, timed out or errored.
+    pub errors: u64,
+    /// Indeterminate runs given up after the last attempt.
+    pub abandoned: u64,
+    /// Runs made after a capped wait, with sources lagging.
+    pub degraded: u64,
+    /// Incidents opened.
+    pub incidents_opened: u64,
+    /// Incidents resolved.
+    pub incidents_resolved: u64,
+    /// Escalations that returned an error.
+    pub escalation_errors: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Role {
+    Root,
+    Referrer { on: &'static str },
+    Referenced { via: &'static str },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Slot {
+    Timed(Timestamp, u64),
+    Fresh(Timestamp, u64),
+}
+
+#[derive(Debug)]
+struct Pending {
+    plan: Plan,
+    trigger: Trigger,
+    coalesced: u32,
+    attempt: u32,
+    slot: Slot,
+}
+
+#[derive(Debug)]
+struct CheckSlot {
+    check: Check,
+    root_model: Model,
+    sources: Vec<SourceId>,
+    timed: BTreeMap<(Timestamp, u64), RecordKey>,
+    fresh: BTreeMap<(Timestamp, u64), RecordKey>,
+    pending: HashMap<RecordKey, Pending>,
+}
+
+struct Ready {
+    check: usize,
+    root: RecordKey,
+    pending: Pending,
+    as_of: Timestamp,
+    lagging: Vec<SourceId>,
+}
+
+/// Why a runner could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunnerError {
+    /// The check registry is invalid.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// Selects, schedules and runs checks. See the [module docs](self).
+pub struct Runner {
+    dal: Dal,
+    clock: Arc<dyn Clock>,
+    config: RunnerConfig,
+    checks: Vec<CheckSlot>,
+    selection: HashMap<Model, Vec<(usize, Role)>>,
+    watermarks: HashMap<SourceId, Timestamp>,
+    escalations: HashMap<String, Arc<dyn Escalation>>,
+    incidents: HashMap<(usize, RecordKey), Incident>,
+    stats: RunnerStats,
+    seq: u64,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("checks", &self.checks.iter().map(|c| c.check.name()).collect::<Vec<_>>())
+            .field("watermarks", &self.watermarks)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The sources each model is delivered by (what freshness waits for).
+pub type ModelSources = HashMap<Model, Vec<SourceId>>;
+
+impl Runner {
+    /// A runner for the checks of `registry`, reading through `dal`.
+    ///
+    /// `model_sources` says which sources deliver each model: the registry
+    /// is validated against those models and the `escalations` (plus the
+    /// built-in `log`), reporting every problem at once.
+    pub fn new(
+        dal: Dal,
+        clock: Arc<dyn Clock>,
+        registry: &Registry,
+        model_sources: &ModelSources,
+        escalations: HashMap<String, Arc<dyn Escalation>>,
+        config: RunnerConfig,
+    ) -> Result<Self, RunnerError> {
+        let mut escalations = escalations;
+        escalations
+            .entry(crate::check::DEFAULT_ESCALATION.to_owned())
+            .or_insert_with(|| Arc::new(LogEscalation));
+        let models: Vec<&str> = model_sources.keys().map(Model::as_str).collect();
+        let names: Vec<&str> = escalations.keys().map(String::as_str).collect();
+        registry.validate(&models, &names)?;
+
+        let mut checks = Vec::new();
+        let mut selection: HashMap<Model, Vec<(usize, Role)>> = HashMap::new();
+        for (i, check) in registry.checks().iter().enumerate() {
+            let spec = check.spec();
+            let triggers: HashSet<&str> = check.models().into_iter().collect();
+            let mut add = |model: &str, role: Role| {
+                if triggers.contains(model) {
+                    if let Ok(m) = Model::new(model) {
+                        selection.entry(m).or_default().push((i, role));
+                    }
+                }
+            };
+            add(spec.root, Role::Root);
+            for join in &spec.joins {
+                let role = match join.direction {
+                    JoinDirection::Referrers => Role::Referrer { on: join.on },
+                    JoinDirection::Referenced => Role::Referenced { via: join.on },
+                };
+                add(join.model, role);
+            }
+            let mut sources: Vec<SourceId> = spec
+                .models()
+                .filter_map(|m| Model::new(m).ok())
+                .flat_map(|m| model_sources.get(&m).cloned().unwrap_or_default())
+                .collect();
+            sources.sort();
+            sources.dedup();
+            let root_model = Model::new(spec.root).map_err(|e| RegistryError {
+                problems: vec![format!("check {:?}: {e}", check.name())],
+            })?;
+            tracing::info!(check = check.name(), models = ?check.models(), sources = ?sources, "check registered");
+            checks.push(CheckSlot {
+                check: check.clone(),
+                root_model,
+                sources,
+                timed: BTreeMap::new(),
+                fresh: BTreeMap::new(),
+                pending: HashMap::new(),
+            });
+        }
+        Ok(Self {
+            dal,
+            clock,
+            config,
+            checks,
+            selection,
+            watermarks: HashMap::new(),
+            escalations,
+            incidents: HashMap::new(),
+            stats: RunnerStats::default(),
+            seq: 0,
+        })
+    }
+
+    /// The runner's counters.
+    pub fn stats(&self) -> &RunnerStats {
+        &self.stats
+    }
+
+    /// The open incidents.
+    pub fn open_incidents(&self) -> impl Iterator<Item = &Incident> {
+        self.incidents.values()
+    }
+
+    /// How many runs are pending.
+    pub fn pending(&self) -> usize {
+        self.checks.iter().map(|c| c.pending.len()).sum()
+    }
+
+    /// A source's watermark, if it has reported one.
+    pub fn watermark(&self, source: &SourceId) -> Option<Timestamp> {
+        self.watermarks.get(source).copied()
+    }
+
+    /// The runner's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Records that `source` has delivered everything up to `time`.
+    pub fn observe_watermark(&mut self, source: &SourceId, time: Timestamp) {
+        let w = self.watermarks.entry(source.clone()).or_insert(time);
+        *w = (*w).max(time);
+    }
+
+    /// Takes stored updates: advances watermarks, selects the checks they
+    /// trigger, resolves root records, and schedules (or coalesces) runs.
+    pub async fn notify(&mut self, notifications: &[Notification]) -> Result<()> {
+        let now = self.clock.now();
+        for n in notifications {
+            self.stats.notifications += 1;
+            self.observe_watermark(&n.source, n.commit_time);
+            let Some(selected) = self.selection.get(&n.key.model).cloned() else {
+                continue;
+            };
+            for (check, role) in selected {
+                let roots = self.roots(check, role, n).await?;
+                for root in roots {
+                    let trigger = Trigger {
+                        root: root.clone(),
+                        updated: n.key.clone(),
+                        source: n.source.clone(),
+                        commit_time: n.commit_time,
+                        received_at: now,
+                    };
+                    self.schedule(check, trigger);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn roots(&self, check: usize, role: Role, n: &Notification) -> Result<Vec<RecordKey>> {
+        let root_model = &self.checks[check].root_model;
+        Ok(match role {
+            Role::Root => vec![n.key.clone()],
+            Role::Referrer { on } => {
+                // The joined record points at its root(s): the update's own
+                // references, plus every reference it ever had (so a root it
+                // stopped pointing at is re-checked too).
+                let mut roots: Vec<RecordKey> = n
+                    .references
+                    .iter()
+                    .filter(|r| r.field == on && &r.target.model == root_model)
+                    .map(|r| r.target.clone())
+                    .collect();
+                if n.operation != crate::model::Operation::Insert || roots.is_empty() {
+                    for e in self.dal.store().references(&n.key).await? {
+                        if e.reference.field == on && &e.reference.target.model == root_model {
+                            roots.push(e.reference.target);
+                        }
+                    }
+                }
+                roots.sort();
+                roots.dedup();
+                roots
+            }
+            Role::Referenced { via } => {
+                let mut roots: Vec<RecordKey> = self
+                    .dal
+                    .store()
+                    .referrers(&n.key)
+                    .await?
+                    .into_iter()
+                    .filter(|e| &e.from.model == root_model && e.reference.field == via)
+                    .map(|e| e.from)
+                    .collect();
+                roots.sort();
+                roots.dedup();
+                roots
+            }
+        })
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn schedule(&mut self, check: usize, trigger: Trigger) {
+        self.stats.triggers += 1;
+        let plan = self.checks[check].check.strategy().plan(&trigger);
+        let seq = self.next_seq();
+        let slot_of = |plan: &Plan, seq| Slot::Timed(plan.not_before, seq);
+        let c = &mut self.checks[check];
+        match c.pending.remove(&trigger.root) {
+            Some(mut pending) => {
+                self.stats.coalesced += 1;
+                remove_slot(c, pending.slot);
+                pending.plan = Plan {
+                    as_of: pending.plan.as_of.max(plan.as_of),
+                    not_before: pending.plan.not_before.max(plan.not_before),
+                    await_sources: pending.plan.await_sources || plan.await_sources,
+                    max_wait: pending.plan.max_wait.max(plan.max_wait),
+                };
+                pending.trigger = trigger;
+                pending.coalesced += 1;
+                pending.attempt = 0;
+                pending.slot = slot_of(&pending.plan, seq);
+                insert_slot(c, pending.slot, pending.trigger.root.clone());
+                c.pending.insert(pending.trigger.root.clone(), pending);
+            }
+            None => {
+                let slot = slot_of(&plan, seq);
+                insert_slot(c, slot, trigger.root.clone());
+                c.pending.insert(
+                    trigger.root.clone(),
+                    Pending {
+                        plan,
+                        trigger,
+                        coalesced: 1,
+                        attempt: 0,
+                        slot,
+                    },
+                );
+            }
+        }
+    }
+
+    fn min_watermark(&self, sources: &[SourceId]) -> Option<Timestamp> {
+        let mut min = Timestamp::MAX;
+        for s in sources {
+            // A source that has not reported yet blocks.
+            min = min.min(*self.watermarks.get(s)?);
+        }
+        Some(min)
+    }
+
+    /// The earliest clock time at which a pending run becomes ready by the
+    /// passing of time alone (a delay ends, or a freshness wait is capped).
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        let mut next: Option<Timestamp> = None;
+        for c in &self.checks {
+            if let Some((&(t, _), _)) = c.timed.first_key_value() {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+            for (&(as_of, _), root) in &c.fresh {
+                if let Some(p) = c.pending.get(root) {
+                    let t = as_of.saturating_add(p.plan.max_wait);
+                    next = Some(next.map_or(t, |n| n.min(t)));
+                }
+                break;
+            }
+        }
+        next
+    }
+
+    fn collect_ready(&mut self, now: Timestamp) -> Vec<Ready> {
+        let mut ready = Vec::new();
+        for i in 0..self.checks.len() {
+            // Delays that have ended move on to the freshness wait, or run.
+            while let Some((&(t, seq), _)) = self.checks[i].timed.first_key_value() {
+                if t > now {
+                    break;
+                }
+                let Some((_, root)) = self.checks[i].timed.pop_first() else { break };
+                let Some(p) = self.checks[i].pending.get_mut(&root) else { continue };
+                if p.plan.await_sources {
+                    p.slot = Slot::Fresh(p.plan.as_of, seq);
+                    let slot = p.slot;
+                    insert_slot(&mut self.checks[i], slot, root);
+                } else if let Some(pending) = self.checks[i].pending.remove(&root) {
+                    let as_of = pending.plan.as_of;
+                    ready.push(Ready { check: i, root, pending, as_of, lagging: Vec::new() });
+                }
+            }
+            let min_wm = self.min_watermark(&self.checks[i].sources);
+            while let Some((&(as_of, _), root)) = self.checks[i].fresh.first_key_value() {
+                let root = root.clone();
+                let Some(p) = self.checks[i].pending.get(&root) else {
+                    self.checks[i].fresh.pop_first();
+                    continue;
+                };
+                let fresh = min_wm.is_some_and(|w| w >= as_of);
+                let capped = now >= as_of.saturating_add(p.plan.max_wait);
+                if !fresh && !capped {
+                    break;
+                }
+                self.checks[i].fresh.pop_first();
+                let Some(pending) = self.checks[i].pending.remove(&root) else { continue };
+                let (view_time, lagging) = if fresh {
+                    // The latest time every source is complete up to (and
+                    // not past the clock).
+                    let consistent = min_wm.unwrap_or(as_of).min(now).max(as_of);
+                    (consistent, Vec::new())
+                } else {
+                    let lagging = self.checks[i]
+                        .sources
+                        .iter()
+                        .filter(|s| self.watermarks.get(*s).is_none_or(|w| *w < as_of))
+                        .cloned()
+                        .collect();
+                    (as_of, lagging)
+                };
+                ready.push(Ready { check: i, root, pending, as_of: view_time, lagging });
+            }
+        }
+        ready
+    }
+
+    /// Runs every pending run that is ready on the runner's clock, and
+    /// returns the executions, in no particular order.
+    pub async fn run_ready(&mut self) -> Result<Vec<Execution>> {
+        let mut all = Vec::new();
+        loop {
+            let now = self.clock.now();
+            let ready = self.collect_ready(now);
+            if ready.is_empty() {
+                return Ok(all);
+            }
+            let results: Vec<(Ready, Outcome, Duration)> = stream::iter(ready)
+                .map(|r| {
+                    let check = self.checks[r.check].check.clone();
+                    let dal = self.dal.clone();
+                    async move {
+                        let (outcome, duration) = execute(check, dal, r.root.clone(), r.as_of).await;
+                        (r, outcome, duration)
+                    }
+                })
+                .buffer_unordered(self.config.concurrency.max(1))
+                .collect()
+                .await;
+            for (ready, outcome, duration) in results {
+                all.push(self.conclude(ready, outcome, duration, now).await?);
+            }
+        }
+    }
+
+    async fn conclude(&mut self, r: Ready, outcome: Outcome, duration: Duration, now: Timestamp) -> Result<Execution> {
+        self.stats.executions += 1;
+        if !r.lagging.is_empty() {
+            self.stats.degraded += 1;
+        }
+        let check_name = self.checks[r.check].check.name().to_owned();
+        let mut incident = None;
+        match &outcome {
+            Outcome::Verdict(Verdict::Pass) => {
+                self.stats.passes += 1;
+                incident = self.resolve(r.check, &r.root, now).await?;
+            }
+            Outcome::Verdict(Verdict::NotApplicable) => {
+                self.stats.not_applicable += 1;
+                incident = self.resolve(r.check, &r.root, now).await?;
+            }
+            Outcome::Verdict(Verdict::Fail(f)) => {
+                self.stats.failures += 1;
+                incident = Some(self.fail(r.check, &r.root, f, &r.pending.trigger, now).await?);
+            }
+            Outcome::Indeterminate(reason) => {
+                self.stats.indeterminate += 1;
+                let attempt = r.pending.attempt + 1;
+                if attempt < self.config.max_attempts {
+                    self.retry(r.check, &r, attempt, now);
+                } else {
+                    self.stats.abandoned += 1;
+                    tracing::warn!(check = %check_name, root = %r.root, %reason, "indeterminate run abandoned");
+                }
+            }
+            Outcome::Error(reason) => {
+                self.stats.errors += 1;
+                tracing::error!(check = %check_name, root = %r.root, %reason, "check execution failed");
+            }
+        }
+        let (message, details) = match &outcome {
+            Outcome::Verdict(Verdict::Fail(f)) => (f.message.clone(), f.details.clone()),
+            Outcome::Indeterminate(m) | Outcome::Error(m) => (m.clone(), Value::Null),
+            Outcome::Verdict(_) => (String::new(), Value::Null),
+        };
+        if self.config.audit {
+            self.dal
+                .store()
+                .put_audit(&AuditEntry {
+                    check: check_name.clone(),
+                    root: r.root.clone(),
+                    trigger_key: r.pending.trigger.updated.clone(),
+                    trigger_source: r.pending.trigger.source.clone(),
+                    trigger_commit_time: r.pending.trigger.commit_time,
+                    as_of: r.as_of,
+                    executed_at: now,
+                    outcome: outcome.kind(),
+                    message,
+                    details,
+                    duration,
+                    lagging_sources: r.lagging.iter().map(ToString::to_string).collect(),
+                    coalesced: r.pending.coalesced,
+                })
+                .await?;
+        }
+        Ok(Execution {
+            check: check_name,
+            root: r.root,
+            trigger: r.pending.trigger,
+            as_of: r.as_of,
+            executed_at: now,
+            outcome,
+            lagging_sources: r.lagging,
+            coalesced: r.pending.coalesced,
+            incident,
+            duration,
+        })
+    }
+
+    fn retry(&mut self, check: usize, r: &Ready, attempt: u32, now: Timestamp) {
+        let c = &mut self.checks[check];
+        if c.pending.contains_key(&r.root) {
+            // A newer trigger is already pending; it will run anyway.
+            return;
+        }
+        let backoff = self.config.retry_delay.saturating_mul(1u32 << (attempt - 1).min(16));
+        self.seq += 1;
+        let mut plan = r.pending.plan;
+        plan.not_before = now.saturating_add(backoff);
+        let slot = Slot::Timed(plan.not_before, self.seq);
+        insert_slot(c, slot, r.root.clone());
+        c.pending.insert(
+            r.root.clone(),
+            Pending {
+                plan,
+                trigger: r.pending.trigger.clone(),
+                coalesced: r.pending.coalesced,
+                attempt,
+                slot,
+            },
+        );
+    }
+
+    async fn escalate(&mut self, check: usize, change: IncidentChange, incident: &Incident) {
+        let name = self.checks[check].check.escalation();
+        if let Some(e) = self.escalations.get(name).cloned() {
+            if let Err(err) = e.escalate(change, incident).await {
+                self.stats.escalation_errors += 1;
+                tracing::error!(escalation = name, error = %err, "escalation failed");
+            }
+        }
+    }
+
+    async fn fail(
+        &mut self,
+        check: usize,
+        root: &RecordKey,
+        failure: &crate::check::Failure,
+        trigger: &Trigger,
+        now: Timestamp,
+    ) -> Result<(IncidentChange, Incident)> {
+        let key = (check, root.clone());
+        let name = self.checks[check].check.name().to_owned();
+        let (change, incident) = match self.incidents.get_mut(&key) {
+            Some(open) => {
+                open.failures += 1;
+                open.updated_at = now;
+                open.message = failure.message.clone();
+                open.details = failure.details.clone();
+                (IncidentChange::Updated, open.clone())
+            }
+            None => {
+                let incident = Incident {
+                    dedup_key: format!("{name}/{root}/{}", now.as_micros()),
+                    check: name,
+                    root: root.clone(),
+                    opened_at: now,
+                    updated_at: now,
+                    resolved_at: None,
+                    failures: 1,
+                    message: failure.message.clone(),
+                    details: failure.details.clone(),
+                    trigger_commit_time: trigger.commit_time,
+                };
+                self.stats.incidents_opened += 1;
+                self.dal.store().put_incident(&incident_entry(&incident)).await?;
+                self.incidents.insert(key, incident.clone());
+                (IncidentChange::Opened, incident)
+            }
+        };
+        self.escalate(check, change, &incident).await;
+        Ok((change, incident))
+    }
+
+    async fn resolve(
+        &mut self,
+        check: usize,
+        root: &RecordKey,
+        now: Timestamp,
+    ) -> Result<Option<(IncidentChange, Incident)>> {
+        let Some(mut incident) = self.incidents.remove(&(check, root.clone())) else {
+            return Ok(None);
+        };
+        incident.resolved_at = Some(now);
+        self.stats.incidents_resolved += 1;
+        self.dal.store().put_incident(&incident_entry(&incident)).await?;
+        self.escalate(check, IncidentChange::Resolved, &incident).await;
+        Ok(Some((IncidentChange::Resolved, incident)))
+    }
+}
+
+fn incident_entry(i: &Incident) -> IncidentEntry {
+    IncidentEntry {
+        check: i.check.clone(),
+        root: i.root.clone(),
+        dedup_key: i.dedup_key.clone(),
+        opened_at: i.opened_at,
+        resolved_at: i.resolved_at,
+        message: i.message.clone(),
+        details: i.details.clone(),
+        trigger_commit_time: i.trigger_commit_time,
+    }
+}
+
+fn insert_slot(c: &mut CheckSlot, slot: Slot, root: RecordKey) {
+    match slot {
+        Slot::Timed(t, s) => c.timed.insert((t, s), root),
+        Slot::Fresh(t, s) => c.fresh.insert((t, s), root),
+    };
+}
+
+fn remove_slot(c: &mut CheckSlot, slot: Slot) {
+    match slot {
+        Slot::Timed(t, s) => c.timed.remove(&(t, s)),
+        Slot::Fresh(t, s) => c.fresh.remove(&(t, s)),
+    };
+}
+
+/// Runs one check in its own task, with its timeout: a panic, an error or a
+/// hang affects only this execution.
+async fn execute(check: Check, dal: Dal, root: RecordKey, as_of: Timestamp) -> (Outcome, Duration) {
+    let start = Instant::now();
+    let timeout = check.timeout();
+    let name = check.name().to_owned();
+    let mut task = tokio::spawn(async move {
+        std::panic::AssertUnwindSafe(check.run(&dal, &root, as_of)).catch_unwind().await
+    });
+    let outcome = match tokio::time::timeout(timeout, &mut task).await {
+        Err(_) => {
+            task.abort();
+            Outcome::Error(format!("check {name} timed out after {timeout:?}"))
+        }
+        Ok(Err(join)) => Outcome::Error(format!("check {name} could not complete: {join}")),
+        Ok(Ok(Err(panic))) => Outcome::Error(format!("check {name} panicked: {}", panic_message(&panic))),
+        Ok(Ok(Ok(Ok(verdict)))) => Outcome::Verdict(verdict),
+        Ok(Ok(Ok(Err(e @ (ViewError::Missing { .. } | ViewError::Cardinality { .. }))))) => {
+            Outcome::Indeterminate(e.to_string())
+        }
+        Ok(Ok(Ok(Err(e)))) => Outcome::Indeterminate(e.to_string()),
+    };
+    (outcome, start.elapsed())
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

@@ -1,0 +1,258 @@
+//! The audit area: every check execution and every incident transition,
+//! written immutably (`audit/` and `incidents/`, see docs/store-layout.md).
+
+use bytes::Bytes;
+use object_store::path::Path;
+use prost::Message;
+use serde_json::Value;
+
+use super::{Store, codec, layout};
+use crate::error::{Error, Result};
+use crate::model::{RecordKey, SourceId};
+use crate::proto;
+use crate::time::Timestamp;
+
+/// The kind of an execution's result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutcomeKind {
+    /// The systems agree.
+    Pass,
+    /// The systems disagree.
+    Fail,
+    /// The check does not apply.
+    NotApplicable,
+    /// The view could not be loaded; says nothing about agreement.
+    Indeterminate,
+    /// The check panicked, timed out or errored.
+    Error,
+}
+
+impl OutcomeKind {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Pass => "pass",
+            OutcomeKind::Fail => "fail",
+            OutcomeKind::NotApplicable => "not_applicable",
+            OutcomeKind::Indeterminate => "indeterminate",
+            OutcomeKind::Error => "error",
+        }
+    }
+
+    fn to_proto(self) -> proto::VerdictKind {
+        match self {
+            OutcomeKind::Pass => proto::VerdictKind::Pass,
+            OutcomeKind::Fail => proto::VerdictKind::Fail,
+            OutcomeKind::NotApplicable => proto::VerdictKind::NotApplicable,
+            OutcomeKind::Indeterminate => proto::VerdictKind::Indeterminate,
+            OutcomeKind::Error => proto::VerdictKind::Error,
+        }
+    }
+
+    fn from_proto(v: i32) -> Option<Self> {
+        Some(match proto::VerdictKind::try_from(v).ok()? {
+            proto::VerdictKind::Pass => OutcomeKind::Pass,
+            proto::VerdictKind::Fail => OutcomeKind::Fail,
+            proto::VerdictKind::NotApplicable => OutcomeKind::NotApplicable,
+            proto::VerdictKind::Indeterminate => OutcomeKind::Indeterminate,
+            proto::VerdictKind::Error => OutcomeKind::Error,
+            proto::VerdictKind::Unspecified => return None,
+        })
+    }
+}
+
+/// One check execution, as audited.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditEntry {
+    /// The check.
+    pub check: String,
+    /// The root record.
+    pub root: RecordKey,
+    /// The (latest) triggering update's record.
+    pub trigger_key: RecordKey,
+    /// Its source.
+    pub trigger_source: SourceId,
+    /// Its commit time.
+    pub trigger_commit_time: Timestamp,
+    /// The source time the view was loaded as of.
+    pub as_of: Timestamp,
+    /// The runner's clock at execution.
+    pub executed_at: Timestamp,
+    /// The result.
+    pub outcome: OutcomeKind,
+    /// The failure or error message (empty on pass).
+    pub message: String,
+    /// Structured failure details.
+    pub details: Value,
+    /// How long the execution took (wall time).
+    pub duration: std::time::Duration,
+    /// Sources that had not caught up when a capped wait ran the check.
+    pub lagging_sources: Vec<String>,
+    /// How many triggers the run covered.
+    pub coalesced: u32,
+}
+
+/// An incident as stored: its opening, and its resolution once resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IncidentEntry {
+    /// The check.
+    pub check: String,
+    /// The root record.
+    pub root: RecordKey,
+    /// The deduplication key.
+    pub dedup_key: String,
+    /// When it opened.
+    pub opened_at: Timestamp,
+    /// When it resolved, if it has.
+    pub resolved_at: Option<Timestamp>,
+    /// The message of the failure that opened it.
+    pub message: String,
+    /// Details of the failure that opened it.
+    pub details: Value,
+    /// Commit time of the update that made the discrepancy observable.
+    pub trigger_commit_time: Timestamp,
+}
+
+fn details_json(v: &Value) -> String {
+    if v.is_null() { String::new() } else { v.to_string() }
+}
+
+fn parse_details(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or(Value::Null)
+}
+
+impl Store {
+    fn audit_prefix(&self, check: Option<&str>, root: Option<&RecordKey>) -> Path {
+        let mut p = self.path(&["audit"]);
+        if let Some(check) = check {
+            p = p.join(layout::encode_segment(check));
+            if let Some(root) = root {
+                p = p
+                    .join(layout::encode_segment(root.model.as_str()))
+                    .join(layout::encode_segment(root.id.as_str()));
+            }
+        }
+        p
+    }
+
+    /// Writes one execution's audit record (create-only; its key is derived
+    /// from the execution, so writing the same execution twice is a no-op).
+    pub async fn put_audit(&self, entry: &AuditEntry) -> Result<()> {
+        let message = proto::AuditRecord {
+            check: entry.check.clone(),
+            root: Some(codec::key_to_proto(&entry.root)),
+            trigger_key: Some(codec::key_to_proto(&entry.trigger_key)),
+            trigger_source: entry.trigger_source.to_string(),
+            trigger_commit_time_micros: entry.trigger_commit_time.as_micros(),
+            as_of_micros: entry.as_of.as_micros(),
+            executed_at_micros: entry.executed_at.as_micros(),
+            verdict: entry.outcome.to_proto().into(),
+            message: entry.message.clone(),
+            details_json: details_json(&entry.details),
+            duration_micros: i64::try_from(entry.duration.as_micros()).unwrap_or(i64::MAX),
+            lagging_sources: entry.lagging_sources.clone(),
+            coalesced: entry.coalesced,
+        };
+        let bytes = message.encode_to_vec();
+        let name = format!(
+            "{:020}-{}.pb",
+            entry.executed_at.as_micros().max(0),
+            layout::short_digest(&bytes)
+        );
+        let path = self.audit_prefix(Some(&entry.check), Some(&entry.root)).join(name);
+        self.put_create(&path, Bytes::from(bytes)).await?;
+        Ok(())
+    }
+
+    /// Audit records, optionally of one check and one root record, ordered
+    /// by execution time.
+    pub async fn audit(&self, check: Option<&str>, root: Option<&RecordKey>) -> Result<Vec<AuditEntry>> {
+        const M: &str = "AuditRecord";
+        let prefix = self.audit_prefix(check, root);
+        let mut out = Vec::new();
+        for path in self.list_paths(&prefix).await? {
+            let r: proto::AuditRecord = codec::decode(path.as_ref(), M, self.get_bytes(&path).await?)?;
+            let corrupt = |reason: String| Error::Corrupt {
+                path: path.to_string(),
+                message: M,
+                reason,
+            };
+            out.push(AuditEntry {
+                check: r.check,
+                root: codec::key_from_proto(r.root, path.as_ref(), M)?,
+                trigger_key: codec::key_from_proto(r.trigger_key, path.as_ref(), M)?,
+                trigger_source: SourceId::new(&r.trigger_source).map_err(|e| corrupt(e.to_string()))?,
+                trigger_commit_time: Timestamp::from_micros(r.trigger_commit_time_micros),
+                as_of: Timestamp::from_micros(r.as_of_micros),
+                executed_at: Timestamp::from_micros(r.executed_at_micros),
+                outcome: OutcomeKind::from_proto(r.verdict)
+                    .ok_or_else(|| corrupt(format!("unknown verdict {}", r.verdict)))?,
+                message: r.message,
+                details: parse_details(&r.details_json),
+                duration: std::time::Duration::from_micros(r.duration_micros.max(0).unsigned_abs()),
+                lagging_sources: r.lagging_sources,
+                coalesced: r.coalesced,
+            });
+        }
+        out.sort_by(|a, b| (a.executed_at, &a.check, &a.root).cmp(&(b.executed_at, &b.check, &b.root)));
+        Ok(out)
+    }
+
+    fn incident_dir(&self, entry: &IncidentEntry) -> Path {
+        self.path(&["incidents"])
+            .join(layout::encode_segment(&entry.check))
+            .join(layout::encode_segment(entry.root.model.as_str()))
+            .join(layout::encode_segment(entry.root.id.as_str()))
+            .join(format!("{:020}", entry.opened_at.as_micros().max(0)))
+    }
+
+    fn incident_message(entry: &IncidentEntry) -> proto::IncidentRecord {
+        proto::IncidentRecord {
+            check: entry.check.clone(),
+            root: Some(codec::key_to_proto(&entry.root)),
+            dedup_key: entry.dedup_key.clone(),
+            opened_at_micros: entry.opened_at.as_micros(),
+            resolved_at_micros: entry.resolved_at.map_or(0, Timestamp::as_micros),
+            message: entry.message.clone(),
+            details_json: details_json(&entry.details),
+            trigger_commit_time_micros: entry.trigger_commit_time.as_micros(),
+        }
+    }
+
+    /// Records an incident's opening (`opened.pb`) or, when `resolved_at`
+    /// is set, its resolution (`resolved.pb`); both create-only.
+    pub async fn put_incident(&self, entry: &IncidentEntry) -> Result<()> {
+        let name = if entry.resolved_at.is_some() { "resolved.pb" } else { "opened.pb" };
+        let path = self.incident_dir(entry).join(name);
+        let bytes = Self::incident_message(entry).encode_to_vec();
+        self.put_create(&path, Bytes::from(bytes)).await?;
+        Ok(())
+    }
+
+    /// Every incident, open or resolved, ordered by opening time.
+    pub async fn incidents(&self) -> Result<Vec<IncidentEntry>> {
+        const M: &str = "IncidentRecord";
+        let mut by_dir: std::collections::BTreeMap<String, IncidentEntry> = Default::default();
+        for path in self.list_paths(&self.path(&["incidents"])).await? {
+            let r: proto::IncidentRecord = codec::decode(path.as_ref(), M, self.get_bytes(&path).await?)?;
+            let dir = path.parent().map(|p| p.to_string()).unwrap_or_default();
+            let entry = IncidentEntry {
+                check: r.check,
+                root: codec::key_from_proto(r.root, path.as_ref(), M)?,
+                dedup_key: r.dedup_key,
+                opened_at: Timestamp::from_micros(r.opened_at_micros),
+                resolved_at: (r.resolved_at_micros != 0).then(|| Timestamp::from_micros(r.resolved_at_micros)),
+                message: r.message,
+                details: parse_details(&r.details_json),
+                trigger_commit_time: Timestamp::from_micros(r.trigger_commit_time_micros),
+            };
+            let slot = by_dir.entry(dir).or_insert_with(|| entry.clone());
+            if entry.resolved_at.is_some() {
+                slot.resolved_at = entry.resolved_at;
+            }
+        }
+        let mut out: Vec<IncidentEntry> = by_dir.into_values().collect();
+        out.sort_by(|a, b| (a.opened_at, &a.check, &a.root).cmp(&(b.opened_at, &b.check, &b.root)));
+        Ok(out)
+    }
+}

@@ -1,0 +1,295 @@
+//! The store conformance suite: every test runs on every backend
+//! (InMemory and LocalFileSystem).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+
+use futures::TryStreamExt;
+use overseer_core::object_store::ObjectStore;
+use overseer_core::{
+    Dal, Ingestor, Model, RecordKey, Reference, ReferenceSpec, References, SourceId, Store, Timestamp,
+};
+use overseer_tests::{Script, ScriptEvent, backends};
+use serde_json::{Value, json};
+
+fn ev(model: &str, id: &str, t: i64, pos: u64, op: &str, data: Value) -> ScriptEvent {
+    ScriptEvent {
+        model: model.into(),
+        id: id.into(),
+        t,
+        pos,
+        op: op.into(),
+        data: data.as_object().cloned().unwrap_or_default(),
+        unset: Vec::new(),
+    }
+}
+
+fn ingestor(store: &Store, refs: References) -> Ingestor {
+    Ingestor::new(store.clone(), SourceId::new("src").unwrap(), Script, refs)
+}
+
+fn dal(store: &Store) -> Dal {
+    Dal::new(store.clone()).with_builder(Script)
+}
+
+async fn all_keys(store: &dyn ObjectStore) -> BTreeSet<String> {
+    store.list(None).map_ok(|m| m.location.to_string()).try_collect().await.unwrap()
+}
+
+#[tokio::test]
+async fn hostile_ids_are_stored_found_again_and_stay_inside_the_prefix() {
+    let hostile: Vec<String> = vec![
+        "a/b".into(),
+        "..".into(),
+        ".".into(),
+        "../../escape".into(),
+        "%2F%2E%2E".into(),
+        "with space".into(),
+        "ctl\u{0}\u{1}\n\r\t".into(),
+        "emoji 🦀💸".into(),
+        "x".repeat(1024),
+        "é".repeat(600),
+        "+H1234".into(),
+        "C:\\windows\\system32".into(),
+        "*?<>|\"#[]{}~^`".into(),
+    ];
+    for backend in backends() {
+        let store = Store::new(backend.store.clone()).with_prefix("tenant");
+        let events: Vec<_> = hostile
+            .iter()
+            .enumerate()
+            .map(|(i, id)| ev("m/../x", id, 10, i as u64, "full", json!({"n": i})).line())
+            .collect();
+        let report = ingestor(&store, References::new()).ingest_batch(&events).await.unwrap();
+        assert_eq!(report.stored, hostile.len(), "{}", backend.name);
+        assert_eq!(report.dead_lettered, 0, "{}", backend.name);
+        let dal = dal(&store);
+        for (i, id) in hostile.iter().enumerate() {
+            let key = RecordKey::new("m/../x", id).unwrap();
+            let state = dal.state_at(&key, Timestamp::MAX).await.unwrap();
+            assert_eq!(state.map(Value::Object), Some(json!({"n": i})), "{} {id:?}", backend.name);
+        }
+        for key in all_keys(backend.store.as_ref()).await {
+            assert!(key.starts_with("tenant/"), "{}: {key} escaped the prefix", backend.name);
+        }
+        if let Some(dir) = &backend._dir {
+            // Nothing was written beside the store's directory either.
+            let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(entries, vec![std::ffi::OsString::from("tenant")], "{}", backend.name);
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_empty_id_is_a_clear_error_and_dead_lettered() {
+    assert!(RecordKey::new("m", "").unwrap_err().to_string().contains("record id"));
+    for backend in backends() {
+        let store = Store::new(backend.store.clone());
+        let events = vec![
+            ev("m", "ok", 1, 1, "full", json!({})).line(),
+            ev("m", "", 1, 2, "full", json!({})).line(),
+        ];
+        let report = ingestor(&store, References::new()).ingest_batch(&events).await.unwrap();
+        assert_eq!((report.stored, report.dead_lettered), (1, 1), "{}", backend.name);
+        let letters = store.dead_letters().await.unwrap();
+        assert!(letters[0].error.contains("record id"), "{}: {}", backend.name, letters[0].error);
+    }
+}
+
+#[tokio::test]
+async fn reingesting_stores_nothing_new_whatever_the_batch_boundaries() {
+    for backend in backends() {
+        let store = Store::new(backend.store.clone());
+        let events: Vec<_> = (0..50u64)
+            .map(|i| ev("m", &format!("r{}", i % 7), i as i64, i, "merge", json!({"i": i})).line())
+            .collect();
+        let ing = ingestor(&store, References::new());
+        let first = ing.ingest_batch(&events).await.unwrap();
+        assert_eq!((first.stored, first.duplicates), (50, 0), "{}", backend.name);
+        let keys = all_keys(backend.store.as_ref()).await;
+        // Same events, cut into other batches, in another "run" (a new ingestor).
+        let again = ingestor(&store, References::new());
+        let mut dup = 0;
+        for chunk in events.chunks(13) {
+            let r = again.ingest_batch(chunk).await.unwrap();
+            assert_eq!(r.stored, 0, "{}", backend.name);
+            assert!(r.notifications.is_empty());
+            dup += r.duplicates;
+        }
+        assert_eq!(dup, 50, "{}", backend.name);
+        assert_eq!(all_keys(backend.store.as_ref()).await, keys, "{}", backend.name);
+    }
+}
+
+#[tokio::test]
+async fn malformed_events_are_dead_lettered_once_and_the_rest_is_stored() {
+    for backend in backends() {
+        let store = Store::new(backend.store.clone());
+        let events = vec![
+            ev("m", "a", 1, 1, "full", json!({"v": 1})).line(),
+            bytes::Bytes::from_static(b"{\"model\": \"m\", \"id\": \"b\", \"t\": 2"),
+            bytes::Bytes::from_static(b"{\"model\": \"m\", \"id\": 5, \"t\": 2, \"pos\": 2, \"op\": \"full\"}"),
+            ev("m", "c", 3, 3, "explode", json!({})).line(),
+            ev("m", "d", 4, 4, "full", json!({"v": 4})).line(),
+        ];
+        let ing = ingestor(&store, References::new());
+        let r = ing.ingest_batch(&events).await.unwrap();
+        assert_eq!((r.read, r.stored, r.dead_lettered), (5, 2, 3), "{}", backend.name);
+        let letters = store.dead_letters().await.unwrap();
+        assert_eq!(letters.len(), 3, "{}", backend.name);
+        let reasons: Vec<&str> = letters.iter().map(|l| l.error.as_str()).collect();
+        assert!(reasons.iter().any(|e| e.contains("EOF")), "{reasons:?}");
+        assert!(reasons.iter().any(|e| e.contains("invalid type")), "{reasons:?}");
+        assert!(reasons.iter().any(|e| e.contains("unknown op \"explode\"")), "{reasons:?}");
+        assert!(letters.iter().all(|l| l.source.as_str() == "src" && l.format == "script"));
+        assert!(letters.iter().any(|l| l.raw == events[1]), "raw bytes kept exactly");
+        // The same input again adds no dead letter.
+        ing.ingest_batch(&events).await.unwrap();
+        assert_eq!(store.dead_letters().await.unwrap().len(), 3, "{}", backend.name);
+    }
+}
+
+#[tokio::test]
+async fn a_different_event_at_a_stored_position_is_a_conflict_not_a_duplicate() {
+    for backend in backends() {
+        let store = Store::new(backend.store.clone());
+        let ing = ingestor(&store, References::new());
+        ing.ingest_batch(&[ev("m", "a", 1, 7, "full", json!({"v": 1})).line()]).await.unwrap();
+        let r = ing.ingest_batch(&[ev("m", "a", 1, 7, "full", json!({"v": 2})).line()]).await.unwrap();
+        assert_eq!((r.stored, r.duplicates, r.dead_lettered), (0, 0, 1), "{}", backend.name);
+        assert!(store.dead_letters().await.unwrap()[0].error.contains("position conflict"));
+        let state = dal(&store).state_at(&RecordKey::new("m", "a").unwrap(), Timestamp::MAX).await.unwrap();
+        assert_eq!(state.map(Value::Object), Some(json!({"v": 1})), "the first event stays the truth");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_writers_lose_no_reference() {
+    for backend in backends() {
+        let store = Store::new(backend.store.clone());
+        let target = RecordKey::new("transfers", "t1").unwrap();
+        let mut tasks = Vec::new();
+        // 16 tasks, each its own store handle (no shared cache), each adding
+        // references to the same master document and the same target.
+        for task in 0..16 {
+            let store = Store::new(backend.store.clone());
+            let target = target.clone();
+            tasks.push(tokio::spawn(async move {
+                let from = RecordKey::new("ledger", "shared").unwrap();
+                for j in 0..8 {
+                    let r = Reference {
+                        field: format!("f{task}_{j}"),
+                        target: target.clone(),
+                    };
+                    store.add_references(&from, &[r], Timestamp::from_secs(1)).await.unwrap();
+                    let other = RecordKey::new("ledger", format!("e{task}_{j}")).unwrap();
+                    let r = Reference {
+                        field: "transfer_id".into(),
+                        target: target.clone(),
+                    };
+                    store.add_references(&other, &[r], Timestamp::from_secs(1)).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let master = store.references(&RecordKey::new("ledger", "shared").unwrap()).await.unwrap();
+        assert_eq!(master.len(), 16 * 8, "{}", backend.name);
+        let referrers = store.referrers(&target).await.unwrap();
+        assert_eq!(referrers.len(), 16 * 8 * 2, "{}", backend.name);
+    }
+}
+
+#[tokio::test]
+async fn joins_follow_references_as_of_the_requested_time() {
+    for backend in backends() {
+        let store = Store::new(backend.store.clone());
+        let refs = References::new().with(ReferenceSpec::parse("ledger.transfer_id -> transfers").unwrap());
+        let ing = ingestor(&store, refs);
+        let events = vec![
+            ev("transfers", "t1", 10, 1, "full", json!({"amount": 5})),
+            ev("transfers", "t2", 10, 2, "full", json!({"amount": 7})),
+            ev("ledger", "e1", 20, 3, "full", json!({"transfer_id": "t1", "amount": -5})),
+            ev("ledger", "e2", 30, 4, "full", json!({"transfer_id": "t1", "amount": 5})),
+            // e2 was booked against the wrong transfer and is moved at t=40.
+            ev("ledger", "e2", 40, 5, "patch", json!({"transfer_id": "t2"})),
+            ev("ledger", "e1", 50, 6, "delete", json!({})),
+        ];
+        let lines: Vec<_> = events.iter().map(ScriptEvent::line).collect();
+        ing.ingest_batch(&lines).await.unwrap();
+        let dal = dal(&store);
+        let ledger = Model::new("ledger").unwrap();
+        let t1 = RecordKey::new("transfers", "t1").unwrap();
+        let t2 = RecordKey::new("transfers", "t2").unwrap();
+        let ids = |v: Vec<(RecordKey, overseer_core::State)>| v.into_iter().map(|(k, _)| k.id.to_string()).collect::<Vec<_>>();
+        let at = |s| Timestamp::from_micros(s);
+        assert_eq!(ids(dal.referrers(&t1, &ledger, "transfer_id", at(15)).await.unwrap()), Vec::<String>::new());
+        assert_eq!(ids(dal.referrers(&t1, &ledger, "transfer_id", at(35)).await.unwrap()), ["e1", "e2"]);
+        assert_eq!(ids(dal.referrers(&t1, &ledger, "transfer_id", at(45)).await.unwrap()), ["e1"]);
+        assert_eq!(ids(dal.referrers(&t2, &ledger, "transfer_id", at(45)).await.unwrap()), ["e2"]);
+        assert_eq!(ids(dal.referrers(&t1, &ledger, "transfer_id", at(55)).await.unwrap()), Vec::<String>::new());
+        let e2 = RecordKey::new("ledger", "e2").unwrap();
+        let transfers = Model::new("transfers").unwrap();
+        assert_eq!(ids(dal.referenced(&e2, "transfer_id", &transfers, at(35)).await.unwrap()), ["t1"]);
+        assert_eq!(ids(dal.referenced(&e2, "transfer_id", &transfers, at(45)).await.unwrap()), ["t2"]);
+        // The master document keeps both references e2 ever had.
+        let master = dal.references(&e2, Timestamp::MAX).await.unwrap();
+        let targets: Vec<String> = master.iter().map(|r| r.reference.target.to_string()).collect();
+        assert_eq!(targets.len(), 2, "{}: {targets:?}", backend.name);
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_acknowledged_with_its_last_position_and_watermark() {
+    for backend in backends() {
+        let store = Store::new(backend.store.clone());
+        let ing = ingestor(&store, References::new());
+        let source = SourceId::new("src").unwrap();
+        assert_eq!(store.checkpoint(&source).await.unwrap(), None);
+        let events: Vec<_> = (1..=3u64).map(|i| ev("m", "a", i as i64 * 10, i, "full", json!({})).line()).collect();
+        ing.ingest_and_ack(&events).await.unwrap();
+        let cp = store.checkpoint(&source).await.unwrap().unwrap();
+        assert_eq!(cp.position, overseer_core::SourcePosition::from_numbers(&[3]), "{}", backend.name);
+        assert_eq!(cp.watermark, Timestamp::from_micros(30), "{}", backend.name);
+    }
+}
+
+#[tokio::test]
+async fn typed_reads_and_time_travel() {
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Row {
+        status: String,
+        #[serde(default)]
+        note: Option<String>,
+    }
+    for backend in backends() {
+        let store = Store::new(backend.store.clone());
+        let ing = ingestor(&store, References::new());
+        let events = vec![
+            ev("m", "a", 100, 1, "full", json!({"status": "created", "note": "x"})).line(),
+            ScriptEvent {
+                unset: vec!["note".into()],
+                ..ev("m", "a", 200, 2, "patch", json!({"status": "done"}))
+            }
+            .line(),
+        ];
+        ing.ingest_batch(&events).await.unwrap();
+        let dal = dal(&store);
+        let key = RecordKey::new("m", "a").unwrap();
+        let get = |t| {
+            let dal = dal.clone();
+            let key = key.clone();
+            async move { dal.get::<Row>(&key, Timestamp::from_micros(t)).await.unwrap() }
+        };
+        assert_eq!(get(99).await, None);
+        assert_eq!(get(100).await, Some(Row { status: "created".into(), note: Some("x".into()) }));
+        assert_eq!(get(199).await, Some(Row { status: "created".into(), note: Some("x".into()) }));
+        assert_eq!(get(200).await, Some(Row { status: "done".into(), note: None }));
+        let timeline = dal.timeline(&key).await.unwrap();
+        assert_eq!(timeline[1].changed_fields, ["status", "note"]);
+        // A type that does not fit names the record.
+        let err = dal.get::<Vec<u8>>(&key, Timestamp::MAX).await.unwrap_err().to_string();
+        assert!(err.contains("m/a"), "{err}");
+    }
+}
