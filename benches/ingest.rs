@@ -19,7 +19,9 @@ use overseer_core::object_store::memory::InMemory;
 use overseer_core::object_store::path::Path;
 use overseer_core::object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use overseer_core::store::CountingStore;
-use overseer_core::{BatchReport, Ingestor, RecordKey, ReferenceSpec, References, SourceId, Store, Timestamp};
+use overseer_core::{
+    BatchReport, Ingestor, RecordKey, ReferenceSpec, References, SourceId, Store, Timestamp,
+};
 use serde_json::json;
 
 const BATCH: usize = 10_000;
@@ -100,7 +102,9 @@ async fn local(events: usize) {
     // Envelope sizes of the same events (raw event + ~170 bytes of metadata).
     let sizes: Vec<usize> = mongo_events(events, 42).map(|e| e.len() + 170).collect();
     let raw_rate = raw_put_rate(fs.clone(), &sizes).await;
-    let counting = Arc::new(CountingStore::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap()));
+    let counting = Arc::new(CountingStore::new(
+        LocalFileSystem::new_with_prefix(dir.path()).unwrap(),
+    ));
     let store = Store::new(counting.clone()).with_prefix("overseer");
     let (report, secs) = ingest(&ingestor(store), events).await;
     assert_eq!(report.stored, events);
@@ -184,10 +188,17 @@ async fn state(updates: usize) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let mode = args.first().map(String::as_str).unwrap_or("all");
     let n = |default: usize| args.get(1).and_then(|a| a.parse().ok()).unwrap_or(default);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         match mode {
             "memory" => memory(n(1_000_000)).await,

@@ -51,7 +51,11 @@ impl ScriptEvent {
             "patch" => Change::Patch(Patch {
                 truncated: Vec::new(),
                 removed: self.unset.iter().map(|p| FieldPath::parse(p)).collect(),
-                updated: self.data.iter().map(|(k, v)| (FieldPath::parse(k), v.clone())).collect(),
+                updated: self
+                    .data
+                    .iter()
+                    .map(|(k, v)| (FieldPath::parse(k), v.clone()))
+                    .collect(),
             }),
             "delete" => Change::Delete,
             _ => return None,
@@ -64,7 +68,8 @@ impl ScriptEvent {
 pub struct Script;
 
 fn parse(raw: &[u8]) -> Result<(ScriptEvent, Change), ConsumeError> {
-    let e: ScriptEvent = serde_json::from_slice(raw).map_err(|e| ConsumeError::new("script", e.to_string()))?;
+    let e: ScriptEvent =
+        serde_json::from_slice(raw).map_err(|e| ConsumeError::new("script", e.to_string()))?;
     let change = e
         .change()
         .ok_or_else(|| ConsumeError::new("script", format!("unknown op {:?}", e.op)))?;
@@ -78,7 +83,8 @@ impl Consumer for Script {
 
     fn consume(&self, raw: &[u8]) -> Result<Consumed, ConsumeError> {
         let (e, change) = parse(raw)?;
-        let key = RecordKey::new(&e.model, &e.id).map_err(|err| ConsumeError::new("script", err.to_string()))?;
+        let key =
+            RecordKey::new(&e.model, &e.id).map_err(|err| ConsumeError::new("script", err.to_string()))?;
         Ok(Consumed::Record(ConsumedRecord {
             key,
             operation: match e.op.as_str() {

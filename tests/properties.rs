@@ -66,7 +66,11 @@ fn expected_state(events: &[ScriptEvent], id: &str, at: i64) -> Option<Value> {
 }
 
 fn run<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
 
 proptest! {

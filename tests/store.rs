@@ -33,7 +33,12 @@ fn dal(store: &Store) -> Dal {
 }
 
 async fn all_keys(store: &dyn ObjectStore) -> BTreeSet<String> {
-    store.list(None).map_ok(|m| m.location.to_string()).try_collect().await.unwrap()
+    store
+        .list(None)
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -60,39 +65,72 @@ async fn hostile_ids_are_stored_found_again_and_stay_inside_the_prefix() {
             .enumerate()
             .map(|(i, id)| ev("m/../x", id, 10, i as u64, "full", json!({"n": i})).line())
             .collect();
-        let report = ingestor(&store, References::new()).ingest_batch(&events).await.unwrap();
+        let report = ingestor(&store, References::new())
+            .ingest_batch(&events)
+            .await
+            .unwrap();
         assert_eq!(report.stored, hostile.len(), "{}", backend.name);
         assert_eq!(report.dead_lettered, 0, "{}", backend.name);
         let dal = dal(&store);
         for (i, id) in hostile.iter().enumerate() {
             let key = RecordKey::new("m/../x", id).unwrap();
             let state = dal.state_at(&key, Timestamp::MAX).await.unwrap();
-            assert_eq!(state.map(Value::Object), Some(json!({"n": i})), "{} {id:?}", backend.name);
+            assert_eq!(
+                state.map(Value::Object),
+                Some(json!({"n": i})),
+                "{} {id:?}",
+                backend.name
+            );
         }
         for key in all_keys(backend.store.as_ref()).await {
-            assert!(key.starts_with("tenant/"), "{}: {key} escaped the prefix", backend.name);
+            assert!(
+                key.starts_with("tenant/"),
+                "{}: {key} escaped the prefix",
+                backend.name
+            );
         }
         if let Some(dir) = &backend._dir {
             // Nothing was written beside the store's directory either.
-            let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-            assert_eq!(entries, vec![std::ffi::OsString::from("tenant")], "{}", backend.name);
+            let entries: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(
+                entries,
+                vec![std::ffi::OsString::from("tenant")],
+                "{}",
+                backend.name
+            );
         }
     }
 }
 
 #[tokio::test]
 async fn an_empty_id_is_a_clear_error_and_dead_lettered() {
-    assert!(RecordKey::new("m", "").unwrap_err().to_string().contains("record id"));
+    assert!(
+        RecordKey::new("m", "")
+            .unwrap_err()
+            .to_string()
+            .contains("record id")
+    );
     for backend in backends() {
         let store = Store::new(backend.store.clone());
         let events = vec![
             ev("m", "ok", 1, 1, "full", json!({})).line(),
             ev("m", "", 1, 2, "full", json!({})).line(),
         ];
-        let report = ingestor(&store, References::new()).ingest_batch(&events).await.unwrap();
+        let report = ingestor(&store, References::new())
+            .ingest_batch(&events)
+            .await
+            .unwrap();
         assert_eq!((report.stored, report.dead_lettered), (1, 1), "{}", backend.name);
         let letters = store.dead_letters().await.unwrap();
-        assert!(letters[0].error.contains("record id"), "{}: {}", backend.name, letters[0].error);
+        assert!(
+            letters[0].error.contains("record id"),
+            "{}: {}",
+            backend.name,
+            letters[0].error
+        );
     }
 }
 
@@ -128,7 +166,9 @@ async fn malformed_events_are_dead_lettered_once_and_the_rest_is_stored() {
         let events = vec![
             ev("m", "a", 1, 1, "full", json!({"v": 1})).line(),
             bytes::Bytes::from_static(b"{\"model\": \"m\", \"id\": \"b\", \"t\": 2"),
-            bytes::Bytes::from_static(b"{\"model\": \"m\", \"id\": 5, \"t\": 2, \"pos\": 2, \"op\": \"full\"}"),
+            bytes::Bytes::from_static(
+                b"{\"model\": \"m\", \"id\": 5, \"t\": 2, \"pos\": 2, \"op\": \"full\"}",
+            ),
             ev("m", "c", 3, 3, "explode", json!({})).line(),
             ev("m", "d", 4, 4, "full", json!({"v": 4})).line(),
         ];
@@ -140,9 +180,19 @@ async fn malformed_events_are_dead_lettered_once_and_the_rest_is_stored() {
         let reasons: Vec<&str> = letters.iter().map(|l| l.error.as_str()).collect();
         assert!(reasons.iter().any(|e| e.contains("EOF")), "{reasons:?}");
         assert!(reasons.iter().any(|e| e.contains("invalid type")), "{reasons:?}");
-        assert!(reasons.iter().any(|e| e.contains("unknown op \"explode\"")), "{reasons:?}");
-        assert!(letters.iter().all(|l| l.source.as_str() == "src" && l.format == "script"));
-        assert!(letters.iter().any(|l| l.raw == events[1]), "raw bytes kept exactly");
+        assert!(
+            reasons.iter().any(|e| e.contains("unknown op \"explode\"")),
+            "{reasons:?}"
+        );
+        assert!(
+            letters
+                .iter()
+                .all(|l| l.source.as_str() == "src" && l.format == "script")
+        );
+        assert!(
+            letters.iter().any(|l| l.raw == events[1]),
+            "raw bytes kept exactly"
+        );
         // The same input again adds no dead letter.
         ing.ingest_batch(&events).await.unwrap();
         assert_eq!(store.dead_letters().await.unwrap().len(), 3, "{}", backend.name);
@@ -154,12 +204,33 @@ async fn a_different_event_at_a_stored_position_is_a_conflict_not_a_duplicate() 
     for backend in backends() {
         let store = Store::new(backend.store.clone());
         let ing = ingestor(&store, References::new());
-        ing.ingest_batch(&[ev("m", "a", 1, 7, "full", json!({"v": 1})).line()]).await.unwrap();
-        let r = ing.ingest_batch(&[ev("m", "a", 1, 7, "full", json!({"v": 2})).line()]).await.unwrap();
-        assert_eq!((r.stored, r.duplicates, r.dead_lettered), (0, 0, 1), "{}", backend.name);
-        assert!(store.dead_letters().await.unwrap()[0].error.contains("position conflict"));
-        let state = dal(&store).state_at(&RecordKey::new("m", "a").unwrap(), Timestamp::MAX).await.unwrap();
-        assert_eq!(state.map(Value::Object), Some(json!({"v": 1})), "the first event stays the truth");
+        ing.ingest_batch(&[ev("m", "a", 1, 7, "full", json!({"v": 1})).line()])
+            .await
+            .unwrap();
+        let r = ing
+            .ingest_batch(&[ev("m", "a", 1, 7, "full", json!({"v": 2})).line()])
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.stored, r.duplicates, r.dead_lettered),
+            (0, 0, 1),
+            "{}",
+            backend.name
+        );
+        assert!(
+            store.dead_letters().await.unwrap()[0]
+                .error
+                .contains("position conflict")
+        );
+        let state = dal(&store)
+            .state_at(&RecordKey::new("m", "a").unwrap(), Timestamp::MAX)
+            .await
+            .unwrap();
+        assert_eq!(
+            state.map(Value::Object),
+            Some(json!({"v": 1})),
+            "the first event stays the truth"
+        );
     }
 }
 
@@ -181,20 +252,29 @@ async fn concurrent_writers_lose_no_reference() {
                         field: format!("f{task}_{j}"),
                         target: target.clone(),
                     };
-                    store.add_references(&from, &[r], Timestamp::from_secs(1)).await.unwrap();
+                    store
+                        .add_references(&from, &[r], Timestamp::from_secs(1))
+                        .await
+                        .unwrap();
                     let other = RecordKey::new("ledger", format!("e{task}_{j}")).unwrap();
                     let r = Reference {
                         field: "transfer_id".into(),
                         target: target.clone(),
                     };
-                    store.add_references(&other, &[r], Timestamp::from_secs(1)).await.unwrap();
+                    store
+                        .add_references(&other, &[r], Timestamp::from_secs(1))
+                        .await
+                        .unwrap();
                 }
             }));
         }
         for t in tasks {
             t.await.unwrap();
         }
-        let master = store.references(&RecordKey::new("ledger", "shared").unwrap()).await.unwrap();
+        let master = store
+            .references(&RecordKey::new("ledger", "shared").unwrap())
+            .await
+            .unwrap();
         assert_eq!(master.len(), 16 * 8, "{}", backend.name);
         let referrers = store.referrers(&target).await.unwrap();
         assert_eq!(referrers.len(), 16 * 8 * 2, "{}", backend.name);
@@ -207,11 +287,25 @@ async fn joins_follow_references_as_of_the_requested_time() {
         let store = Store::new(backend.store.clone());
         let refs = References::new().with(ReferenceSpec::parse("ledger.transfer_id -> transfers").unwrap());
         let ing = ingestor(&store, refs);
-        let events = vec![
+        let events = [
             ev("transfers", "t1", 10, 1, "full", json!({"amount": 5})),
             ev("transfers", "t2", 10, 2, "full", json!({"amount": 7})),
-            ev("ledger", "e1", 20, 3, "full", json!({"transfer_id": "t1", "amount": -5})),
-            ev("ledger", "e2", 30, 4, "full", json!({"transfer_id": "t1", "amount": 5})),
+            ev(
+                "ledger",
+                "e1",
+                20,
+                3,
+                "full",
+                json!({"transfer_id": "t1", "amount": -5}),
+            ),
+            ev(
+                "ledger",
+                "e2",
+                30,
+                4,
+                "full",
+                json!({"transfer_id": "t1", "amount": 5}),
+            ),
             // e2 was booked against the wrong transfer and is moved at t=40.
             ev("ledger", "e2", 40, 5, "patch", json!({"transfer_id": "t2"})),
             ev("ledger", "e1", 50, 6, "delete", json!({})),
@@ -222,17 +316,46 @@ async fn joins_follow_references_as_of_the_requested_time() {
         let ledger = Model::new("ledger").unwrap();
         let t1 = RecordKey::new("transfers", "t1").unwrap();
         let t2 = RecordKey::new("transfers", "t2").unwrap();
-        let ids = |v: Vec<(RecordKey, overseer_core::State)>| v.into_iter().map(|(k, _)| k.id.to_string()).collect::<Vec<_>>();
+        let ids = |v: Vec<(RecordKey, overseer_core::State)>| {
+            v.into_iter().map(|(k, _)| k.id.to_string()).collect::<Vec<_>>()
+        };
         let at = |s| Timestamp::from_micros(s);
-        assert_eq!(ids(dal.referrers(&t1, &ledger, "transfer_id", at(15)).await.unwrap()), Vec::<String>::new());
-        assert_eq!(ids(dal.referrers(&t1, &ledger, "transfer_id", at(35)).await.unwrap()), ["e1", "e2"]);
-        assert_eq!(ids(dal.referrers(&t1, &ledger, "transfer_id", at(45)).await.unwrap()), ["e1"]);
-        assert_eq!(ids(dal.referrers(&t2, &ledger, "transfer_id", at(45)).await.unwrap()), ["e2"]);
-        assert_eq!(ids(dal.referrers(&t1, &ledger, "transfer_id", at(55)).await.unwrap()), Vec::<String>::new());
+        assert_eq!(
+            ids(dal.referrers(&t1, &ledger, "transfer_id", at(15)).await.unwrap()),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            ids(dal.referrers(&t1, &ledger, "transfer_id", at(35)).await.unwrap()),
+            ["e1", "e2"]
+        );
+        assert_eq!(
+            ids(dal.referrers(&t1, &ledger, "transfer_id", at(45)).await.unwrap()),
+            ["e1"]
+        );
+        assert_eq!(
+            ids(dal.referrers(&t2, &ledger, "transfer_id", at(45)).await.unwrap()),
+            ["e2"]
+        );
+        assert_eq!(
+            ids(dal.referrers(&t1, &ledger, "transfer_id", at(55)).await.unwrap()),
+            Vec::<String>::new()
+        );
         let e2 = RecordKey::new("ledger", "e2").unwrap();
         let transfers = Model::new("transfers").unwrap();
-        assert_eq!(ids(dal.referenced(&e2, "transfer_id", &transfers, at(35)).await.unwrap()), ["t1"]);
-        assert_eq!(ids(dal.referenced(&e2, "transfer_id", &transfers, at(45)).await.unwrap()), ["t2"]);
+        assert_eq!(
+            ids(dal
+                .referenced(&e2, "transfer_id", &transfers, at(35))
+                .await
+                .unwrap()),
+            ["t1"]
+        );
+        assert_eq!(
+            ids(dal
+                .referenced(&e2, "transfer_id", &transfers, at(45))
+                .await
+                .unwrap()),
+            ["t2"]
+        );
         // The master document keeps both references e2 ever had.
         let master = dal.references(&e2, Timestamp::MAX).await.unwrap();
         let targets: Vec<String> = master.iter().map(|r| r.reference.target.to_string()).collect();
@@ -247,10 +370,17 @@ async fn a_batch_is_acknowledged_with_its_last_position_and_watermark() {
         let ing = ingestor(&store, References::new());
         let source = SourceId::new("src").unwrap();
         assert_eq!(store.checkpoint(&source).await.unwrap(), None);
-        let events: Vec<_> = (1..=3u64).map(|i| ev("m", "a", i as i64 * 10, i, "full", json!({})).line()).collect();
+        let events: Vec<_> = (1..=3u64)
+            .map(|i| ev("m", "a", i as i64 * 10, i, "full", json!({})).line())
+            .collect();
         ing.ingest_and_ack(&events).await.unwrap();
         let cp = store.checkpoint(&source).await.unwrap().unwrap();
-        assert_eq!(cp.position, overseer_core::SourcePosition::from_numbers(&[3]), "{}", backend.name);
+        assert_eq!(
+            cp.position,
+            overseer_core::SourcePosition::from_numbers(&[3]),
+            "{}",
+            backend.name
+        );
         assert_eq!(cp.watermark, Timestamp::from_micros(30), "{}", backend.name);
     }
 }
@@ -267,7 +397,15 @@ async fn typed_reads_and_time_travel() {
         let store = Store::new(backend.store.clone());
         let ing = ingestor(&store, References::new());
         let events = vec![
-            ev("m", "a", 100, 1, "full", json!({"status": "created", "note": "x"})).line(),
+            ev(
+                "m",
+                "a",
+                100,
+                1,
+                "full",
+                json!({"status": "created", "note": "x"}),
+            )
+            .line(),
             ScriptEvent {
                 unset: vec!["note".into()],
                 ..ev("m", "a", 200, 2, "patch", json!({"status": "done"}))
@@ -283,13 +421,35 @@ async fn typed_reads_and_time_travel() {
             async move { dal.get::<Row>(&key, Timestamp::from_micros(t)).await.unwrap() }
         };
         assert_eq!(get(99).await, None);
-        assert_eq!(get(100).await, Some(Row { status: "created".into(), note: Some("x".into()) }));
-        assert_eq!(get(199).await, Some(Row { status: "created".into(), note: Some("x".into()) }));
-        assert_eq!(get(200).await, Some(Row { status: "done".into(), note: None }));
+        assert_eq!(
+            get(100).await,
+            Some(Row {
+                status: "created".into(),
+                note: Some("x".into())
+            })
+        );
+        assert_eq!(
+            get(199).await,
+            Some(Row {
+                status: "created".into(),
+                note: Some("x".into())
+            })
+        );
+        assert_eq!(
+            get(200).await,
+            Some(Row {
+                status: "done".into(),
+                note: None
+            })
+        );
         let timeline = dal.timeline(&key).await.unwrap();
         assert_eq!(timeline[1].changed_fields, ["status", "note"]);
         // A type that does not fit names the record.
-        let err = dal.get::<Vec<u8>>(&key, Timestamp::MAX).await.unwrap_err().to_string();
+        let err = dal
+            .get::<Vec<u8>>(&key, Timestamp::MAX)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("m/a"), "{err}");
     }
 }

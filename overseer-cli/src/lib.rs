@@ -1,1 +1,207 @@
-//! CLI.
+//! The `overseer` operator command line, as a library.
+//!
+//! [`Cli`] is the clap definition of every command and flag; [`run`] runs a
+//! parsed command line and returns a typed [`Error`], which maps to the
+//! documented exit code with [`Error::exit_code`]. The `overseer` binary is
+//! only:
+//!
+//! ```no_run
+//! use clap::Parser;
+//!
+//! #[tokio::main]
+//! async fn main() -> std::process::ExitCode {
+//!     let cli = overseer_cli::Cli::parse();
+//!     overseer_cli::init_logging(cli.verbose);
+//!     overseer_cli::report(overseer_cli::run(cli).await)
+//! }
+//! ```
+//!
+//! Commands:
+//!
+//! | command | what it does |
+//! |---|---|
+//! | `overseer ingest --store DIR --format F FILE...` | ingest change events, one per line, into a local store |
+//! | `overseer view --store DIR MODEL ID [--at TIME]` | a record's state at a time, as JSON |
+//! | `overseer history --store DIR MODEL ID` | every update of a record, with the fields it changed |
+//! | `overseer dead-letters --store DIR` | the events that could not be ingested |
+//!
+//! Data goes to stdout (machine-readable), messages and progress to stderr.
+//!
+//! Exit codes: [`EXIT_OK`] (0), [`EXIT_NOT_FOUND`] (1: the record does not
+//! exist at the time asked, or has no updates), [`EXIT_ERROR`] (2: usage
+//! error, unreadable input, store error; clap's own usage errors exit with 2
+//! as well).
+
+mod cli;
+mod dead_letters;
+mod ingest;
+mod output;
+mod record;
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use overseer_core::Store;
+
+pub use cli::{
+    Cli, Command, DeadLettersArgs, FormatArg, HistoryArgs, IngestArgs, RefArg, StoreArgs, ViewArgs,
+};
+
+/// Exit code of success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code of "not found": the record does not exist at the time asked, or
+/// has no updates at all.
+pub const EXIT_NOT_FOUND: u8 = 1;
+/// Exit code of usage errors, unreadable inputs and store errors.
+pub const EXIT_ERROR: u8 = 2;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The record asked for does not exist at the time asked, or has no
+    /// updates at all (exit code 1).
+    #[error("{0}")]
+    NotFound(String),
+    /// An argument is not acceptable.
+    #[error("{0}")]
+    Usage(String),
+    /// The store directory of a read command does not exist.
+    #[error("store directory {} does not exist", .0.display())]
+    MissingStore(PathBuf),
+    /// An input could not be read.
+    #[error("cannot read {input}: {source}")]
+    Input {
+        /// The input (a path, or `-` for stdin).
+        input: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Ingesting an input failed; batches before the failing one are stored
+    /// and acknowledged.
+    #[error(
+        "ingesting {input} failed at lines {first_line}-{last_line} ({stored} updates stored before): {source}"
+    )]
+    Ingest {
+        /// The input (a path, or `-` for stdin).
+        input: String,
+        /// The first line of the failing batch (1-based).
+        first_line: u64,
+        /// The last line of the failing batch.
+        last_line: u64,
+        /// Updates this command stored from the input before the failure.
+        stored: usize,
+        /// The failure.
+        #[source]
+        source: Box<overseer_core::Error>,
+    },
+    /// The store or the data access layer failed.
+    #[error(transparent)]
+    Core(Box<overseer_core::Error>),
+    /// A format cannot work with the options given.
+    #[error(transparent)]
+    Format(#[from] overseer_builders::Error),
+    /// Writing to stdout failed.
+    #[error("cannot write to stdout: {0}")]
+    Output(#[source] io::Error),
+}
+
+impl From<overseer_core::Error> for Error {
+    fn from(e: overseer_core::Error) -> Self {
+        Error::Core(Box::new(e))
+    }
+}
+
+impl Error {
+    /// The process exit code of this error: [`EXIT_NOT_FOUND`] or
+    /// [`EXIT_ERROR`].
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::NotFound(_) => EXIT_NOT_FOUND,
+            _ => EXIT_ERROR,
+        }
+    }
+}
+
+/// Runs a parsed command line, writing its data to stdout.
+///
+/// A closed stdout (`overseer history ... | head`) ends the command quietly
+/// with success.
+pub async fn run(cli: Cli) -> Result<(), Error> {
+    let mut out = io::BufWriter::new(io::stdout());
+    let result = run_with_output(cli, &mut out).await;
+    let result = result.and_then(|()| out.flush().map_err(Error::Output));
+    match result {
+        Err(Error::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// Runs a parsed command line, writing its data (what [`run`] prints on
+/// stdout) to `out`. Messages and progress still go to stderr.
+pub async fn run_with_output(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
+    match cli.command {
+        Command::Ingest(args) => {
+            let store = Store::local(&args.store.store)?;
+            ingest::run(store, &args, out).await
+        }
+        Command::View(args) => record::view(open_existing(&args.store.store)?, &args, out).await,
+        Command::History(args) => record::history(open_existing(&args.store.store)?, &args, out).await,
+        Command::DeadLetters(args) => dead_letters::run(open_existing(&args.store.store)?, &args, out).await,
+    }
+}
+
+/// Opens the store of a read command, which must exist (a mistyped
+/// directory is an error, not an empty store, and is not created).
+fn open_existing(dir: &Path) -> Result<Store, Error> {
+    if !dir.is_dir() {
+        return Err(Error::MissingStore(dir.to_owned()));
+    }
+    Ok(Store::local(dir)?)
+}
+
+/// Reports the outcome of [`run`]: an error is printed on stderr, and the
+/// outcome is mapped to its exit code.
+pub fn report(result: Result<(), Error>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "overseer: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Installs the log subscriber (on stderr) for a `-v` count: nothing is
+/// logged without `-v` unless `RUST_LOG` is set; `-v` logs warnings, `-vv`
+/// info, `-vvv` debug, more trace. `RUST_LOG`, when set, chooses the levels.
+/// Does nothing if a subscriber is already installed.
+pub fn init_logging(verbose: u8) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+
+    let from_env = std::env::var_os(EnvFilter::DEFAULT_ENV).is_some_and(|v| !v.is_empty());
+    if verbose == 0 && !from_env {
+        return;
+    }
+    let default = match verbose {
+        0 | 1 => "warn",
+        2 => "info",
+        3 => "debug",
+        _ => "trace",
+    };
+    let filter = if from_env {
+        EnvFilter::builder()
+            .with_default_directive(tracing::level_filters::LevelFilter::WARN.into())
+            .from_env_lossy()
+    } else {
+        EnvFilter::new(default)
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
+        .try_init();
+}

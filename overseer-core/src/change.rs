@@ -57,6 +57,11 @@ impl FieldPath {
         Self(dotted.split('.').map(str::to_owned).collect())
     }
 
+    /// A path from its segments (field names may contain dots).
+    pub fn from_segments(segments: Vec<String>) -> Self {
+        Self(segments)
+    }
+
     /// A path of a single top-level field, even if its name contains dots.
     pub fn field(name: impl Into<String>) -> Self {
         Self(vec![name.into()])

@@ -140,7 +140,8 @@ macro_rules! ensure {
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-type RunFn = dyn Fn(&Dal, &RecordKey, Timestamp) -> BoxFuture<'static, Result<Verdict, ViewError>> + Send + Sync;
+type RunFn =
+    dyn Fn(&Dal, &RecordKey, Timestamp) -> BoxFuture<'static, Result<Verdict, ViewError>> + Send + Sync;
 
 /// The default timeout of a check execution.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -218,7 +219,10 @@ impl Check {
         R: IntoVerdict,
     {
         let f = Arc::new(f);
-        let run = move |dal: &Dal, root: &RecordKey, at: Timestamp| -> BoxFuture<'static, Result<Verdict, ViewError>> {
+        let run = move |dal: &Dal,
+                        root: &RecordKey,
+                        at: Timestamp|
+              -> BoxFuture<'static, Result<Verdict, ViewError>> {
             let f = f.clone();
             let root = root.clone();
             let dal = dal.clone();
@@ -241,7 +245,11 @@ impl Check {
 
     /// Records where the check was defined.
     pub fn at(mut self, module_path: &'static str, file: &'static str, line: u32) -> Self {
-        self.location = Location { module_path, file, line };
+        self.location = Location {
+            module_path,
+            file,
+            line,
+        };
         self
     }
 
@@ -337,7 +345,10 @@ inventory::collect!(CheckRegistration);
 /// (rust-lang/rust#64731): add `use my_checks as _;` to your binary, or
 /// register them by hand with [`Registry::add`].
 pub fn registered() -> Registry {
-    let mut checks: Vec<Check> = inventory::iter::<CheckRegistration>.into_iter().map(|r| (r.build)()).collect();
+    let mut checks: Vec<Check> = inventory::iter::<CheckRegistration>
+        .into_iter()
+        .map(|r| (r.build)())
+        .collect();
     checks.sort_by(|a, b| a.name.cmp(&b.name));
     Registry { checks }
 }
@@ -356,6 +367,7 @@ impl Registry {
     }
 
     /// Adds a check.
+    #[allow(clippy::should_implement_trait)] // the builder-style name users expect
     pub fn add(mut self, check: Check) -> Self {
         self.checks.push(check);
         self
@@ -418,7 +430,11 @@ impl Registry {
             }
         }
         problems.dedup();
-        if problems.is_empty() { Ok(()) } else { Err(RegistryError { problems }) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(RegistryError { problems })
+        }
     }
 }
 

@@ -210,29 +210,49 @@ impl OverseerBuilder {
 
     /// Validates everything at once and builds the pipeline.
     pub fn build(self) -> Result<Overseer, PipelineError> {
-        let store = self
-            .store
-            .ok_or_else(|| PipelineError::Config("no store: call .store(Store::in_memory()) or Store::local(dir)".into()))?;
+        let store = self.store.ok_or_else(|| {
+            PipelineError::Config("no store: call .store(Store::in_memory()) or Store::local(dir)".into())
+        })?;
         if self.sources.is_empty() {
-            return Err(PipelineError::Config("no sources: add at least one .source(SourceConfig::new(..))".into()));
+            return Err(PipelineError::Config(
+                "no sources: add at least one .source(SourceConfig::new(..))".into(),
+            ));
         }
         let mut model_sources: ModelSources = HashMap::new();
         let mut ingestors = HashMap::new();
         for s in &self.sources {
             if ingestors.contains_key(&s.id) {
-                return Err(PipelineError::Config(format!("source {} is configured twice", s.id)));
+                return Err(PipelineError::Config(format!(
+                    "source {} is configured twice",
+                    s.id
+                )));
             }
             for m in &s.models {
                 model_sources.entry(m.clone()).or_default().push(s.id.clone());
             }
             ingestors.insert(
                 s.id.clone(),
-                Ingestor::new(store.clone(), s.id.clone(), s.consumer.clone(), self.references.clone()),
+                Ingestor::new(
+                    store.clone(),
+                    s.id.clone(),
+                    s.consumer.clone(),
+                    self.references.clone(),
+                ),
             );
         }
-        let dal = self.state_builders.into_iter().fold(Dal::new(store.clone()), Dal::with_shared_builder);
+        let dal = self
+            .state_builders
+            .into_iter()
+            .fold(Dal::new(store.clone()), Dal::with_shared_builder);
         let clock = self.clock.unwrap_or_else(|| Arc::new(WallClock));
-        let runner = Runner::new(dal, clock, &self.registry, &model_sources, self.escalations, self.config)?;
+        let runner = Runner::new(
+            dal,
+            clock,
+            &self.registry,
+            &model_sources,
+            self.escalations,
+            self.config,
+        )?;
         Ok(Overseer {
             store,
             ingestors,
@@ -310,8 +330,11 @@ impl Overseer {
     pub async fn ingest(&self, source: &str, batch: &[Bytes]) -> Result<BatchReport, PipelineError> {
         let ingestor = self.ingestor(source)?;
         let mut report = ingestor.ingest_and_ack(batch).await?;
-        let mut messages: Vec<Message> =
-            report.notifications.drain(..).map(Message::Notification).collect();
+        let mut messages: Vec<Message> = report
+            .notifications
+            .drain(..)
+            .map(Message::Notification)
+            .collect();
         if let Some(time) = report.watermark {
             messages.push(Message::Watermark {
                 source: ingestor.source().clone(),
@@ -387,16 +410,16 @@ impl Overseer {
         sources: Vec<Box<dyn Source>>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<Self, PipelineError> {
-        let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Result<(), PipelineError>>(sources.len().max(1));
+        let (done_tx, mut done_rx) =
+            tokio::sync::mpsc::channel::<Result<(), PipelineError>>(sources.len().max(1));
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let mut handles = Vec::new();
         let expected = sources.len();
         for mut source in sources {
-            let ingestor = self
-                .ingestors
-                .get(source.id())
-                .cloned()
-                .ok_or_else(|| PipelineError::Config(format!("source {} is not configured", source.id())))?;
+            let ingestor =
+                self.ingestors.get(source.id()).cloned().ok_or_else(|| {
+                    PipelineError::Config(format!("source {} is not configured", source.id()))
+                })?;
             let topic = self.topic.clone();
             let done = done_tx.clone();
             let stop = stop.clone();
@@ -412,7 +435,9 @@ impl Overseer {
             let sleep_until = self.runner.next_deadline();
             let now = self.runner.clock().now();
             let nap = sleep_until
-                .map(|t| std::time::Duration::from_micros((t.as_micros() - now.as_micros()).max(0).unsigned_abs()))
+                .map(|t| {
+                    std::time::Duration::from_micros((t.as_micros() - now.as_micros()).max(0).unsigned_abs())
+                })
                 .unwrap_or(std::time::Duration::from_secs(1))
                 .min(std::time::Duration::from_secs(1));
             tokio::select! {
@@ -469,7 +494,11 @@ async fn pump(
         };
         let Some(batch) = batch else { return Ok(()) };
         let mut report = ingestor.ingest_and_ack(&batch).await?;
-        let mut messages: Vec<Message> = report.notifications.drain(..).map(Message::Notification).collect();
+        let mut messages: Vec<Message> = report
+            .notifications
+            .drain(..)
+            .map(Message::Notification)
+            .collect();
         if let Some(time) = report.watermark {
             messages.push(Message::Watermark {
                 source: ingestor.source().clone(),

@@ -206,7 +206,10 @@ pub struct Runner {
 impl std::fmt::Debug for Runner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runner")
-            .field("checks", &self.checks.iter().map(|c| c.check.name()).collect::<Vec<_>>())
+            .field(
+                "checks",
+                &self.checks.iter().map(|c| c.check.name()).collect::<Vec<_>>(),
+            )
             .field("watermarks", &self.watermarks)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
@@ -454,12 +457,11 @@ impl Runner {
             if let Some((&(t, _), _)) = c.timed.first_key_value() {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
-            for (&(as_of, _), root) in &c.fresh {
+            if let Some((&(as_of, _), root)) = c.fresh.first_key_value() {
                 if let Some(p) = c.pending.get(root) {
                     let t = as_of.saturating_add(p.plan.max_wait);
                     next = Some(next.map_or(t, |n| n.min(t)));
                 }
-                break;
             }
         }
         next
@@ -473,15 +475,25 @@ impl Runner {
                 if t > now {
                     break;
                 }
-                let Some((_, root)) = self.checks[i].timed.pop_first() else { break };
-                let Some(p) = self.checks[i].pending.get_mut(&root) else { continue };
+                let Some((_, root)) = self.checks[i].timed.pop_first() else {
+                    break;
+                };
+                let Some(p) = self.checks[i].pending.get_mut(&root) else {
+                    continue;
+                };
                 if p.plan.await_sources {
                     p.slot = Slot::Fresh(p.plan.as_of, seq);
                     let slot = p.slot;
                     insert_slot(&mut self.checks[i], slot, root);
                 } else if let Some(pending) = self.checks[i].pending.remove(&root) {
                     let as_of = pending.plan.as_of;
-                    ready.push(Ready { check: i, root, pending, as_of, lagging: Vec::new() });
+                    ready.push(Ready {
+                        check: i,
+                        root,
+                        pending,
+                        as_of,
+                        lagging: Vec::new(),
+                    });
                 }
             }
             let min_wm = self.min_watermark(&self.checks[i].sources);
@@ -497,7 +509,9 @@ impl Runner {
                     break;
                 }
                 self.checks[i].fresh.pop_first();
-                let Some(pending) = self.checks[i].pending.remove(&root) else { continue };
+                let Some(pending) = self.checks[i].pending.remove(&root) else {
+                    continue;
+                };
                 let (view_time, lagging) = if fresh {
                     // The latest time every source is complete up to (and
                     // not past the clock).
@@ -512,7 +526,13 @@ impl Runner {
                         .collect();
                     (as_of, lagging)
                 };
-                ready.push(Ready { check: i, root, pending, as_of: view_time, lagging });
+                ready.push(Ready {
+                    check: i,
+                    root,
+                    pending,
+                    as_of: view_time,
+                    lagging,
+                });
             }
         }
         ready
@@ -546,7 +566,13 @@ impl Runner {
         }
     }
 
-    async fn conclude(&mut self, r: Ready, outcome: Outcome, duration: Duration, now: Timestamp) -> Result<Execution> {
+    async fn conclude(
+        &mut self,
+        r: Ready,
+        outcome: Outcome,
+        duration: Duration,
+        now: Timestamp,
+    ) -> Result<Execution> {
         self.stats.executions += 1;
         if !r.lagging.is_empty() {
             self.stats.degraded += 1;
@@ -626,7 +652,10 @@ impl Runner {
             // A newer trigger is already pending; it will run anyway.
             return;
         }
-        let backoff = self.config.retry_delay.saturating_mul(1u32 << (attempt - 1).min(16));
+        let backoff = self
+            .config
+            .retry_delay
+            .saturating_mul(1u32 << (attempt - 1).min(16));
         self.seq += 1;
         let mut plan = r.pending.plan;
         plan.not_before = now.saturating_add(backoff);
@@ -746,7 +775,9 @@ async fn execute(check: Check, dal: Dal, root: RecordKey, as_of: Timestamp) -> (
     let timeout = check.timeout();
     let name = check.name().to_owned();
     let mut task = tokio::spawn(async move {
-        std::panic::AssertUnwindSafe(check.run(&dal, &root, as_of)).catch_unwind().await
+        std::panic::AssertUnwindSafe(check.run(&dal, &root, as_of))
+            .catch_unwind()
+            .await
     });
     let outcome = match tokio::time::timeout(timeout, &mut task).await {
         Err(_) => {

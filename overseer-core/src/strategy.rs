@@ -185,5 +185,6 @@ impl<S: ExecutionStrategy + ?Sized> ExecutionStrategy for Box<S> {
 /// assert!(overseer_core::strategy::parse_duration("ten minutes").is_err());
 /// ```
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 500ms, 5s, 10m, 1h: {e}"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 500ms, 5s, 10m, 1h: {e}"))
 }

@@ -126,7 +126,8 @@ pub struct ScenarioBuilder {
 impl ScenarioBuilder {
     /// Adds a source delivering `models` through `consumer`.
     pub fn source(mut self, id: &str, consumer: impl Consumer, models: &[&str]) -> Self {
-        match crate::pipeline::SourceConfig::new(id, consumer).and_then(|s| s.models(models.iter().copied())) {
+        match crate::pipeline::SourceConfig::new(id, consumer).and_then(|s| s.models(models.iter().copied()))
+        {
             Ok(s) => self.builder = self.builder.source(s),
             Err(e) => self.error = Some(e.into()),
         }
@@ -192,12 +193,19 @@ impl Scenario {
     }
 
     /// Feeds raw events to a source (delivered now), then runs what is ready.
-    pub async fn feed<I, E>(&mut self, source: &str, events: I) -> Result<crate::ingest::BatchReport, crate::pipeline::PipelineError>
+    pub async fn feed<I, E>(
+        &mut self,
+        source: &str,
+        events: I,
+    ) -> Result<crate::ingest::BatchReport, crate::pipeline::PipelineError>
     where
         I: IntoIterator<Item = E>,
         E: AsRef<[u8]>,
     {
-        let batch: Vec<bytes::Bytes> = events.into_iter().map(|e| bytes::Bytes::copy_from_slice(e.as_ref())).collect();
+        let batch: Vec<bytes::Bytes> = events
+            .into_iter()
+            .map(|e| bytes::Bytes::copy_from_slice(e.as_ref()))
+            .collect();
         let report = self.overseer.ingest(source, &batch).await?;
         let ran = self.overseer.tick().await?;
         self.executions.extend(ran);
@@ -205,7 +213,11 @@ impl Scenario {
     }
 
     /// A heartbeat: `source` has delivered everything up to `time`.
-    pub async fn heartbeat(&mut self, source: &str, time: Timestamp) -> Result<(), crate::pipeline::PipelineError> {
+    pub async fn heartbeat(
+        &mut self,
+        source: &str,
+        time: Timestamp,
+    ) -> Result<(), crate::pipeline::PipelineError> {
         self.overseer.heartbeat(source, time).await?;
         let ran = self.overseer.tick().await?;
         self.executions.extend(ran);

@@ -59,7 +59,10 @@ impl Topic for InProcessTopic {
         if messages.is_empty() {
             return Ok(());
         }
-        self.queue.lock().map_err(|_| "topic lock poisoned")?.extend(messages);
+        self.queue
+            .lock()
+            .map_err(|_| "topic lock poisoned")?
+            .extend(messages);
         self.notify.notify_one();
         Ok(())
     }

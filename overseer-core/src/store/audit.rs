@@ -13,7 +13,7 @@ use crate::proto;
 use crate::time::Timestamp;
 
 /// The kind of an execution's result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum OutcomeKind {
     /// The systems agree.
     Pass,
@@ -159,13 +159,15 @@ impl Store {
             entry.executed_at.as_micros().max(0),
             layout::short_digest(&bytes)
         );
-        let path = self.audit_prefix(Some(&entry.check), Some(&entry.root)).join(name);
+        let path = self
+            .audit_prefix(Some(&entry.check), Some(&entry.root))
+            .join(name);
         self.put_create(&path, Bytes::from(bytes)).await?;
         Ok(())
     }
 
     /// Audit records, optionally of one check and one root record, ordered
-    /// by execution time.
+    /// by execution time, then as-of time, then trigger commit time.
     pub async fn audit(&self, check: Option<&str>, root: Option<&RecordKey>) -> Result<Vec<AuditEntry>> {
         const M: &str = "AuditRecord";
         let prefix = self.audit_prefix(check, root);
@@ -194,7 +196,15 @@ impl Store {
                 coalesced: r.coalesced,
             });
         }
-        out.sort_by(|a, b| (a.executed_at, &a.check, &a.root).cmp(&(b.executed_at, &b.check, &b.root)));
+        out.sort_by(|a, b| {
+            (a.executed_at, a.as_of, a.trigger_commit_time, &a.check, &a.root).cmp(&(
+                b.executed_at,
+                b.as_of,
+                b.trigger_commit_time,
+                &b.check,
+                &b.root,
+            ))
+        });
         Ok(out)
     }
 
@@ -212,7 +222,7 @@ impl Store {
             root: Some(codec::key_to_proto(&entry.root)),
             dedup_key: entry.dedup_key.clone(),
             opened_at_micros: entry.opened_at.as_micros(),
-            resolved_at_micros: entry.resolved_at.map_or(0, Timestamp::as_micros),
+            resolved_at_micros: entry.resolved_at.map(Timestamp::as_micros),
             message: entry.message.clone(),
             details_json: details_json(&entry.details),
             trigger_commit_time_micros: entry.trigger_commit_time.as_micros(),
@@ -222,7 +232,11 @@ impl Store {
     /// Records an incident's opening (`opened.pb`) or, when `resolved_at`
     /// is set, its resolution (`resolved.pb`); both create-only.
     pub async fn put_incident(&self, entry: &IncidentEntry) -> Result<()> {
-        let name = if entry.resolved_at.is_some() { "resolved.pb" } else { "opened.pb" };
+        let name = if entry.resolved_at.is_some() {
+            "resolved.pb"
+        } else {
+            "opened.pb"
+        };
         let path = self.incident_dir(entry).join(name);
         let bytes = Self::incident_message(entry).encode_to_vec();
         self.put_create(&path, Bytes::from(bytes)).await?;
@@ -241,7 +255,7 @@ impl Store {
                 root: codec::key_from_proto(r.root, path.as_ref(), M)?,
                 dedup_key: r.dedup_key,
                 opened_at: Timestamp::from_micros(r.opened_at_micros),
-                resolved_at: (r.resolved_at_micros != 0).then(|| Timestamp::from_micros(r.resolved_at_micros)),
+                resolved_at: r.resolved_at_micros.map(Timestamp::from_micros),
                 message: r.message,
                 details: parse_details(&r.details_json),
                 trigger_commit_time: Timestamp::from_micros(r.trigger_commit_time_micros),

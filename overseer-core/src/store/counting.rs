@@ -139,7 +139,11 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         self.inner.list(prefix)
     }
 
-    fn list_with_offset(&self, prefix: Option<&Path>, offset: &Path) -> BoxStream<'static, Result<ObjectMeta>> {
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
         bump(&self.counters.lists);
         self.inner.list_with_offset(prefix, offset)
     }

@@ -3,8 +3,8 @@
 //! source checkpoints. The layout is a documented format
 //! (`docs/store-layout.md`).
 
-pub(crate) mod codec;
 mod audit;
+pub(crate) mod codec;
 mod counting;
 pub mod layout;
 

@@ -14,6 +14,12 @@ use crate::error::BoxError;
 use crate::model::RecordKey;
 use crate::time::Timestamp;
 
+#[cfg(feature = "webhook")]
+mod webhook;
+#[cfg(feature = "webhook")]
+#[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
+pub use webhook::{Severity, Webhook};
+
 /// One incident: a (check, root record) that fails.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Incident {

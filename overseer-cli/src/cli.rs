@@ -1,0 +1,344 @@
+//! The command line: clap definitions of every command and flag.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::LazyLock;
+
+use clap::builder::PossibleValue;
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use overseer_builders::FormatName;
+use overseer_core::{Model, Timestamp};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  not found: the record does not exist at the time asked, or has no updates
+  2  usage error, unreadable input, or store error";
+
+const LONG_ABOUT: &str = "\
+Operate an Overseer store: ingest change events, view records at any time, read their history and \
+dead letters.
+
+Data goes to stdout (machine-readable); messages and progress go to stderr.
+
+Exit codes:
+  0  success
+  1  not found: the record does not exist at the time asked, or has no updates
+  2  usage error, unreadable input, or store error";
+
+/// The `overseer` operator command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "overseer",
+    version,
+    about = "Operate an Overseer store: ingest change events, view records at any time, \
+             read their history and dead letters",
+    long_about = LONG_ABOUT,
+)]
+pub struct Cli {
+    /// Log to stderr: -v shows warnings (such as why each event was
+    /// dead-lettered), -vv info, -vvv debug, -vvvv trace. RUST_LOG, when set,
+    /// chooses the levels instead.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands of `overseer`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Ingest change events (one per line) from files or stdin into a store.
+    #[command(
+        long_about = "Ingest change events into a store.\n\n\
+            Each input is read line by line; every non-empty line is one event of the \
+            chosen --format. Lines are ingested in batches (--batch-size): each batch is \
+            stored and then acknowledged (the source's checkpoint is written). Events that \
+            cannot be read are kept in the store's dead-letter area (see `overseer \
+            dead-letters`). Ingesting the same events again stores nothing new: they are \
+            counted as duplicates.\n\n\
+            A summary is printed on stdout (--json for a JSON object); progress and \
+            messages go to stderr.",
+        after_long_help = EXIT_CODES
+    )]
+    Ingest(IngestArgs),
+
+    /// Print a record's state at a time, as JSON.
+    #[command(
+        long_about = "Print a record's state at a time, as JSON on stdout.\n\n\
+            The state is every update of the record committed at or before --at, folded \
+            by its format. If the record does not exist at that time (not yet inserted, \
+            or deleted), nothing is printed on stdout, a message goes to stderr and the \
+            exit code is 1.\n\n\
+            MongoDB records are addressed by their `_id` as text: an ObjectId by its hex \
+            string (64b7f0c2a1b2c3d4e5f60718). Relational rows are addressed by their \
+            primary-key value (42), a composite key by the JSON array of its values \
+            ([1,\"a\"]).",
+        after_long_help = EXIT_CODES
+    )]
+    View(ViewArgs),
+
+    /// List every update of a record, oldest first.
+    #[command(
+        long_about = "List every update of a record, oldest first, one per line on stdout.\n\n\
+            Each line holds, separated by tabs: the commit time (RFC 3339), the operation, \
+            the source, the position in the source, and the fields the update changed \
+            (comma-separated; - when none). With --json, each line is a JSON object with \
+            those fields plus ingested_at, format and references.\n\n\
+            A record with no updates is reported on stderr with exit code 1.",
+        after_long_help = EXIT_CODES
+    )]
+    History(HistoryArgs),
+
+    /// List the events that could not be ingested.
+    #[command(
+        long_about = "List the events that could not be ingested (the dead-letter area), \
+            oldest first, one per line on stdout.\n\n\
+            Each line holds, separated by tabs: the time the event was received, its \
+            source, its format, its position (- when unknown), the error, and the raw \
+            event (as UTF-8, invalid bytes replaced; cut to 200 characters; tabs and line \
+            breaks escaped). With --json, each line is a JSON object with the full raw \
+            event.",
+        after_long_help = EXIT_CODES
+    )]
+    DeadLetters(DeadLettersArgs),
+}
+
+/// Where the store is.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// The store directory (a local Overseer store).
+    #[arg(long, value_name = "DIR", env = "OVERSEER_STORE")]
+    pub store: PathBuf,
+}
+
+/// Arguments of `overseer ingest`.
+#[derive(Debug, Clone, Args)]
+pub struct IngestArgs {
+    /// The store.
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// The format of the events.
+    #[arg(long, short = 'f', value_name = "FORMAT")]
+    pub format: FormatArg,
+
+    /// The model of every event, instead of the event's own collection or
+    /// table name. Required for the json format.
+    #[arg(long, value_name = "NAME", value_parser = parse_model)]
+    pub model: Option<Model>,
+
+    /// The source id of the events [default: the input's file name without
+    /// its directory; `stdin` for -].
+    #[arg(long, value_name = "NAME", value_parser = non_empty)]
+    pub source: Option<String>,
+
+    /// A reference to record: FIELD=MODEL means the (dotted) FIELD of the
+    /// ingested records holds the id of a record of MODEL. It applies to the
+    /// --model when given, else to every model the events carry. To scope a
+    /// reference to one model of a many-model source, write
+    /// `MODEL.FIELD->TARGET`. Repeatable.
+    #[arg(long = "ref", value_name = "FIELD=MODEL", value_parser = parse_ref)]
+    pub refs: Vec<RefArg>,
+
+    /// Relational formats: a primary-key column, for events that do not name
+    /// their key. Repeatable, or comma-separated [default: the event's own key
+    /// information, else `id`].
+    #[arg(long = "key-column", value_name = "COL", value_delimiter = ',')]
+    pub key_columns: Vec<String>,
+
+    /// json format: the field holding the record id [default: id].
+    #[arg(long, value_name = "F")]
+    pub id_field: Option<String>,
+
+    /// json format: the field holding the commit time, RFC 3339 or epoch
+    /// milliseconds [default: updated_at].
+    #[arg(long, value_name = "F")]
+    pub time_field: Option<String>,
+
+    /// How many events to store and acknowledge at once.
+    #[arg(long, value_name = "N", default_value = "1000")]
+    pub batch_size: NonZeroUsize,
+
+    /// Print the summary as a JSON object.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The files to read, one event per line; - reads stdin.
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+/// Arguments of `overseer view`.
+#[derive(Debug, Clone, Args)]
+pub struct ViewArgs {
+    /// The store.
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// The record's model (collection, table).
+    #[arg(value_name = "MODEL")]
+    pub model: String,
+
+    /// The record's id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+
+    /// The time to view the record at: RFC 3339 (2024-05-01T12:00:00Z) or
+    /// integer Unix seconds [default: now].
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub at: Option<Timestamp>,
+
+    /// Print the JSON on one line instead of indented.
+    #[arg(long)]
+    pub compact: bool,
+}
+
+/// Arguments of `overseer history`.
+#[derive(Debug, Clone, Args)]
+pub struct HistoryArgs {
+    /// The store.
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// The record's model (collection, table).
+    #[arg(value_name = "MODEL")]
+    pub model: String,
+
+    /// The record's id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+
+    /// Print one JSON object per update instead of tab-separated lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `overseer dead-letters`.
+#[derive(Debug, Clone, Args)]
+pub struct DeadLettersArgs {
+    /// The store.
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// Print one JSON object per dead letter (with the full raw event)
+    /// instead of tab-separated lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A format of `overseer-builders`, as a command-line value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FormatArg(pub FormatName);
+
+static FORMATS: LazyLock<Vec<FormatArg>> =
+    LazyLock::new(|| FormatName::ALL.into_iter().map(FormatArg).collect());
+
+impl ValueEnum for FormatArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &FORMATS
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        let help = match self.0 {
+            FormatName::Mongo => "MongoDB change stream events (Extended JSON)",
+            FormatName::Wal2json => "Postgres wal2json format-version 2 changes",
+            FormatName::Pgoutput => "Postgres pgoutput row changes, decoded to JSON",
+            FormatName::Debezium => "Debezium relational connector envelopes",
+            FormatName::Json => "whole application records (needs --model)",
+        };
+        Some(PossibleValue::new(self.0.as_str()).help(help))
+    }
+}
+
+/// A `--ref` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefArg {
+    /// The referencing model, when scoped (`MODEL.FIELD->TARGET`); `None`
+    /// for `FIELD=MODEL`.
+    pub model: Option<Model>,
+    /// The (dotted) field holding the target's id.
+    pub field: String,
+    /// The model pointed at.
+    pub target: Model,
+}
+
+fn parse_ref(text: &str) -> Result<RefArg, String> {
+    if text.contains("->") {
+        let spec = overseer_core::ReferenceSpec::parse(text).map_err(|e| e.to_string())?;
+        return Ok(RefArg {
+            model: Some(spec.model),
+            field: spec.field,
+            target: spec.target,
+        });
+    }
+    let (field, target) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not FIELD=MODEL (or MODEL.FIELD->TARGET)"))?;
+    let (field, target) = (field.trim(), target.trim());
+    if field.is_empty() {
+        return Err(format!("{text:?}: the field is empty; expected FIELD=MODEL"));
+    }
+    let target =
+        Model::new(target).map_err(|_| format!("{text:?}: the model is empty; expected FIELD=MODEL"))?;
+    Ok(RefArg {
+        model: None,
+        field: field.to_owned(),
+        target,
+    })
+}
+
+fn parse_time(text: &str) -> Result<Timestamp, String> {
+    Timestamp::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_model(text: &str) -> Result<Model, String> {
+    Model::new(text).map_err(|e| e.to_string())
+}
+
+fn non_empty(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        Err("it is empty".into())
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn refs_parse() {
+        let r = parse_ref("owner_id=users").unwrap();
+        assert_eq!(
+            (r.model, r.field.as_str(), r.target.as_str()),
+            (None, "owner_id", "users")
+        );
+        let r = parse_ref("toys.meta.owner -> users").unwrap();
+        assert_eq!(r.model.unwrap().as_str(), "toys");
+        assert_eq!(r.field, "meta.owner");
+        assert!(parse_ref("owner_id").is_err());
+        assert!(parse_ref("=users").is_err());
+        assert!(parse_ref("owner_id=").is_err());
+        assert!(parse_ref("toys -> users").is_err());
+    }
+
+    #[test]
+    fn formats_are_every_builder_format() {
+        let names: Vec<String> = FormatArg::value_variants()
+            .iter()
+            .filter_map(|f| f.to_possible_value())
+            .map(|v| v.get_name().to_owned())
+            .collect();
+        assert_eq!(names, ["mongo", "wal2json", "pgoutput", "debezium", "json"]);
+    }
+}

@@ -1,0 +1,98 @@
+//! `overseer dead-letters`: the events that could not be ingested.
+
+use std::io::Write;
+
+use overseer_core::Store;
+use overseer_core::store::DeadLetter;
+use serde_json::json;
+
+use crate::cli::DeadLettersArgs;
+use crate::{Error, output};
+
+/// How many characters of a raw event the table form shows.
+const RAW_CHARS: usize = 200;
+
+pub(crate) async fn run(store: Store, args: &DeadLettersArgs, out: &mut dyn Write) -> Result<(), Error> {
+    let letters = store.dead_letters().await?;
+    if letters.is_empty() {
+        // A message, not data: stdout stays empty.
+        let _ = writeln!(std::io::stderr(), "no dead letters");
+    }
+    for letter in &letters {
+        if args.json {
+            output::json_line(out, &letter_json(letter))?;
+        } else {
+            output::line(out, &letter_line(letter))?;
+        }
+    }
+    Ok(())
+}
+
+fn letter_line(d: &DeadLetter) -> String {
+    let raw = String::from_utf8_lossy(&d.raw);
+    [
+        d.received_at.to_string(),
+        output::field(d.source.as_str()),
+        output::field(&d.format),
+        d.position
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |p| output::field(p.as_str())),
+        output::field(&d.error),
+        output::field(&output::truncate(&raw, RAW_CHARS)),
+    ]
+    .join("\t")
+}
+
+fn letter_json(d: &DeadLetter) -> serde_json::Value {
+    json!({
+        "received_at": d.received_at.to_string(),
+        "source": d.source.as_str(),
+        "format": d.format,
+        "position": d.position.as_ref().map(|p| p.as_str()),
+        "error": d.error,
+        "raw": String::from_utf8_lossy(&d.raw),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use overseer_core::{SourceId, SourcePosition, Timestamp};
+
+    use super::*;
+
+    fn letter(raw: &[u8], position: Option<&str>) -> DeadLetter {
+        DeadLetter {
+            source: SourceId::new("app").unwrap(),
+            position: position.map(SourcePosition::new),
+            format: "json".into(),
+            raw: raw.to_vec().into(),
+            error: "json event rejected: expected value\tat line 1".into(),
+            received_at: Timestamp::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn table_lines() {
+        let long = "x".repeat(300);
+        let line = letter_line(&letter(long.as_bytes(), None));
+        let fields: Vec<&str> = line.split('\t').collect();
+        assert_eq!(fields.len(), 6, "{line}");
+        assert_eq!(fields[..4], ["1970-01-01T00:01:00Z", "app", "json", "-"]);
+        assert_eq!(fields[4], "json event rejected: expected value\\tat line 1");
+        assert_eq!(fields[5], format!("{}…", "x".repeat(200)));
+
+        let line = letter_line(&letter(b"not \xff json", Some("0/16B3748")));
+        assert!(
+            line.ends_with("\t0/16B3748\tjson event rejected: expected value\\tat line 1\tnot \u{fffd} json")
+        );
+    }
+
+    #[test]
+    fn json_has_the_full_event() {
+        let long = "x".repeat(300);
+        let v = letter_json(&letter(long.as_bytes(), None));
+        assert_eq!(v["raw"], long.as_str());
+        assert_eq!(v["position"], serde_json::Value::Null);
+        assert_eq!(v["error"], "json event rejected: expected value\tat line 1");
+    }
+}

@@ -1,0 +1,18 @@
+use overseer_core::{DataView, Record, Verdict, check};
+
+#[derive(serde::Deserialize, Record)]
+#[record(model = "transfers")]
+struct Transfer {}
+
+#[derive(DataView)]
+struct TransferView {
+    #[root]
+    transfer: Transfer,
+}
+
+#[check(delay = "10m", immediate)]
+async fn paid(_view: TransferView) -> Verdict {
+    Verdict::pass()
+}
+
+fn main() {}

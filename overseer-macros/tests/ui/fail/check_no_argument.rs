@@ -1,0 +1,8 @@
+use overseer_core::{Verdict, check};
+
+#[check]
+async fn no_view() -> Verdict {
+    Verdict::pass()
+}
+
+fn main() {}

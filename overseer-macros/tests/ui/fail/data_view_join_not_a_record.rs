@@ -1,0 +1,18 @@
+use overseer_core::{DataView, Record};
+
+#[derive(serde::Deserialize, Record)]
+#[record(model = "transfers")]
+struct Transfer {}
+
+#[derive(serde::Deserialize)]
+struct BankPayment {}
+
+#[derive(DataView)]
+struct TransferView {
+    #[root]
+    transfer: Transfer,
+    #[join(on = "transfer_id")]
+    payment: Option<BankPayment>,
+}
+
+fn main() {}

@@ -1,0 +1,19 @@
+use overseer_core::{DataView, Record};
+
+#[derive(serde::Deserialize, Record)]
+#[record(model = "transfers")]
+struct Transfer {}
+
+#[derive(serde::Deserialize, Record)]
+#[record(model = "ledger_entries")]
+struct LedgerEntry {}
+
+#[derive(DataView)]
+struct TransferView {
+    #[root]
+    transfer: Transfer,
+    #[join(field = "transfer_id")]
+    ledger: Vec<LedgerEntry>,
+}
+
+fn main() {}

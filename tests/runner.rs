@@ -1,0 +1,488 @@
+//! Behaviour of the runner through the testkit: selection, strategies,
+//! coalescing, isolation of failing checks, indeterminate views, incidents,
+//! audit and registry validation.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use overseer_core::check::{Check, Verdict};
+use overseer_core::escalation::{FnEscalation, Incident, IncidentChange};
+use overseer_core::runner::Outcome;
+use overseer_core::store::OutcomeKind;
+use overseer_core::strategy::{ExecutionStrategy, FixedDelay, Freshness, Immediate};
+use overseer_core::testing::Scenario;
+use overseer_core::view::{DataView, ViewContext, ViewError, ViewSpec};
+use overseer_core::view::{JoinDirection, JoinSpec};
+use overseer_core::{RecordKey, Registry, Timestamp};
+use overseer_tests::{Script, ScriptEvent};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Deserialize, Debug)]
+struct Transfer {
+    amount: i64,
+}
+
+#[derive(Deserialize, Debug)]
+struct Payment {
+    amount: i64,
+}
+
+/// A transfer and the payments that reference it.
+struct Paid {
+    transfer: Transfer,
+    payments: Vec<Payment>,
+}
+
+impl DataView for Paid {
+    fn spec() -> ViewSpec {
+        ViewSpec {
+            root: "transfers",
+            joins: vec![JoinSpec {
+                model: "payments",
+                on: "transfer_id",
+                direction: JoinDirection::Referrers,
+            }],
+        }
+    }
+
+    async fn load(ctx: &ViewContext<'_>) -> Result<Self, ViewError> {
+        Ok(Self {
+            transfer: ctx.root_as().await?,
+            payments: ctx.referrers_as("payments", "transfer_id").await?,
+        })
+    }
+}
+
+async fn paid_in_full(v: Paid) -> Verdict {
+    let paid: i64 = v.payments.iter().map(|p| p.amount).sum();
+    if paid == v.transfer.amount {
+        Verdict::pass()
+    } else {
+        Verdict::fail_with(
+            "paid amount differs",
+            json!({"transfer": v.transfer.amount, "paid": paid}),
+        )
+    }
+}
+
+/// A transfer must have exactly one payment (a plain `T` join: none is indeterminate).
+struct OnePayment {
+    payment: Payment,
+}
+
+impl DataView for OnePayment {
+    fn spec() -> ViewSpec {
+        Paid::spec()
+    }
+
+    async fn load(ctx: &ViewContext<'_>) -> Result<Self, ViewError> {
+        let found = ctx.referrers_as("payments", "transfer_id").await?;
+        Ok(Self {
+            payment: ctx.one("payments", found)?,
+        })
+    }
+}
+
+async fn positive_payment(v: OnePayment) -> Verdict {
+    if v.payment.amount > 0 {
+        Verdict::pass()
+    } else {
+        Verdict::fail("not positive")
+    }
+}
+
+fn ev(model: &str, id: &str, secs: i64, pos: u64, data: Value) -> Vec<u8> {
+    ScriptEvent {
+        model: model.into(),
+        id: id.into(),
+        t: secs * 1_000_000,
+        pos,
+        op: "full".into(),
+        data: data.as_object().cloned().unwrap_or_default(),
+        unset: Vec::new(),
+    }
+    .line()
+    .to_vec()
+}
+
+type Log = Arc<Mutex<Vec<(IncidentChange, Incident)>>>;
+
+fn scenario(checks: Registry) -> (Scenario, Log) {
+    let log: Log = Arc::default();
+    let sink = log.clone();
+    let s = Scenario::builder(checks)
+        .source("core", Script, &["transfers"])
+        .source("bank", Script, &["payments"])
+        .state_builder(Script)
+        .reference("payments.transfer_id -> transfers")
+        .escalation(
+            "pager",
+            FnEscalation::new(move |c: IncidentChange, i: &Incident| {
+                sink.lock().unwrap().push((c, i.clone()))
+            }),
+        )
+        .start(Timestamp::from_secs(0))
+        .unwrap();
+    (s, log)
+}
+
+fn secs(s: i64) -> Timestamp {
+    Timestamp::from_secs(s)
+}
+
+#[tokio::test]
+async fn freshness_waits_for_the_lagging_source_where_a_fixed_delay_raises_a_false_alarm() {
+    let checks = Registry::new()
+        .add(Check::new("fresh", paid_in_full).escalate_to("pager"))
+        .add(
+            Check::new("delayed", paid_in_full)
+                .with_strategy(FixedDelay(Duration::from_secs(10)))
+                .escalate_to("pager"),
+        );
+    let (mut s, log) = scenario(checks);
+    // The bank has delivered up to t=0 only.
+    s.heartbeat("bank", secs(0)).await.unwrap();
+    s.advance_to(secs(101)).await.unwrap();
+    s.feed("core", [ev("transfers", "t1", 100, 1, json!({"amount": 5}))])
+        .await
+        .unwrap();
+    // The bank's payment committed at t=101 but is delivered late, at t=150.
+    s.advance_to(secs(149)).await.unwrap();
+    assert!(
+        s.executions().iter().all(|e| e.check == "delayed"),
+        "fresh must still wait"
+    );
+    let delayed: Vec<_> = s.executions().iter().filter(|e| e.check == "delayed").collect();
+    assert_eq!(delayed.len(), 1);
+    assert!(
+        delayed[0].outcome.kind() == OutcomeKind::Fail,
+        "the fixed delay ran on incomplete data"
+    );
+    s.advance_to(secs(150)).await.unwrap();
+    // The core system is idle and says so with a heartbeat.
+    s.heartbeat("core", secs(150)).await.unwrap();
+    s.feed(
+        "bank",
+        [ev(
+            "payments",
+            "p1",
+            101,
+            1,
+            json!({"transfer_id": "t1", "amount": 5}),
+        )],
+    )
+    .await
+    .unwrap();
+    let fresh: Vec<_> = s.executions().iter().filter(|e| e.check == "fresh").collect();
+    assert_eq!(fresh.len(), 1, "{:?}", s.executions());
+    assert_eq!(fresh[0].outcome, Outcome::Verdict(Verdict::Pass));
+    assert!(fresh[0].lagging_sources.is_empty());
+    // The view was loaded as of a time both sources are complete to.
+    assert!(fresh[0].as_of >= secs(100));
+    let opened: Vec<_> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(c, _)| *c == IncidentChange::Opened)
+        .map(|(_, i)| i.check.clone())
+        .collect();
+    assert_eq!(opened, ["delayed"], "only the fixed delay raised an alarm");
+}
+
+#[tokio::test]
+async fn a_capped_wait_runs_degraded_and_names_the_lagging_source() {
+    let checks = Registry::new().add(Check::new("fresh", paid_in_full).with_strategy(Freshness {
+        max_wait: Duration::from_secs(30),
+    }));
+    let (mut s, _) = scenario(checks);
+    s.feed("core", [ev("transfers", "t1", 100, 1, json!({"amount": 0}))])
+        .await
+        .unwrap();
+    s.advance_to(secs(129)).await.unwrap();
+    assert!(s.executions().is_empty(), "the bank has never reported: wait");
+    s.advance_to(secs(130)).await.unwrap();
+    let e = &s.executions()[0];
+    assert_eq!(
+        e.lagging_sources
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+        ["bank"]
+    );
+    assert_eq!(s.overseer().runner().stats().degraded, 1);
+}
+
+#[tokio::test]
+async fn repeated_triggers_coalesce_into_one_run() {
+    let checks = Registry::new()
+        .add(Check::new("sla", paid_in_full).with_strategy(FixedDelay(Duration::from_secs(60))));
+    let (mut s, _) = scenario(checks);
+    for (i, t) in [10, 20, 30].into_iter().enumerate() {
+        s.advance_to(secs(t)).await.unwrap();
+        s.feed(
+            "core",
+            [ev("transfers", "t1", t, i as u64 + 1, json!({"amount": 0}))],
+        )
+        .await
+        .unwrap();
+    }
+    // An update of a joined record triggers the check for its root too.
+    s.feed(
+        "bank",
+        [ev(
+            "payments",
+            "p1",
+            31,
+            1,
+            json!({"transfer_id": "t1", "amount": 0}),
+        )],
+    )
+    .await
+    .unwrap();
+    s.finish().await.unwrap();
+    assert_eq!(s.executions().len(), 1, "{:?}", s.executions());
+    let e = &s.executions()[0];
+    assert_eq!(e.coalesced, 4);
+    assert_eq!(e.trigger.updated, RecordKey::new("payments", "p1").unwrap());
+    // The delay is measured from the latest trigger's commit time.
+    assert_eq!(e.executed_at, secs(91));
+    assert_eq!(s.overseer().runner().stats().coalesced, 3);
+}
+
+#[tokio::test]
+async fn incidents_open_once_update_then_resolve_and_are_audited() {
+    let checks = Registry::new().add(
+        Check::new("paid", paid_in_full)
+            .with_strategy(Immediate)
+            .escalate_to("pager"),
+    );
+    let (mut s, log) = scenario(checks);
+    s.feed("core", [ev("transfers", "t1", 1, 1, json!({"amount": 10}))])
+        .await
+        .unwrap();
+    s.feed(
+        "bank",
+        [ev(
+            "payments",
+            "p1",
+            2,
+            1,
+            json!({"transfer_id": "t1", "amount": 4}),
+        )],
+    )
+    .await
+    .unwrap();
+    s.feed(
+        "bank",
+        [ev(
+            "payments",
+            "p2",
+            3,
+            2,
+            json!({"transfer_id": "t1", "amount": 6}),
+        )],
+    )
+    .await
+    .unwrap();
+    let changes: Vec<IncidentChange> = log.lock().unwrap().iter().map(|(c, _)| *c).collect();
+    assert_eq!(
+        changes,
+        [
+            IncidentChange::Opened,
+            IncidentChange::Updated,
+            IncidentChange::Resolved
+        ]
+    );
+    let opened = log.lock().unwrap()[0].1.clone();
+    assert_eq!(opened.details, json!({"transfer": 10, "paid": 0}));
+    assert!(s.open_incidents().is_empty());
+    let store = s.overseer().store();
+    let incidents = store.incidents().await.unwrap();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert!(incidents[0].resolved_at.is_some());
+    let root = RecordKey::new("transfers", "t1").unwrap();
+    let audit = store.audit(Some("paid"), Some(&root)).await.unwrap();
+    let kinds: Vec<OutcomeKind> = audit.iter().map(|a| a.outcome).collect();
+    assert_eq!(kinds, [OutcomeKind::Fail, OutcomeKind::Fail, OutcomeKind::Pass]);
+    assert_eq!(audit[1].trigger_key, RecordKey::new("payments", "p1").unwrap());
+}
+
+async fn panics(_v: Paid) -> Verdict {
+    panic!("bug in check")
+}
+
+async fn hangs(_v: Paid) -> Verdict {
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    Verdict::pass()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_or_hanging_check_affects_only_its_own_execution() {
+    let checks = Registry::new()
+        .add(Check::new("panics", panics).with_strategy(Immediate))
+        .add(
+            Check::new("hangs", hangs)
+                .with_strategy(Immediate)
+                .with_timeout(Duration::from_millis(50)),
+        )
+        .add(Check::new("paid", paid_in_full).with_strategy(Immediate));
+    let (mut s, _) = scenario(checks);
+    s.feed("core", [ev("transfers", "t1", 1, 1, json!({"amount": 0}))])
+        .await
+        .unwrap();
+    let mut by_check: Vec<(String, OutcomeKind, String)> = s
+        .executions()
+        .iter()
+        .map(|e| {
+            let msg = match &e.outcome {
+                Outcome::Error(m) => m.clone(),
+                _ => String::new(),
+            };
+            (e.check.clone(), e.outcome.kind(), msg)
+        })
+        .collect();
+    by_check.sort();
+    assert_eq!(by_check[0].0, "hangs");
+    assert_eq!(by_check[0].1, OutcomeKind::Error);
+    assert!(by_check[0].2.contains("timed out"), "{}", by_check[0].2);
+    assert_eq!(
+        (by_check[1].0.as_str(), by_check[1].1),
+        ("paid", OutcomeKind::Pass)
+    );
+    assert_eq!(by_check[2].1, OutcomeKind::Error);
+    assert!(by_check[2].2.contains("bug in check"), "{}", by_check[2].2);
+    assert!(s.open_incidents().is_empty(), "errors are not disagreements");
+    // The pipeline goes on.
+    s.feed("core", [ev("transfers", "t2", 2, 2, json!({"amount": 0}))])
+        .await
+        .unwrap();
+    assert_eq!(s.executions().len(), 6);
+}
+
+#[tokio::test]
+async fn an_indeterminate_view_is_retried_and_never_escalated() {
+    let checks = Registry::new().add(
+        Check::new("one", positive_payment)
+            .with_strategy(Immediate)
+            .escalate_to("pager"),
+    );
+    let (mut s, log) = scenario(checks);
+    s.feed("core", [ev("transfers", "t1", 1, 1, json!({"amount": 5}))])
+        .await
+        .unwrap();
+    assert_eq!(s.executions()[0].outcome.kind(), OutcomeKind::Indeterminate);
+    // Retries back off: 5 s, 10 s, ...
+    s.advance_to(secs(4)).await.unwrap();
+    assert_eq!(s.executions().len(), 1);
+    s.advance_to(secs(6)).await.unwrap();
+    assert_eq!(s.executions().len(), 2);
+    s.feed(
+        "bank",
+        [ev(
+            "payments",
+            "p1",
+            6,
+            1,
+            json!({"transfer_id": "t1", "amount": -1}),
+        )],
+    )
+    .await
+    .unwrap();
+    s.finish().await.unwrap();
+    let last = s.executions().last().unwrap();
+    assert_eq!(last.outcome.kind(), OutcomeKind::Fail);
+    let stats = s.overseer().runner().stats().clone();
+    assert_eq!(stats.indeterminate, 2);
+    assert_eq!(stats.incidents_opened, 1);
+    let opened = log.lock().unwrap().len();
+    assert_eq!(opened, 1, "only the real disagreement was escalated");
+}
+
+#[tokio::test]
+async fn an_indeterminate_run_is_abandoned_after_its_last_attempt() {
+    let checks = Registry::new().add(Check::new("one", positive_payment).with_strategy(Immediate));
+    let (mut s, _) = scenario(checks);
+    s.feed("core", [ev("transfers", "t1", 1, 1, json!({"amount": 5}))])
+        .await
+        .unwrap();
+    s.finish().await.unwrap();
+    let stats = s.overseer().runner().stats().clone();
+    assert_eq!(
+        (stats.indeterminate, stats.abandoned, stats.incidents_opened),
+        (5, 1, 0)
+    );
+    assert_eq!(s.overseer().runner().pending(), 0);
+}
+
+#[test]
+fn the_registry_is_validated_at_once_with_every_problem() {
+    struct Ghost;
+    impl DataView for Ghost {
+        fn spec() -> ViewSpec {
+            ViewSpec {
+                root: "ghosts",
+                joins: vec![],
+            }
+        }
+        async fn load(_: &ViewContext<'_>) -> Result<Self, ViewError> {
+            Ok(Ghost)
+        }
+    }
+    async fn ghostly(_: Ghost) -> Verdict {
+        Verdict::pass()
+    }
+    let registry = Registry::new()
+        .add(Check::new("paid", paid_in_full))
+        .add(Check::new("paid", paid_in_full).escalate_to("nowhere"))
+        .add(Check::new("ghostly", ghostly));
+    let err = registry
+        .validate(&["transfers", "payments"], &["log"])
+        .unwrap_err();
+    let text = err.to_string();
+    assert_eq!(err.problems.len(), 3, "{text}");
+    assert!(text.contains("duplicate check name \"paid\""), "{text}");
+    assert!(text.contains("unknown escalation \"nowhere\""), "{text}");
+    assert!(
+        text.contains("unknown model \"ghosts\" (known models: payments, transfers)"),
+        "{text}"
+    );
+    let empty = Registry::new().validate(&["transfers"], &["log"]).unwrap_err();
+    assert!(empty.to_string().contains("no checks"));
+    // A scenario refuses to start with such a registry.
+    let result = Scenario::builder(Registry::new().add(Check::new("ghostly", ghostly)))
+        .source("core", Script, &["transfers"])
+        .start(secs(0));
+    assert!(result.is_err());
+}
+
+#[test]
+fn strategies_compose() {
+    use overseer_core::strategy::Trigger;
+    let t = Trigger {
+        root: RecordKey::new("transfers", "t").unwrap(),
+        updated: RecordKey::new("transfers", "t").unwrap(),
+        source: overseer_core::SourceId::new("core").unwrap(),
+        commit_time: secs(100),
+        received_at: secs(105),
+    };
+    let p = Immediate.plan(&t);
+    assert_eq!((p.not_before, p.await_sources), (secs(105), false));
+    let p = FixedDelay(Duration::from_secs(60)).plan(&t);
+    assert_eq!(
+        (p.as_of, p.not_before, p.await_sources),
+        (secs(160), secs(160), false)
+    );
+    let p = Freshness::default().plan(&t);
+    assert_eq!((p.as_of, p.await_sources), (secs(100), true));
+    let p = FixedDelay(Duration::from_secs(60))
+        .then(Freshness {
+            max_wait: Duration::from_secs(5),
+        })
+        .plan(&t);
+    assert_eq!(
+        (p.as_of, p.not_before, p.await_sources, p.max_wait),
+        (secs(160), secs(160), true, Duration::from_secs(5))
+    );
+}
