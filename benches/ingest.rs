@@ -26,6 +26,9 @@ use serde_json::json;
 
 const BATCH: usize = 10_000;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn ingestor(store: Store) -> Ingestor {
     let consumer = overseer_builders::consumer(FormatName::Mongo, FormatOptions::default()).unwrap();
     let refs = References::new().with(ReferenceSpec::parse("transfers.user_id -> users").unwrap());

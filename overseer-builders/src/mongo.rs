@@ -415,6 +415,27 @@ pub fn to_relaxed(value: &Value) -> Value {
     }
 }
 
+/// Converts a value to relaxed Extended JSON in place (no copy of what is
+/// already relaxed).
+fn relax_in_place(value: &mut Value) {
+    match value {
+        Value::Array(items) => items.iter_mut().for_each(relax_in_place),
+        Value::Object(map) => {
+            if map.len() == 1
+                && let Some((key, inner)) = map.iter().next()
+                && TYPE_WRAPPERS.contains(&key.as_str())
+            {
+                if let Some(relaxed) = relaxed_wrapper(key, inner) {
+                    *value = relaxed;
+                }
+                return;
+            }
+            map.values_mut().for_each(relax_in_place);
+        }
+        _ => {}
+    }
+}
+
 fn relaxed_map(map: &Map<String, Value>) -> Map<String, Value> {
     map.iter().map(|(k, v)| (k.clone(), to_relaxed(v))).collect()
 }
@@ -542,7 +563,13 @@ fn field_path(dotted: &str, disambiguated: Option<&Map<String, Value>>) -> Resul
 }
 
 /// The patch of an update event's `updateDescription`.
-fn patch_of(root: &Map<String, Value>) -> Result<Patch, ConsumeError> {
+fn patch_of(root: &mut Map<String, Value>) -> Result<Patch, ConsumeError> {
+    // The updated values are taken out of the parsed event, not copied.
+    let updated_fields = match root.get_mut("updateDescription") {
+        Some(Value::Object(d)) => d.remove("updatedFields"),
+        _ => None,
+    };
+    let root: &Map<String, Value> = root;
     let description = match root.get("updateDescription") {
         Some(Value::Object(d)) => d,
         Some(other) => {
@@ -597,11 +624,19 @@ fn patch_of(root: &Map<String, Value>) -> Result<Patch, ConsumeError> {
         };
         patch.removed.push(field_path(field, disambiguated)?);
     }
-    if let Some(updated) = object_field(description, "updatedFields", OWNER)? {
-        for (field, value) in updated {
-            patch
-                .updated
-                .push((field_path(field, disambiguated)?, to_relaxed(value)));
+    match updated_fields {
+        None => {}
+        Some(Value::Object(updated)) => {
+            for (field, mut value) in updated {
+                relax_in_place(&mut value);
+                patch.updated.push((field_path(&field, disambiguated)?, value));
+            }
+        }
+        Some(other) => {
+            return Err(reject(format!(
+                "{OWNER}updatedFields must be an object, found {}",
+                type_name(&other)
+            )));
         }
     }
     Ok(patch)
@@ -610,21 +645,24 @@ fn patch_of(root: &Map<String, Value>) -> Result<Patch, ConsumeError> {
 /// The whole new document of an insert or replace, in relaxed form, with
 /// the document key's `_id` as first field if the document has none.
 fn full_document(
-    root: &Map<String, Value>,
+    root: &mut Map<String, Value>,
     id: &Value,
     operation: Operation,
 ) -> Result<Change, ConsumeError> {
-    let document = match root.get("fullDocument") {
+    // The document is taken out of the parsed event, not copied.
+    let mut relaxed = match root.remove("fullDocument") {
         Some(Value::Object(d)) => d,
         Some(other) => {
             return Err(reject(format!(
                 "fullDocument must be an object, found {}",
-                type_name(other)
+                type_name(&other)
             )));
         }
         None => return Err(reject(format!("{operation} event has no fullDocument"))),
     };
-    let relaxed = relaxed_map(document);
+    for value in relaxed.values_mut() {
+        relax_in_place(value);
+    }
     if relaxed.contains_key("_id") {
         return Ok(Change::Full(relaxed));
     }
@@ -635,16 +673,16 @@ fn full_document(
 }
 
 /// A parsed record event: what the consumer and the builder share.
-struct RecordEvent<'a> {
+struct RecordEvent {
     operation: Operation,
     simplified: bool,
-    id: &'a Value,
+    id: Value,
     change: Change,
 }
 
 /// Decodes the change of a record event (`None` for control events). Used
 /// by both [`Consumer::consume`] and [`StateBuilder::decode`].
-fn decode_record(root: &Map<String, Value>) -> Result<Option<RecordEvent<'_>>, ConsumeError> {
+fn decode_record(root: &mut Map<String, Value>) -> Result<Option<RecordEvent>, ConsumeError> {
     let Kind::Record {
         operation,
         simplified,
@@ -652,9 +690,9 @@ fn decode_record(root: &Map<String, Value>) -> Result<Option<RecordEvent<'_>>, C
     else {
         return Ok(None);
     };
-    let id = document_id(root, simplified)?;
+    let id = document_id(root, simplified)?.clone();
     let change = match operation {
-        Operation::Insert | Operation::Replace | Operation::Snapshot => full_document(root, id, operation)?,
+        Operation::Insert | Operation::Replace | Operation::Snapshot => full_document(root, &id, operation)?,
         Operation::Update => Change::Patch(patch_of(root)?),
         Operation::Delete => Change::Delete,
     };
@@ -710,8 +748,8 @@ impl Consumer for Mongo {
     }
 
     fn consume(&self, raw: &[u8]) -> Result<Consumed, ConsumeError> {
-        let root = parse_root(raw)?;
-        let record = decode_record(&root)?;
+        let mut root = parse_root(raw)?;
+        let record = decode_record(&mut root)?;
         let wall = wall_time(&root)?;
         let cluster = cluster_time(&root)?;
         let Some(record) = record else {
@@ -722,7 +760,7 @@ impl Consumer for Mongo {
         };
         let cluster =
             cluster.ok_or_else(|| reject("event has no clusterTime: cannot tell when it committed"))?;
-        let id = id_text(record.id).ok_or_else(|| reject("the document _id is an empty string"))?;
+        let id = id_text(&record.id).ok_or_else(|| reject("the document _id is an empty string"))?;
         let key = RecordKey {
             model: self.model_of(&root, record.simplified)?,
             id: RecordId::new(&id).map_err(|e| reject(e.to_string()))?,
@@ -744,8 +782,8 @@ impl StateBuilder for Mongo {
     }
 
     fn decode(&self, update: &UpdateDocument) -> Result<Change, ConsumeError> {
-        let root = parse_root(&update.raw)?;
-        decode_record(&root)?
+        let mut root = parse_root(&update.raw)?;
+        decode_record(&mut root)?
             .map(|r| r.change)
             .ok_or_else(|| reject("the event changes no document (a DDL or control event)"))
     }

@@ -104,6 +104,21 @@ pub enum Command {
         after_long_help = EXIT_CODES
     )]
     DeadLetters(DeadLettersArgs),
+
+    /// List check executions, or incidents, from the audit area.
+    #[command(
+        long_about = "List check executions (every run of every check, oldest first), or with \
+            --incidents the open incidents (--all: also the resolved ones), one per line on \
+            stdout.\n\n\
+            An execution line holds, separated by tabs: when it ran (runner clock), the check, \
+            the root record, the outcome (pass, fail, not_applicable, indeterminate, error), \
+            the source time the view was loaded as of, the triggering record, and the \
+            message (- when none). An incident line holds: opened at, resolved at (or \
+            open), the check, the root record and the message. With --json each line is a \
+            JSON object with every field, failure details included.",
+        after_long_help = EXIT_CODES
+    )]
+    Audit(AuditArgs),
 }
 
 /// Where the store is.
@@ -225,6 +240,42 @@ pub struct DeadLettersArgs {
 
     /// Print one JSON object per dead letter (with the full raw event)
     /// instead of tab-separated lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `overseer audit`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    /// The store.
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// Only this check.
+    #[arg(long, value_name = "NAME")]
+    pub check: Option<String>,
+
+    /// Only this root record's model (with --id).
+    #[arg(long, value_name = "MODEL", requires = "id")]
+    pub model: Option<String>,
+
+    /// Only this root record's id (with --model).
+    #[arg(long, value_name = "ID", requires = "model")]
+    pub id: Option<String>,
+
+    /// Only executions with this outcome.
+    #[arg(long, value_name = "OUTCOME", value_parser = ["pass", "fail", "not_applicable", "indeterminate", "error"])]
+    pub outcome: Option<String>,
+
+    /// List incidents instead of executions (open ones; --all for every one).
+    #[arg(long)]
+    pub incidents: bool,
+
+    /// With --incidents, also the resolved incidents.
+    #[arg(long, requires = "incidents")]
+    pub all: bool,
+
+    /// One JSON object per line instead of tab-separated lines.
     #[arg(long)]
     pub json: bool,
 }

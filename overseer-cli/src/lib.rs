@@ -24,6 +24,7 @@
 //! | `overseer view --store DIR MODEL ID [--at TIME]` | a record's state at a time, as JSON |
 //! | `overseer history --store DIR MODEL ID` | every update of a record, with the fields it changed |
 //! | `overseer dead-letters --store DIR` | the events that could not be ingested |
+//! | `overseer audit --store DIR [--check NAME] [--model M --id ID] [--incidents]` | check executions and incidents |
 //!
 //! Data goes to stdout (machine-readable), messages and progress to stderr.
 //!
@@ -32,6 +33,7 @@
 //! error, unreadable input, store error; clap's own usage errors exit with 2
 //! as well).
 
+mod audit;
 mod cli;
 mod dead_letters;
 mod ingest;
@@ -45,7 +47,7 @@ use std::process::ExitCode;
 use overseer_core::Store;
 
 pub use cli::{
-    Cli, Command, DeadLettersArgs, FormatArg, HistoryArgs, IngestArgs, RefArg, StoreArgs, ViewArgs,
+    AuditArgs, Cli, Command, DeadLettersArgs, FormatArg, HistoryArgs, IngestArgs, RefArg, StoreArgs, ViewArgs,
 };
 
 /// Exit code of success.
@@ -150,6 +152,7 @@ pub async fn run_with_output(cli: Cli, out: &mut dyn Write) -> Result<(), Error>
         Command::View(args) => record::view(open_existing(&args.store.store)?, &args, out).await,
         Command::History(args) => record::history(open_existing(&args.store.store)?, &args, out).await,
         Command::DeadLetters(args) => dead_letters::run(open_existing(&args.store.store)?, &args, out).await,
+        Command::Audit(args) => audit::run(open_existing(&args.store.store)?, &args, out).await,
     }
 }
 

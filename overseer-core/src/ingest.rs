@@ -83,7 +83,9 @@ impl std::fmt::Debug for Ingestor {
 }
 
 enum Outcome {
-    Record(Box<ConsumedRecord>),
+    /// A record change, with its references already extracted (on the
+    /// consuming thread, which also frees the parsed change).
+    Record(Box<ConsumedRecord>, Vec<crate::Reference>),
     Control(Option<Timestamp>, Option<SourcePosition>),
     Rejected(ConsumeError),
 }
@@ -112,7 +114,11 @@ impl Ingestor {
                     format!("commit time {} is before 1970", r.commit_time),
                 ))
             }
-            Ok(Consumed::Record(r)) => Outcome::Record(Box::new(r)),
+            Ok(Consumed::Record(mut r)) => {
+                let references = self.references.extract(&r.key, &r.change);
+                r.change = crate::Change::Delete;
+                Outcome::Record(Box::new(r), references)
+            }
             Ok(Consumed::Control {
                 commit_time,
                 position,
@@ -181,10 +187,10 @@ impl Ingestor {
         let mut rejected = Vec::new();
         for (raw, outcome) in batch.iter().zip(outcomes) {
             match outcome {
-                Outcome::Record(r) => {
+                Outcome::Record(r, references) => {
+                    let r = *r;
                     report.last_position = Some(r.position.clone());
                     report.watermark = report.watermark.max(Some(r.commit_time));
-                    let references = self.references.extract(&r.key, &r.change);
                     docs.push(UpdateDocument {
                         key: r.key,
                         source: self.source.clone(),
@@ -209,11 +215,11 @@ impl Ingestor {
         }
 
         // Data first, then the references that make it reachable.
-        let outcomes = self.store.put_updates(&docs).await;
+        let outcomes = self.store.put_updates(docs).await;
         let mut stored = Vec::new();
-        for (doc, outcome) in docs.into_iter().zip(outcomes) {
+        for (doc, path, outcome) in outcomes {
             match outcome {
-                Ok(PutOutcome::Created) => stored.push(doc),
+                Ok(PutOutcome::Created) => stored.push((doc, path)),
                 Ok(PutOutcome::Duplicate) => report.duplicates += 1,
                 Err(e @ Error::PositionConflict { .. }) => {
                     rejected.push((doc.raw.clone(), Some(doc.position.clone()), e.to_string()))
@@ -223,6 +229,7 @@ impl Ingestor {
         }
         let with_refs: Vec<(crate::RecordKey, Vec<crate::Reference>, Timestamp)> = stored
             .iter()
+            .map(|(d, _)| d)
             .filter(|d| !d.references.is_empty())
             .map(|d| (d.key.clone(), d.references.clone(), d.commit_time))
             .collect();
@@ -256,8 +263,8 @@ impl Ingestor {
         report.stored = stored.len();
         report.notifications = stored
             .into_iter()
-            .map(|d| Notification {
-                object: self.store.update_path(&d),
+            .map(|(d, object)| Notification {
+                object,
                 key: d.key,
                 source: d.source,
                 position: d.position,

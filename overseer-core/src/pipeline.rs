@@ -379,6 +379,11 @@ impl Overseer {
         Ok(self.runner.run_ready().await?)
     }
 
+    /// Waits until every escalation queued so far has been delivered.
+    pub async fn flush_escalations(&mut self) {
+        self.runner.flush_escalations().await;
+    }
+
     /// Runs every pending check, as if every delay had passed: the
     /// [`ManualClock`] given to [`OverseerBuilder::manual_clock`] is moved
     /// to each pending deadline in turn. With another clock, runs whose time
@@ -466,6 +471,7 @@ impl Overseer {
             let _ = h.await;
         }
         self.tick().await?;
+        self.flush_escalations().await;
         Ok(self)
     }
 }

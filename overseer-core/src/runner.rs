@@ -26,7 +26,7 @@ use crate::check::{Check, Registry, RegistryError, Verdict};
 use crate::clock::Clock;
 use crate::dal::Dal;
 use crate::error::Result;
-use crate::escalation::{Escalation, Incident, IncidentChange, LogEscalation};
+use crate::escalation::{Dispatcher, Escalation, Incident, IncidentChange, LogEscalation};
 use crate::model::{Model, Notification, RecordKey, SourceId};
 use crate::store::{AuditEntry, IncidentEntry, OutcomeKind};
 use crate::strategy::{Plan, Trigger};
@@ -197,7 +197,8 @@ pub struct Runner {
     checks: Vec<CheckSlot>,
     selection: HashMap<Model, Vec<(usize, Role)>>,
     watermarks: HashMap<SourceId, Timestamp>,
-    escalations: HashMap<String, Arc<dyn Escalation>>,
+    escalations: HashMap<String, Dispatcher>,
+    escalation_errors: Arc<std::sync::atomic::AtomicU64>,
     incidents: HashMap<(usize, RecordKey), Incident>,
     stats: RunnerStats,
     seq: u64,
@@ -241,6 +242,7 @@ impl Runner {
         let names: Vec<&str> = escalations.keys().map(String::as_str).collect();
         registry.validate(&models, &names)?;
 
+        let escalation_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut checks = Vec::new();
         let mut selection: HashMap<Model, Vec<(usize, Role)>> = HashMap::new();
         for (i, check) in registry.checks().iter().enumerate() {
@@ -288,14 +290,19 @@ impl Runner {
             checks,
             selection,
             watermarks: HashMap::new(),
-            escalations,
+            escalations: escalations
+                .into_iter()
+                .map(|(name, e)| (name.clone(), Dispatcher::new(name, e, escalation_errors.clone())))
+                .collect(),
+            escalation_errors,
             incidents: HashMap::new(),
             stats: RunnerStats::default(),
             seq: 0,
         })
     }
 
-    /// The runner's counters.
+    /// The runner's counters (`escalation_errors` as of the last
+    /// [`flush_escalations`](Self::flush_escalations)).
     pub fn stats(&self) -> &RunnerStats {
         &self.stats
     }
@@ -675,12 +682,19 @@ impl Runner {
 
     async fn escalate(&mut self, check: usize, change: IncidentChange, incident: &Incident) {
         let name = self.checks[check].check.escalation();
-        if let Some(e) = self.escalations.get(name).cloned() {
-            if let Err(err) = e.escalate(change, incident).await {
-                self.stats.escalation_errors += 1;
-                tracing::error!(escalation = name, error = %err, "escalation failed");
-            }
+        if let Some(d) = self.escalations.get_mut(name) {
+            d.send(change, incident.clone());
         }
+    }
+
+    /// Waits until every escalation queued so far has been delivered (or
+    /// has failed). Escalations otherwise run in the background, in order,
+    /// so a slow paging system never delays checks.
+    pub async fn flush_escalations(&mut self) {
+        for d in self.escalations.values_mut() {
+            d.flush().await;
+        }
+        self.stats.escalation_errors = self.escalation_errors.load(std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn fail(

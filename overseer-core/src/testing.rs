@@ -208,6 +208,7 @@ impl Scenario {
             .collect();
         let report = self.overseer.ingest(source, &batch).await?;
         let ran = self.overseer.tick().await?;
+        self.overseer.flush_escalations().await;
         self.executions.extend(ran);
         Ok(report)
     }
@@ -220,6 +221,7 @@ impl Scenario {
     ) -> Result<(), crate::pipeline::PipelineError> {
         self.overseer.heartbeat(source, time).await?;
         let ran = self.overseer.tick().await?;
+        self.overseer.flush_escalations().await;
         self.executions.extend(ran);
         Ok(())
     }
@@ -228,6 +230,7 @@ impl Scenario {
     pub async fn advance_to(&mut self, t: Timestamp) -> Result<(), crate::pipeline::PipelineError> {
         self.clock.advance_to(t);
         let ran = self.overseer.tick().await?;
+        self.overseer.flush_escalations().await;
         self.executions.extend(ran);
         Ok(())
     }
@@ -235,6 +238,7 @@ impl Scenario {
     /// Moves the virtual clock past every pending deadline, running everything.
     pub async fn finish(&mut self) -> Result<(), crate::pipeline::PipelineError> {
         let ran = self.overseer.drain().await?;
+        self.overseer.flush_escalations().await;
         self.executions.extend(ran);
         Ok(())
     }

@@ -16,7 +16,7 @@ use crate::options::{CheckOptions, RawOptions};
 struct CheckSignature {
     /// The type of the view argument.
     view: Box<Type>,
-    /// The declared return type (`None` for `()`), with a span for the
+    /// The declared return type (`None` for `()`), named in the
     /// `IntoVerdict` assertion.
     output: Option<Box<Type>>,
 }
@@ -39,7 +39,8 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let signature = errors.ok(check_signature(&func.sig));
     match (options, signature, errors.finish()) {
         (Some(options), Some(signature), Ok(())) => generate(&func, &options, &signature),
-        (_, _, Err(error)) => with_error(item, error),
+        (.., Err(error)) => with_error(item, error),
+        // Unreachable: `Errors::ok` records an error for every `None`.
         _ => with_error(item, syn::Error::new(Span::call_site(), "invalid #[check]")),
     }
 }
@@ -76,47 +77,54 @@ fn check_signature(sig: &Signature) -> syn::Result<CheckSignature> {
         errors.push(syn::Error::new(unsafety.span, "a check cannot be `unsafe`"));
     }
     if let Some(abi) = &sig.abi {
-        errors.push(syn::Error::new(abi.span(), "a check cannot have an `extern` ABI"));
-    }
-    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        let span = match &sig.generics.where_clause {
-            Some(w) if sig.generics.params.is_empty() => w.span(),
-            _ => sig.generics.span(),
-        };
-        errors.push(syn::Error::new(
-            span,
-            "a check cannot be generic: it is registered once, so its view type must be concrete",
+        errors.push(syn::Error::new_spanned(
+            abi,
+            "a check cannot have an `extern` ABI",
         ));
     }
+    const GENERIC: &str =
+        "a check cannot be generic: it is registered once, so its view type must be concrete";
+    if !sig.generics.params.is_empty() {
+        errors.push(syn::Error::new_spanned(&sig.generics, GENERIC));
+    } else if let Some(where_clause) = &sig.generics.where_clause {
+        errors.push(syn::Error::new_spanned(where_clause, GENERIC));
+    }
     if let Some(variadic) = &sig.variadic {
-        errors.push(syn::Error::new(variadic.span(), "a check cannot be variadic"));
+        errors.push(syn::Error::new_spanned(variadic, "a check cannot be variadic"));
     }
     let mut view = None;
-    match sig.inputs.len() {
-        0 => errors.push(syn::Error::new(
+    let mut args = Vec::new();
+    for input in &sig.inputs {
+        match input {
+            FnArg::Receiver(receiver) => errors.push(syn::Error::new_spanned(
+                receiver,
+                "a check cannot take `self`: write a free `async fn` that takes its data view",
+            )),
+            FnArg::Typed(arg) => args.push(arg),
+        }
+    }
+    match args.as_slice() {
+        [] if sig.receiver().is_some() => {}
+        [] => errors.push(syn::Error::new(
             sig.paren_token.span.join(),
             "a check takes exactly one argument, its data view: \
              e.g. `(view: TransferView)` where `TransferView` derives `DataView`",
         )),
-        n => {
-            if n > 1 {
-                let extra = sig.inputs.iter().skip(1).map(|a| a.span());
-                let span = extra
-                    .reduce(|a, b| a.join(b).unwrap_or(a))
-                    .unwrap_or_else(Span::call_site);
-                errors.push(syn::Error::new(
-                    span,
+        [first, extra @ ..] => {
+            if !extra.is_empty() {
+                errors.push(syn::Error::new_spanned(
+                    quote!(#(#extra),*),
                     "a check takes exactly one argument, its data view: \
                      put everything it reads into one struct that derives `DataView`",
                 ));
             }
-            match &sig.inputs[0] {
-                FnArg::Receiver(receiver) => errors.push(syn::Error::new(
-                    receiver.span(),
-                    "a check cannot take `self`: write a free `async fn` that takes its data view",
-                )),
-                FnArg::Typed(arg) => view = Some(arg.ty.clone()),
+            if has_impl_trait(&first.ty) {
+                errors.push(syn::Error::new_spanned(
+                    &first.ty,
+                    "a check cannot be generic: name its data view type instead of `impl ..`",
+                ));
             }
+            view = Some(first.ty.clone());
         }
     }
     let output = match &sig.output {
@@ -128,7 +136,7 @@ fn check_signature(sig: &Signature) -> syn::Result<CheckSignature> {
     Ok(CheckSignature { view, output })
 }
 
-/// Whether a type mentions `impl Trait` (which cannot appear in a bound).
+/// Whether a type mentions `impl Trait` (which cannot be named in a turbofish).
 fn has_impl_trait(ty: &Type) -> bool {
     struct Finder(bool);
     impl<'ast> Visit<'ast> for Finder {
@@ -145,8 +153,6 @@ fn generate(func: &ItemFn, options: &CheckOptions, signature: &CheckSignature) -
     let ident = &func.sig.ident;
     let plain = ident.unraw();
     let builder = format_ident!("__overseer_check_{}", plain);
-    let view_assertion = format_ident!("__overseer_check_{}_takes_a_data_view", plain);
-    let verdict_assertion = format_ident!("__overseer_check_{}_returns_a_verdict", plain);
 
     let name = match &options.name {
         Some(name) => quote!(#name),
@@ -158,36 +164,30 @@ fn generate(func: &ItemFn, options: &CheckOptions, signature: &CheckSignature) -
     let calls = options.builder_calls();
     let line = quote_spanned!(ident.span()=> ::core::line!());
 
+    // The assertions: `Check::new` requires `V: DataView` and
+    // `R: IntoVerdict`; naming the user's types explicitly in its turbofish
+    // makes rustc report an unmet bound (with the trait's
+    // `on_unimplemented` note) at the argument's or the return type itself,
+    // once, instead of at the attribute.
+    //
+    // The path is spanned at the function's name, so that other unmet
+    // bounds (a future that is not `Send`) are reported there.
+    let new = quote_spanned!(ident.span()=> ::overseer_core::Check::new);
+    let infer = quote_spanned!(ident.span()=> _);
     let view = &signature.view;
-    let view_check = quote_spanned! {view.span()=>
-        #[doc(hidden)]
-        #[allow(non_snake_case, dead_code, clippy::all)]
-        fn #view_assertion() where #view: ::overseer_core::DataView {}
-    };
-    let verdict_check = match &signature.output {
-        Some(output) if !has_impl_trait(output) => quote_spanned! {output.span()=>
-            #[doc(hidden)]
-            #[allow(non_snake_case, dead_code, clippy::all)]
-            fn #verdict_assertion() where #output: ::overseer_core::check::IntoVerdict {}
-        },
-        Some(_) => TokenStream::new(),
-        None => quote_spanned! {func.sig.ident.span()=>
-            #[doc(hidden)]
-            #[allow(non_snake_case, dead_code, clippy::all)]
-            fn #verdict_assertion() where (): ::overseer_core::check::IntoVerdict {}
-        },
+    let output = match &signature.output {
+        Some(output) if !has_impl_trait(output) => quote!(#output),
+        Some(_) => infer.clone(),
+        None => quote_spanned!(ident.span()=> ()),
     };
 
     quote! {
         #func
 
-        #view_check
-        #verdict_check
-
         #[doc(hidden)]
         #[allow(non_snake_case)]
         fn #builder() -> ::overseer_core::Check {
-            ::overseer_core::Check::new(#name, #ident)
+            #new::<#view, #infer, #infer, #output>(#name, #ident)
                 .at(::core::module_path!(), ::core::file!(), #line)
                 #calls
         }

@@ -1,7 +1,7 @@
 //! `#[derive(DataView)]`: one `#[root]` field and any number of `#[join]`
 //! fields become `DataView::spec` and `DataView::load`.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::parse::ParseStream;
 use syn::spanned::Spanned;
@@ -154,8 +154,8 @@ struct ViewField<'a> {
 }
 
 /// Reads the `#[root]` / `#[join]` attributes of one field.
-fn field_role(field: &Field, errors: &mut Errors) -> Option<(Role, Span)> {
-    let mut found: Option<(Role, Span, &'static str)> = None;
+fn field_role<'a>(field: &'a Field, errors: &mut Errors) -> Option<(Role, &'a Attribute)> {
+    let mut found: Option<(Role, &Attribute, &'static str)> = None;
     for attr in &field.attrs {
         let kind = if attr.path().is_ident("root") {
             AttrKind::Root
@@ -165,8 +165,8 @@ fn field_role(field: &Field, errors: &mut Errors) -> Option<(Role, Span)> {
             continue;
         };
         if let Some((_, _, first)) = &found {
-            errors.push(syn::Error::new(
-                attr.span(),
+            errors.push(syn::Error::new_spanned(
+                attr,
                 format!(
                     "a field of a data view is either `#[root]` or one `#[join(..)]`; this one is already `#[{first}]`"
                 ),
@@ -177,10 +177,10 @@ fn field_role(field: &Field, errors: &mut Errors) -> Option<(Role, Span)> {
             continue;
         };
         if let Some(role) = role_from(attr, kind, args, errors) {
-            found = Some((role, attr.span(), kind.name()));
+            found = Some((role, attr, kind.name()));
         }
     }
-    found.map(|(role, span, _)| (role, span))
+    found.map(|(role, attr, _)| (role, attr))
 }
 
 fn attr_args(attr: &Attribute, kind: AttrKind) -> syn::Result<FieldArgs> {
@@ -250,8 +250,8 @@ fn role_from(attr: &Attribute, kind: AttrKind, args: FieldArgs, errors: &mut Err
         AttrKind::Join => match link {
             Some(link) => Some(Role::Join { model, link }),
             None => {
-                errors.push(syn::Error::new(
-                    attr.span(),
+                errors.push(syn::Error::new_spanned(
+                    attr,
                     "a join needs `on = \"field\"` (the joined records' `field` points at the root) \
                      or `via = \"field\"` (the root's `field` points at the joined records), \
                      e.g. `#[join(on = \"transfer_id\")]`",
@@ -305,7 +305,7 @@ fn view_fields(input: &DeriveInput) -> syn::Result<Vec<ViewField<'_>>> {
     let mut out = Vec::new();
     for field in fields {
         let Some(ident) = &field.ident else { continue };
-        let Some((role, attr_span)) = field_role(field, &mut errors) else {
+        let Some((role, attr)) = field_role(field, &mut errors) else {
             if !field
                 .attrs
                 .iter()
@@ -325,8 +325,8 @@ fn view_fields(input: &DeriveInput) -> syn::Result<Vec<ViewField<'_>>> {
         match &view_field.role {
             Role::Root { .. } => {
                 if let Some(first) = root {
-                    errors.push(syn::Error::new(
-                        attr_span,
+                    errors.push(syn::Error::new_spanned(
+                        attr,
                         format!(
                             "a data view has exactly one `#[root]` field, and `{first}` is already the root; \
                              join other records with `#[join(..)]`"
@@ -335,8 +335,8 @@ fn view_fields(input: &DeriveInput) -> syn::Result<Vec<ViewField<'_>>> {
                     continue;
                 }
                 if let (Cardinality::All | Cardinality::Optional, _) = element(&field.ty) {
-                    errors.push(syn::Error::new(
-                        field.ty.span(),
+                    errors.push(syn::Error::new_spanned(
+                        &field.ty,
                         "the `#[root]` field holds the root record itself: use the record's type, \
                          not `Vec<..>` or `Option<..>` (a missing root makes the view indeterminate)",
                     ));
@@ -378,8 +378,8 @@ fn generate(input: &DeriveInput, fields: &[ViewField<'_>]) -> TokenStream {
     let mut specs = Vec::new();
     let mut inits = Vec::new();
 
-    // Methods are spanned at the field's type, so that an unmet bound
-    // (`DeserializeOwned`, `Record`) is reported there.
+    // Methods and their `.await` are spanned at the field's type, so that an
+    // unmet bound (`DeserializeOwned`, `Record`) is reported there.
     let method = |name: &str, ty: &Type| Ident::new(name, ty.span());
     for field in fields {
         let field_ident = field.ident;
@@ -388,18 +388,20 @@ fn generate(input: &DeriveInput, fields: &[ViewField<'_>]) -> TokenStream {
                 let ty = &field.field.ty;
                 root_model = Some(model_of(model, ty));
                 let root_as = method("root_as", ty);
-                inits.push(quote!(#field_ident: ctx.#root_as::<#ty>().await?));
+                let await_root = quote_spanned!(ty.span()=> .await?);
+                inits.push(quote!(#field_ident: ctx.#root_as::<#ty>() #await_root));
             }
             Role::Join { model, link } => {
                 let (cardinality, elem) = element(&field.field.ty);
                 let model = model_of(model, elem);
+                let await_join = quote_spanned!(elem.span()=> .await?);
                 let (direction, on, load) = match link {
                     Link::On(on) => {
                         let referrers_as = method("referrers_as", elem);
                         (
                             quote!(Referrers),
                             on,
-                            quote!(ctx.#referrers_as::<#elem>(#model, #on).await?),
+                            quote!(ctx.#referrers_as::<#elem>(#model, #on) #await_join),
                         )
                     }
                     Link::Via(via) => {
@@ -407,7 +409,7 @@ fn generate(input: &DeriveInput, fields: &[ViewField<'_>]) -> TokenStream {
                         (
                             quote!(Referenced),
                             via,
-                            quote!(ctx.#referenced_as::<#elem>(#via, #model).await?),
+                            quote!(ctx.#referenced_as::<#elem>(#via, #model) #await_join),
                         )
                     }
                 };

@@ -42,7 +42,7 @@ use syn::{DeriveInput, parse_macro_input};
 /// | option | effect |
 /// |---|---|
 /// | `name = "..."` | the check's unique name (default `module_path::fn_name`) |
-/// | `on = ["transfers", ...]` | only updates of these models trigger it (default: every model the view reads) |
+/// | `on = ["transfers", ...]` or `on = "transfers"` | only updates of these models trigger it (default: every model the view reads) |
 /// | `strategy = <expr>` | any `ExecutionStrategy` value (default `Freshness`) |
 /// | `delay = "10m"` | `FixedDelay` of that duration (parsed at compile time) |
 /// | `immediate` | the `Immediate` strategy |

@@ -129,3 +129,80 @@ where
         Ok(())
     }
 }
+
+/// Runs an escalation off the runner's path: transitions are queued and
+/// escalated in order by a task of their own, so a slow or failing paging
+/// system never delays checks.
+pub(crate) struct Dispatcher {
+    name: String,
+    escalation: Arc<dyn Escalation>,
+    sender: Option<tokio::sync::mpsc::UnboundedSender<Job>>,
+    errors: Arc<std::sync::atomic::AtomicU64>,
+}
+
+pub(crate) enum Job {
+    Escalate(IncidentChange, Box<Incident>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+impl Dispatcher {
+    pub(crate) fn new(
+        name: String,
+        escalation: Arc<dyn Escalation>,
+        errors: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Self {
+        Self {
+            name,
+            escalation,
+            sender: None,
+            errors,
+        }
+    }
+
+    fn sender(&mut self) -> &tokio::sync::mpsc::UnboundedSender<Job> {
+        let (name, escalation, errors) = (self.name.clone(), self.escalation.clone(), self.errors.clone());
+        self.sender.get_or_insert_with(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+            tokio::spawn(async move {
+                while let Some(job) = rx.recv().await {
+                    match job {
+                        Job::Escalate(change, incident) => {
+                            if let Err(err) = escalation.escalate(change, &incident).await {
+                                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                tracing::error!(escalation = %name, error = %err, "escalation failed");
+                            }
+                        }
+                        Job::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            });
+            tx
+        })
+    }
+
+    /// Queues one transition (must be called within a tokio runtime).
+    pub(crate) fn send(&mut self, change: IncidentChange, incident: Incident) {
+        if self
+            .sender()
+            .send(Job::Escalate(change, Box::new(incident)))
+            .is_err()
+        {
+            // The worker is gone (its runtime shut down): start a new one.
+            self.sender = None;
+            tracing::warn!(escalation = %self.name, "escalation worker restarted");
+        }
+    }
+
+    /// Waits until every queued transition has been escalated.
+    pub(crate) async fn flush(&mut self) {
+        if self.sender.is_none() {
+            return;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.sender().send(Job::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}

@@ -184,13 +184,20 @@ impl Store {
     /// commit time, source and position only, so storing the same event
     /// twice addresses the same object.
     pub fn update_path(&self, doc: &UpdateDocument) -> String {
-        self.record_prefix("updates", &doc.key)
-            .join(layout::update_file_name(
-                doc.commit_time.as_micros(),
-                doc.source.as_str(),
-                doc.position.as_str(),
-            ))
-            .to_string()
+        // Every segment is already safe (see `layout`), so the key is built
+        // as text; it equals what `Path::join` would build.
+        let file = layout::update_file_name(
+            doc.commit_time.as_micros(),
+            doc.source.as_str(),
+            doc.position.as_str(),
+        );
+        let model = encode_segment(doc.key.model.as_str());
+        let id = encode_segment(doc.key.id.as_str());
+        if self.root.is_root() {
+            format!("updates/{model}/{id}/{file}")
+        } else {
+            format!("{}/updates/{model}/{id}/{file}", self.root)
+        }
     }
 
     pub(crate) async fn put_create(&self, path: &Path, bytes: Bytes) -> Result<PutOutcome> {
@@ -252,6 +259,10 @@ impl Store {
     /// [`Error::PositionConflict`].
     pub async fn put_update(&self, doc: &UpdateDocument) -> Result<PutOutcome> {
         let path = Path::from(self.update_path(doc));
+        self.put_update_at(doc, path).await
+    }
+
+    async fn put_update_at(&self, doc: &UpdateDocument, path: Path) -> Result<PutOutcome> {
         match self.put_create(&path, codec::encode_update(doc)).await? {
             PutOutcome::Created => Ok(PutOutcome::Created),
             PutOutcome::Duplicate => {
@@ -270,15 +281,61 @@ impl Store {
     }
 
     /// Stores many updates with up to the store's concurrency in flight;
-    /// the outcomes are in the order of `docs`.
-    pub async fn put_updates(&self, docs: &[UpdateDocument]) -> Vec<Result<PutOutcome>> {
+    /// returns each update with its key and outcome, in the order of `docs`.
+    ///
+    /// Large batches are split into one chunk per core, each written by its
+    /// own task, so encoding and writing use every core of the runtime.
+    pub async fn put_updates(
+        &self,
+        docs: Vec<UpdateDocument>,
+    ) -> Vec<(UpdateDocument, String, Result<PutOutcome>)> {
+        let parallelism = std::thread::available_parallelism().map_or(1, usize::from);
+        if docs.len() < 256 || parallelism < 2 || tokio::runtime::Handle::try_current().is_err() {
+            return self.put_chunk(docs, self.concurrency).await;
+        }
+        let chunk_len = docs.len().div_ceil(parallelism);
+        let per_chunk = self.concurrency.div_ceil(parallelism).max(1);
+        let mut docs = docs;
+        let mut chunks = Vec::with_capacity(parallelism);
+        while !docs.is_empty() {
+            let rest = docs.split_off(chunk_len.min(docs.len()));
+            chunks.push(std::mem::replace(&mut docs, rest));
+        }
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                let store = self.clone();
+                tokio::spawn(async move { store.put_chunk(chunk, per_chunk).await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for handle in handles {
+            match handle.await {
+                Ok(part) => out.extend(part),
+                // Writing cannot panic on input; a panic here is a bug in a
+                // backend. Re-raise it rather than report writes that did not happen.
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+        out
+    }
+
+    async fn put_chunk(
+        &self,
+        docs: Vec<UpdateDocument>,
+        concurrency: usize,
+    ) -> Vec<(UpdateDocument, String, Result<PutOutcome>)> {
         let store = self.clone();
-        stream::iter(docs.to_vec())
+        stream::iter(docs)
             .map(move |d| {
                 let store = store.clone();
-                async move { store.put_update(&d).await }
+                async move {
+                    let key = store.update_path(&d);
+                    let outcome = store.put_update_at(&d, Path::from(key.as_str())).await;
+                    (d, key, outcome)
+                }
             })
-            .buffered(self.concurrency)
+            .buffered(concurrency)
             .collect()
             .await
     }

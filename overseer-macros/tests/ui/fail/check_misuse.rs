@@ -15,6 +15,19 @@ async fn generic<V: DataView>(_view: V) -> Verdict {
     Verdict::pass()
 }
 
+#[check]
+async fn impl_trait(_view: impl DataView) -> Verdict {
+    Verdict::pass()
+}
+
+#[check]
+async unsafe fn not_safe(_view: TransferView) -> Verdict {
+    Verdict::pass()
+}
+
+#[check]
+async fn no_return(_view: TransferView) {}
+
 struct Checks;
 
 impl Checks {

@@ -15,4 +15,13 @@ struct TransferView {
     payment: Option<BankPayment>,
 }
 
+
+struct NotDeserialize;
+
+#[derive(DataView)]
+struct UntypedView {
+    #[root(model = "transfers")]
+    transfer: NotDeserialize,
+}
+
 fn main() {}

@@ -1,4 +1,6 @@
-//! Every form the macros accept, used together.
+//! Every form the macros accept, used together, with the lints a strict
+//! crate sets: the generated code must not trip them.
+#![deny(warnings, missing_docs, unreachable_pub, unused_qualifications)]
 
 use std::time::Duration;
 
@@ -80,7 +82,7 @@ async fn immediate(_: UntypedView) -> Verdict {
 }
 
 #[check(strategy = FixedDelay(Duration::from_secs(60)).then(Freshness::default()), name = "grace")]
-pub async fn grace(UntypedView { transfer }: UntypedView) -> overseer_core::check::Verdict {
+async fn grace(UntypedView { transfer }: UntypedView) -> Verdict {
     if transfer.is_null() { Verdict::fail("null") } else { Verdict::pass() }
 }
 
@@ -94,13 +96,20 @@ mod nested {
 fn main() {
     let registry = overseer_core::registered();
     let names: Vec<&str> = registry.checks().iter().map(|c| c.name()).collect();
+    let here = module_path!();
     assert_eq!(
         names,
-        ["full_usage::defaults", "full_usage::immediate", "full_usage::nested::in", "grace", "ledger_balances"]
+        [
+            "grace".to_owned(),
+            "ledger_balances".to_owned(),
+            format!("{here}::defaults"),
+            format!("{here}::immediate"),
+            format!("{here}::nested::in"),
+        ]
     );
-    let balances = &registry.checks()[4];
+    let balances = &registry.checks()[1];
     assert_eq!(balances.timeout(), Duration::from_millis(500));
     assert_eq!(format!("{:?}", balances.strategy()), "FixedDelay(5400s)");
-    assert_eq!(registry.checks()[1].models(), ["transfers"]);
+    assert_eq!(registry.checks()[3].models(), ["transfers"]);
     let _ = (defaults, ledger_balances, immediate, grace, nested::r#in);
 }

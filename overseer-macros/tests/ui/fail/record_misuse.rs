@@ -11,4 +11,8 @@ struct Empty {}
 #[record(table = "transfers")]
 struct WrongKey {}
 
+#[derive(Record)]
+#[record(model = "transfers")]
+struct NotDeserialize {}
+
 fn main() {}

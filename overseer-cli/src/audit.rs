@@ -1,0 +1,131 @@
+//! `overseer audit`: check executions and incidents.
+
+use std::io::Write;
+
+use overseer_core::RecordKey;
+use overseer_core::Store;
+use overseer_core::store::{AuditEntry, IncidentEntry};
+use serde_json::json;
+
+use crate::cli::AuditArgs;
+use crate::{Error, output};
+
+pub(crate) async fn run(store: Store, args: &AuditArgs, out: &mut dyn Write) -> Result<(), Error> {
+    let root = match (&args.model, &args.id) {
+        (Some(model), Some(id)) => Some(RecordKey::new(model, id).map_err(|e| Error::Usage(e.to_string()))?),
+        (None, None) => None,
+        _ => {
+            return Err(Error::Usage(
+                "--model and --id go together: give both or neither".into(),
+            ));
+        }
+    };
+    if root.is_some() && args.check.is_none() && !args.incidents {
+        return Err(Error::Usage(
+            "--model/--id filter the executions of one check: add --check NAME (or use --incidents)".into(),
+        ));
+    }
+    if args.incidents {
+        let incidents: Vec<IncidentEntry> = store
+            .incidents()
+            .await?
+            .into_iter()
+            .filter(|i| args.all || i.resolved_at.is_none())
+            .filter(|i| args.check.as_deref().is_none_or(|c| c == i.check))
+            .filter(|i| root.as_ref().is_none_or(|r| r == &i.root))
+            .collect();
+        if incidents.is_empty() {
+            let _ = writeln!(
+                std::io::stderr(),
+                "no {}incidents",
+                if args.all { "" } else { "open " }
+            );
+        }
+        for i in &incidents {
+            if args.json {
+                output::json_line(out, &incident_json(i))?;
+            } else {
+                output::line(out, &incident_line(i))?;
+            }
+        }
+        return Ok(());
+    }
+    let entries = store.audit(args.check.as_deref(), root.as_ref()).await?;
+    let entries: Vec<&AuditEntry> = entries
+        .iter()
+        .filter(|e| args.outcome.as_deref().is_none_or(|o| o == e.outcome.as_str()))
+        .collect();
+    if entries.is_empty() {
+        let _ = writeln!(std::io::stderr(), "no executions");
+    }
+    for e in entries {
+        if args.json {
+            output::json_line(out, &entry_json(e))?;
+        } else {
+            output::line(out, &entry_line(e))?;
+        }
+    }
+    Ok(())
+}
+
+fn entry_line(e: &AuditEntry) -> String {
+    [
+        e.executed_at.to_string(),
+        output::field(&e.check),
+        output::field(&e.root.to_string()),
+        e.outcome.as_str().to_owned(),
+        e.as_of.to_string(),
+        output::field(&e.trigger_key.to_string()),
+        if e.message.is_empty() {
+            "-".to_owned()
+        } else {
+            output::field(&e.message)
+        },
+    ]
+    .join("\t")
+}
+
+fn entry_json(e: &AuditEntry) -> serde_json::Value {
+    json!({
+        "executed_at": e.executed_at.to_string(),
+        "check": e.check,
+        "root": {"model": e.root.model.as_str(), "id": e.root.id.as_str()},
+        "outcome": e.outcome.as_str(),
+        "as_of": e.as_of.to_string(),
+        "trigger": {
+            "model": e.trigger_key.model.as_str(),
+            "id": e.trigger_key.id.as_str(),
+            "source": e.trigger_source.as_str(),
+            "commit_time": e.trigger_commit_time.to_string(),
+        },
+        "message": e.message,
+        "details": e.details,
+        "duration_us": u64::try_from(e.duration.as_micros()).unwrap_or(u64::MAX),
+        "lagging_sources": e.lagging_sources,
+        "coalesced": e.coalesced,
+    })
+}
+
+fn incident_line(i: &IncidentEntry) -> String {
+    [
+        i.opened_at.to_string(),
+        i.resolved_at.map_or_else(|| "open".to_owned(), |t| t.to_string()),
+        output::field(&i.check),
+        output::field(&i.root.to_string()),
+        output::field(&i.message),
+    ]
+    .join("\t")
+}
+
+fn incident_json(i: &IncidentEntry) -> serde_json::Value {
+    json!({
+        "opened_at": i.opened_at.to_string(),
+        "resolved_at": i.resolved_at.map(|t| t.to_string()),
+        "check": i.check,
+        "root": {"model": i.root.model.as_str(), "id": i.root.id.as_str()},
+        "dedup_key": i.dedup_key,
+        "message": i.message,
+        "details": i.details,
+        "trigger_commit_time": i.trigger_commit_time.to_string(),
+    })
+}

@@ -1,0 +1,124 @@
+//! `overseer audit` on a store written by a real pipeline run.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::sync::Arc;
+
+use overseer_core::check::{Check, Verdict};
+use overseer_core::clock::ManualClock;
+use overseer_core::pipeline::{Overseer, SourceConfig};
+use overseer_core::strategy::Immediate;
+use overseer_core::testing::LinesConsumer;
+use overseer_core::view::{DataView, ViewContext, ViewError, ViewSpec};
+use overseer_core::{Registry, Store, Timestamp};
+
+#[derive(serde::Deserialize)]
+struct Line {
+    n: i64,
+}
+
+impl DataView for Line {
+    fn spec() -> ViewSpec {
+        ViewSpec {
+            root: "lines",
+            joins: vec![],
+        }
+    }
+    async fn load(ctx: &ViewContext<'_>) -> Result<Self, ViewError> {
+        ctx.root_as().await
+    }
+}
+
+async fn small(line: Line) -> Verdict {
+    // Fails in [500, 1000): commit times are N seconds, so a later fix has a larger N.
+    if (500..1000).contains(&line.n) {
+        Verdict::fail_with("too big", line.n)
+    } else {
+        Verdict::pass()
+    }
+}
+
+async fn write_store(dir: &std::path::Path) {
+    let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000)));
+    let mut overseer = Overseer::builder()
+        .store(Store::local(dir).unwrap())
+        .state_builder(LinesConsumer)
+        .source(
+            SourceConfig::new("app", LinesConsumer)
+                .unwrap()
+                .models(["lines"])
+                .unwrap(),
+        )
+        .checks(Registry::new().add(Check::new("small", small).with_strategy(Immediate)))
+        .manual_clock(clock.clone())
+        .build()
+        .unwrap();
+    overseer
+        .ingest("app", &["a 5".into(), "b 500".into()])
+        .await
+        .unwrap();
+    overseer.tick().await.unwrap();
+    clock.advance_to(Timestamp::from_secs(2_000));
+    // b is fixed: its incident resolves; c fails and stays open.
+    overseer
+        .ingest("app", &["b 1000".into(), "c 900".into()])
+        .await
+        .unwrap();
+    overseer.tick().await.unwrap();
+}
+
+fn overseer(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_overseer"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_lists_executions_and_incidents_with_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    write_store(dir.path()).await;
+    let store = dir.path().to_str().unwrap();
+
+    let (code, out, _) = overseer(&["audit", "--store", store]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("lines/b\tfail") && l.ends_with("too big")),
+        "{out}"
+    );
+
+    let (_, out, _) = overseer(&[
+        "audit", "--store", store, "--check", "small", "--model", "lines", "--id", "b", "--json",
+    ]);
+    let runs: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let outcomes: Vec<&str> = runs.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["fail", "pass"]);
+    assert_eq!(runs[0]["details"], 500);
+
+    let (_, out, _) = overseer(&["audit", "--store", store, "--outcome", "fail"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+
+    let (_, out, _) = overseer(&["audit", "--store", store, "--incidents"]);
+    let open: Vec<&str> = out.lines().collect();
+    assert_eq!(open.len(), 1, "{out}");
+    assert!(open[0].contains("\topen\tsmall\tlines/c\t"), "{out}");
+
+    let (_, out, _) = overseer(&["audit", "--store", store, "--incidents", "--all", "--json"]);
+    let all: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(all.len(), 2);
+    let b = all.iter().find(|i| i["root"]["id"] == "b").unwrap();
+    assert_eq!(b["resolved_at"], "1970-01-01T00:33:20Z");
+
+    let (code, _, err) = overseer(&["audit", "--store", store, "--model", "lines", "--id", "b"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--check"), "{err}");
+}
