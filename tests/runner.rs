@@ -486,3 +486,145 @@ fn strategies_compose() {
         (secs(160), secs(160), true, Duration::from_secs(5))
     );
 }
+
+/// A source over fixed batches that records what it was acknowledged.
+struct VecSource {
+    id: overseer_core::SourceId,
+    batches: std::collections::VecDeque<Vec<bytes::Bytes>>,
+    acks: Arc<Mutex<Vec<Option<overseer_core::SourcePosition>>>>,
+    endless: bool,
+}
+
+#[async_trait::async_trait]
+impl overseer_core::pipeline::Source for VecSource {
+    fn id(&self) -> &overseer_core::SourceId {
+        &self.id
+    }
+    async fn next_batch(&mut self) -> Result<Option<Vec<bytes::Bytes>>, overseer_core::BoxError> {
+        match self.batches.pop_front() {
+            Some(b) => Ok(Some(b)),
+            // A live source with nothing new waits (forever, here).
+            None if self.endless => std::future::pending().await,
+            None => Ok(None),
+        }
+    }
+    async fn ack(
+        &mut self,
+        position: Option<&overseer_core::SourcePosition>,
+    ) -> Result<(), overseer_core::BoxError> {
+        self.acks.lock().unwrap().push(position.cloned());
+        Ok(())
+    }
+}
+
+fn pipeline_for_run() -> overseer_core::pipeline::Overseer {
+    use overseer_core::pipeline::{Overseer, SourceConfig};
+    Overseer::builder()
+        .store(overseer_core::Store::in_memory())
+        .state_builder(Script)
+        .source(
+            SourceConfig::new("core", Script)
+                .unwrap()
+                .models(["transfers"])
+                .unwrap(),
+        )
+        .source(
+            SourceConfig::new("bank", Script)
+                .unwrap()
+                .models(["payments"])
+                .unwrap(),
+        )
+        .reference(overseer_core::ReferenceSpec::parse("payments.transfer_id -> transfers").unwrap())
+        .checks(Registry::new().add(Check::new("paid", paid_in_full).with_strategy(Immediate)))
+        .build()
+        .unwrap()
+}
+
+fn bytes_of(v: Vec<u8>) -> bytes::Bytes {
+    bytes::Bytes::from(v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reads_every_source_acknowledges_stored_batches_and_stops_when_they_end() {
+    let core_acks = Arc::default();
+    let bank_acks = Arc::default();
+    let core = VecSource {
+        id: overseer_core::SourceId::new("core").unwrap(),
+        batches: [
+            vec![bytes_of(ev("transfers", "t1", 1, 1, json!({"amount": 5})))],
+            vec![bytes_of(ev("transfers", "t2", 2, 2, json!({"amount": 7})))],
+        ]
+        .into(),
+        acks: Arc::clone(&core_acks),
+        endless: false,
+    };
+    let bank = VecSource {
+        id: overseer_core::SourceId::new("bank").unwrap(),
+        batches: [vec![bytes_of(ev(
+            "payments",
+            "p1",
+            3,
+            1,
+            json!({"transfer_id": "t1", "amount": 5}),
+        ))]]
+        .into(),
+        acks: Arc::clone(&bank_acks),
+        endless: false,
+    };
+    let sources: Vec<Box<dyn overseer_core::pipeline::Source>> = vec![Box::new(core), Box::new(bank)];
+    let done = pipeline_for_run()
+        .run(sources, std::future::pending())
+        .await
+        .unwrap();
+    let positions: Vec<_> = core_acks.lock().unwrap().clone();
+    assert_eq!(
+        positions,
+        [
+            Some(overseer_core::SourcePosition::from_numbers(&[1])),
+            Some(overseer_core::SourcePosition::from_numbers(&[2]))
+        ]
+    );
+    assert_eq!(bank_acks.lock().unwrap().len(), 1);
+    let stats = done.runner().stats();
+    assert!(stats.executions >= 2, "{stats:?}");
+    // Every update is stored, and t1 (paid) has no open incident while t2 (unpaid) has.
+    let open: Vec<String> = done
+        .runner()
+        .open_incidents()
+        .map(|i| i.root.id.to_string())
+        .collect();
+    assert_eq!(open, ["t2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_stops_gracefully_on_shutdown_even_with_a_live_source() {
+    let acks = Arc::default();
+    let live = VecSource {
+        id: overseer_core::SourceId::new("core").unwrap(),
+        batches: [vec![bytes_of(ev("transfers", "t1", 1, 1, json!({"amount": 0})))]].into(),
+        acks: Arc::clone(&acks),
+        endless: true,
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        pipeline_for_run()
+            .run(vec![Box::new(live)], async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    // The batch is stored and acknowledged while the pipeline runs.
+    for _ in 0..200 {
+        if !acks.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(acks.lock().unwrap().len(), 1);
+    tx.send(()).unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .expect("run stops on shutdown");
+    let overseer = done.unwrap().unwrap();
+    assert_eq!(overseer.runner().stats().executions, 1);
+}
