@@ -453,3 +453,39 @@ async fn typed_reads_and_time_travel() {
         assert!(err.contains("m/a"), "{err}");
     }
 }
+
+/// A consumer with a bug: it panics on one event.
+struct Buggy;
+
+impl overseer_core::Consumer for Buggy {
+    fn format(&self) -> overseer_core::Format {
+        overseer_core::Consumer::format(&Script)
+    }
+    fn consume(&self, raw: &[u8]) -> Result<overseer_core::Consumed, overseer_core::ConsumeError> {
+        if raw.windows(5).any(|w| w == b"boom!") {
+            panic!("consumer bug");
+        }
+        Script.consume(raw)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_consumer_rejects_only_its_event() {
+    let store = Store::in_memory();
+    let ing = Ingestor::new(
+        store.clone(),
+        SourceId::new("src").unwrap(),
+        Buggy,
+        References::new(),
+    );
+    // Large enough to be consumed on several threads.
+    let mut events: Vec<bytes::Bytes> = (0..2000u64)
+        .map(|i| ev("m", &format!("r{i}"), 1, i, "full", json!({})).line())
+        .collect();
+    events[1234] = ev("m", "boom!", 1, 99_999, "full", json!({})).line();
+    let r = ing.ingest_batch(&events).await.unwrap();
+    assert_eq!((r.stored, r.dead_lettered), (1999, 1));
+    let letters = store.dead_letters().await.unwrap();
+    assert!(letters[0].error.contains("panicked"), "{}", letters[0].error);
+    assert_eq!(letters[0].raw, events[1234]);
+}

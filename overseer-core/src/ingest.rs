@@ -128,37 +128,21 @@ impl Ingestor {
     }
 
     fn consume_all(&self, batch: &[Bytes]) -> Vec<Outcome> {
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        if batch.len() < PARALLEL_CONSUME_THRESHOLD || threads < 2 {
-            return batch.iter().map(|raw| self.consume_one(raw)).collect();
+        use rayon::prelude::*;
+        if batch.len() < PARALLEL_CONSUME_THRESHOLD {
+            return batch.iter().map(|raw| self.consume_isolated(raw)).collect();
         }
-        let chunk = batch.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = batch
-                .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || part.iter().map(|raw| self.consume_one(raw)).collect::<Vec<_>>())
-                })
-                .collect();
-            let mut out = Vec::with_capacity(batch.len());
-            for handle in handles {
-                match handle.join() {
-                    Ok(part) => out.extend(part),
-                    // A consumer that panics is a bug in the consumer; the
-                    // events of that chunk are re-consumed one by one so the
-                    // panic is isolated to its own event.
-                    Err(_) => {
-                        let done = out.len();
-                        for raw in &batch[done..(done + chunk).min(batch.len())] {
-                            out.push(self.consume_isolated(raw));
-                        }
-                    }
-                }
-            }
-            out
-        })
+        // rayon's pool keeps its threads (and their allocator caches) from
+        // batch to batch; the order of the outcomes is the batch's.
+        batch
+            .par_iter()
+            .with_min_len(64)
+            .map(|raw| self.consume_isolated(raw))
+            .collect()
     }
 
+    /// Consumes one event; a consumer that panics (a bug in the consumer)
+    /// rejects only that event.
     fn consume_isolated(&self, raw: &[u8]) -> Outcome {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.consume_one(raw))).unwrap_or_else(
             |_| {
