@@ -156,9 +156,7 @@ impl Dal {
     /// deleted).
     pub async fn state_at(&self, key: &RecordKey, at: Timestamp) -> Result<Option<State>> {
         let history = self.history(key, at).await?;
-        Ok(history
-            .iter()
-            .fold(None, |state, e| change::apply(state, &e.change)))
+        Ok(fold(&history))
     }
 
     /// A typed read: the state at `at` deserialized into `T`.
@@ -264,6 +262,19 @@ impl Dal {
         }
         Ok(out)
     }
+}
+
+/// Folds a record's ordered history into its state. Updates before the last
+/// whole-state change (insert, replace, snapshot, full row, delete) cannot
+/// affect the result, so the fold starts there.
+fn fold(history: &[Arc<HistoryEntry>]) -> Option<State> {
+    let start = history
+        .iter()
+        .rposition(|e| matches!(e.change, Change::Full(_) | Change::Delete))
+        .unwrap_or(0);
+    history[start..]
+        .iter()
+        .fold(None, |state, e| change::apply(state, &e.change))
 }
 
 fn points_at(state: &State, path: &FieldPath, target: &RecordKey) -> bool {

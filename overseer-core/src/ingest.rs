@@ -71,6 +71,8 @@ pub struct Ingestor {
     source: SourceId,
     consumer: Arc<dyn Consumer>,
     references: Arc<References>,
+    /// The source's acknowledged watermark, once known.
+    watermark: Arc<tokio::sync::Mutex<Option<Timestamp>>>,
 }
 
 impl std::fmt::Debug for Ingestor {
@@ -98,6 +100,7 @@ impl Ingestor {
             source,
             consumer: Arc::new(consumer),
             references: Arc::new(references),
+            watermark: Arc::default(),
         }
     }
 
@@ -267,11 +270,15 @@ impl Ingestor {
     pub async fn ingest_and_ack(&self, batch: &[Bytes]) -> Result<BatchReport> {
         let report = self.ingest_batch(batch).await?;
         if let Some(position) = &report.last_position {
-            let previous = self.store.checkpoint(&self.source).await?;
-            let watermark = previous
-                .map(|c| c.watermark)
-                .max(report.watermark)
-                .unwrap_or(Timestamp::EPOCH);
+            // The watermark never goes back: the max of what this source ever
+            // acknowledged (read from the store once, then kept).
+            let mut known = self.watermark.lock().await;
+            let previous = match *known {
+                Some(w) => Some(w),
+                None => self.store.checkpoint(&self.source).await?.map(|c| c.watermark),
+            };
+            let watermark = previous.max(report.watermark).unwrap_or(Timestamp::EPOCH);
+            *known = Some(watermark);
             self.store
                 .put_checkpoint(
                     &self.source,

@@ -289,7 +289,7 @@ impl Store {
         &self,
         docs: Vec<UpdateDocument>,
     ) -> Vec<(UpdateDocument, String, Result<PutOutcome>)> {
-        let parallelism = std::thread::available_parallelism().map_or(1, usize::from);
+        let parallelism = crate::parallelism();
         if docs.len() < 256 || parallelism < 2 || tokio::runtime::Handle::try_current().is_err() {
             return self.put_chunk(docs, self.concurrency).await;
         }
