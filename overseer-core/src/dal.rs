@@ -125,6 +125,17 @@ impl Dal {
         Ok(HistoryEntry { update, change })
     }
 
+    /// Whether this DAL has a builder for `format`.
+    pub fn has_builder(&self, format: &Format) -> bool {
+        self.builders.contains_key(format)
+    }
+
+    /// Caches an update stored at `path` with its already decoded change
+    /// (write-through from ingestion, see [`Ingestor::with_dal`](crate::Ingestor::with_dal)).
+    pub(crate) fn prime(&self, path: String, update: UpdateDocument, change: Change) {
+        self.cache.insert(path, Arc::new(HistoryEntry { update, change }));
+    }
+
     async fn load(&self, path: String) -> Result<Arc<HistoryEntry>> {
         if let Some(hit) = self.cache.get(&path) {
             return Ok(hit);
