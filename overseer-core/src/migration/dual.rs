@@ -31,6 +31,9 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 /// Comparisons taken from the queues at once.
 const WORKER_BATCH: usize = 256;
 
+/// How long the background task lets comparisons gather before taking them.
+const WORKER_LINGER: Duration = Duration::from_millis(2);
+
 /// Attempts to store one batch of records.
 const RECORD_ATTEMPTS: u32 = 4;
 
@@ -614,6 +617,12 @@ impl Worker {
                 Some(job) = compares.recv() => job,
                 else => break,
             };
+            if !matches!(first, Job::Flush(_)) {
+                // Let a batch gather: one wake-up (and one blocking-pool
+                // hand-off, one store write) per batch, not per call, keeps
+                // the background cost off the cores the callers run on.
+                tokio::time::sleep(WORKER_LINGER).await;
+            }
             let mut jobs = vec![first];
             while jobs.len() < WORKER_BATCH {
                 match repairs.try_recv() {
