@@ -655,3 +655,69 @@ async fn discrepancies_trigger_checks_and_incidents() {
     overseer.drain().await.unwrap();
     assert_eq!(overseer.runner().stats().incidents_opened, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discrepancies_are_queried_with_the_cli() {
+    use clap::Parser;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::local(dir.path()).unwrap();
+    let recorder = DiscrepancyRecorder::new(store, SourceId::new(SOURCE).unwrap());
+    let router = DualRouter::builder(recorder)
+        .phase(PhaseSwitch::new(Phase::Shadow))
+        .build()
+        .unwrap();
+    for new_value in [101, 102] {
+        router
+            .read(
+                "get_balance",
+                "acct-1",
+                || async { Ok::<Value, String>(json!({"cents": 100})) },
+                move || async move { Ok::<Value, String>(json!({"cents": new_value})) },
+            )
+            .await
+            .unwrap();
+        router.flush().await;
+    }
+    let cli = |args: &[&str]| {
+        let mut argv = vec!["overseer"];
+        argv.extend_from_slice(args);
+        overseer_cli::Cli::try_parse_from(argv).unwrap()
+    };
+    let store_dir = dir.path().to_str().unwrap();
+    let mut out = Vec::new();
+    overseer_cli::run_with_output(
+        cli(&[
+            "history",
+            "--store",
+            store_dir,
+            "migration_discrepancies",
+            "get_balance:acct-1",
+        ]),
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let history = String::from_utf8(out).unwrap();
+    assert_eq!(history.lines().count(), 2, "{history}");
+    assert!(history.lines().all(|l| l.contains(SOURCE)), "{history}");
+
+    let mut out = Vec::new();
+    overseer_cli::run_with_output(
+        cli(&[
+            "view",
+            "--store",
+            store_dir,
+            "--compact",
+            "migration_discrepancies",
+            "get_balance:acct-1",
+        ]),
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let state: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(state["kind"], "mismatch");
+    assert_eq!(state["new"], json!({"cents": 102}));
+    assert_eq!(state["differences"][0]["path"], "cents");
+}

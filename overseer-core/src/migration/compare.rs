@@ -33,6 +33,10 @@ use serde_json::{Map, Value};
 /// }
 /// assert!(balances.compare("get", &json!({"cents": 5}), &json!({"balance_minor": 5})).is_match());
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot compare migration results",
+    note = "use `Comparator::new()` with options, a closure `|operation: &str, legacy: &Value, new: &Value| -> Comparison`, or implement `Compare`"
+)]
 pub trait Compare: Send + Sync + 'static {
     /// Compares the results of `operation`: `legacy` from the legacy store,
     /// `new` from the new one.

@@ -54,10 +54,23 @@
 //!     .await;
 //! assert_eq!(balance, Ok(json!({"cents": 100}))); // shadow: the legacy result
 //!
+//! // A write: legacy first, then new; a new-side failure never fails the
+//! // caller, it is recorded for repair.
+//! let written = router
+//!     .write(
+//!         "post_transfer",
+//!         "t-9",
+//!         || async { Ok::<Value, String>(json!({"id": "t-9"})) },
+//!         || async { Err::<Value, String>("new store unavailable".into()) },
+//!     )
+//!     .await;
+//! assert_eq!(written, Ok(json!({"id": "t-9"})));
+//!
 //! phase.set(Phase::PreferNew); // no rebuild
 //! router.flush().await;
 //! let stats = router.stats();
-//! assert_eq!((stats.reads, stats.mismatches, stats.discrepancies_recorded), (1, 1, 1));
+//! assert_eq!((stats.reads, stats.writes, stats.mismatches), (1, 1, 2));
+//! assert_eq!((stats.write_failures_recorded, stats.discrepancies_recorded), (1, 2));
 //! # Ok(()) }
 //! ```
 
