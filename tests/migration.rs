@@ -581,10 +581,50 @@ async fn the_phase_switches_at_run_time_without_rebuilding() {
 }
 
 #[test]
-fn building_outside_a_runtime_is_an_error() {
-    let recorder = DiscrepancyRecorder::new(Store::in_memory(), SourceId::new(SOURCE).unwrap());
-    let err = DualRouter::builder(recorder).build().unwrap_err();
+fn building_outside_a_runtime_or_without_timers_is_an_error() {
+    let recorder = || DiscrepancyRecorder::new(Store::in_memory(), SourceId::new(SOURCE).unwrap());
+    let err = DualRouter::builder(recorder()).build().unwrap_err();
     assert!(err.to_string().contains("Tokio runtime"), "{err}");
+    // A runtime without the time driver: an error, not a later panic.
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let err = runtime
+        .block_on(async { DualRouter::builder(recorder()).build() })
+        .unwrap_err();
+    assert!(err.to_string().contains("Tokio runtime"), "{err}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn works_on_a_current_thread_runtime_and_calls_are_send() {
+    fn assert_send<T: Send>(t: T) -> T {
+        t
+    }
+    let s = Setup::new(Phase::Shadow);
+    s.legacy.set("a", json!(1));
+    s.new.set("a", json!(2));
+    // The futures of `read` and `write` can be spawned.
+    let (l, n) = (s.legacy.clone(), s.new.clone());
+    let router = s.router.clone();
+    let read = assert_send(async move {
+        router
+            .read("get_balance", "a", move || l.get("a"), move || n.get("a"))
+            .await
+    });
+    assert_eq!(tokio::spawn(read).await.unwrap(), Ok(json!(1)));
+    let (l, n) = (s.legacy.clone(), s.new.clone());
+    let router = s.router.clone();
+    let write = assert_send(async move {
+        router
+            .write(
+                "post_balance",
+                "a",
+                || l.put("a", json!(3)),
+                || n.put("a", json!(3)),
+            )
+            .await
+    });
+    assert_eq!(tokio::spawn(write).await.unwrap().unwrap()["by"], "legacy");
+    s.router.flush().await;
+    assert_eq!(s.router.stats().mismatches, 2);
 }
 
 #[derive(serde::Deserialize)]
