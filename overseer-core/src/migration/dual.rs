@@ -497,7 +497,9 @@ impl DualRouter {
     /// Waits until every comparison and record queued so far (including
     /// those of off-path reads still running) is compared and stored. For
     /// tests and graceful shutdown; off-path reads started while it waits
-    /// are sampled away.
+    /// are sampled away. It waits for off-path reads still running: with a
+    /// store that can hang, set [`DualRouterBuilder::new_side_timeout`] (a
+    /// legacy read running off-path in the prefer-new phase is not limited).
     pub async fn flush(&self) {
         let s = &self.shared;
         if let Ok(all) = s.in_flight.acquire_many(s.max_in_flight).await {
