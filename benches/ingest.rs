@@ -52,7 +52,31 @@ async fn ingest(ing: &Ingestor, events: usize) -> (BatchReport, f64) {
     (report, elapsed)
 }
 
+/// The baseline measured in the same run: serde_json alone parsing the same
+/// events into `Value` on every core (what any ingestion must at least do).
+fn parse_baseline(events: usize) -> f64 {
+    use rayon::prelude::*;
+    let mut parsed = 0usize;
+    let mut elapsed = 0.0;
+    let mut iter = mongo_events(events, 42);
+    loop {
+        let batch: Vec<Bytes> = iter.by_ref().take(BATCH).collect();
+        if batch.is_empty() {
+            break;
+        }
+        let start = Instant::now();
+        parsed += batch
+            .par_iter()
+            .filter(|e| serde_json::from_slice::<serde_json::Value>(e).is_ok())
+            .count();
+        elapsed += start.elapsed().as_secs_f64();
+    }
+    assert_eq!(parsed, events);
+    events as f64 / elapsed
+}
+
 async fn memory(events: usize) {
+    let baseline = parse_baseline(events);
     let counting = Arc::new(CountingStore::new(InMemory::new()));
     let ing = ingestor(Store::new(counting.clone()));
     let (report, secs) = ingest(&ing, events).await;
@@ -68,6 +92,8 @@ async fn memory(events: usize) {
             "events": events,
             "seconds": secs,
             "events_per_sec": events as f64 / secs,
+            "parse_only_events_per_sec": baseline,
+            "ratio_to_parse_only": events as f64 / secs / baseline,
             "requests_per_1000_events": {"puts": c.puts, "gets": c.gets, "lists": c.lists, "other": c.other, "stored": r1k.stored},
             "requests_total": {"puts": counting.counts().puts, "gets": counting.counts().gets, "lists": counting.counts().lists},
             "peak_rss_mib": peak_rss_mib(),
