@@ -1,0 +1,11 @@
+//! Safe migrations of a ledger to a new Postgres store: the backfill's
+//! *repair* (cumulative balances and links between sequential entries) and
+//! *verification* (integrity inside the new store; completeness and
+//! correctness against the legacy store by checksums of key ranges), plus
+//! the same verification as Overseer checks for the shadow phase.
+//!
+//! See `docs/migrations-verify.md`.
+
+pub mod checks;
+#[cfg(feature = "postgres")]
+pub mod ledger;
