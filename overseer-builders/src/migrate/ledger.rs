@@ -188,6 +188,44 @@ fn check_name(role: &str, name: &str, problems: &mut Vec<String>) {
     }
 }
 
+/// The configuration of `overseer migrate repair` and `overseer migrate
+/// verify`: one JSON file. Unknown top-level keys are ignored, so the same
+/// file can carry the backfill's settings; the sections reject unknown keys.
+///
+/// ```
+/// use overseer_builders::migrate::ledger::LedgerMigrationConfig;
+/// let config: LedgerMigrationConfig = serde_json::from_str(r#"{
+///     "new_url": "postgres://postgres@127.0.0.1:5432/ledger",
+///     "legacy": {
+///         "url": "postgres://postgres@127.0.0.1:5432/monolith",
+///         "query": "SELECT id, tx_id, account, amount_minor, currency FROM old_entries"
+///     },
+///     "schema": { "table": "ledger_entries" },
+///     "repair": { "batch_rows": 20000 },
+///     "verify": { "max_listed": 100, "diff": { "leaf_rows": 2000 } }
+/// }"#)?;
+/// assert_eq!(config.repair.batch_rows, 20_000);
+/// assert_eq!(config.schema.amount, "amount_minor");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerMigrationConfig {
+    /// The new store's connection URL.
+    pub new_url: String,
+    /// The legacy store and the mapping (verification compares only when set).
+    #[serde(default)]
+    pub legacy: Option<super::verify::LegacySource>,
+    /// The new table and its columns.
+    #[serde(default)]
+    pub schema: LedgerSchema,
+    /// Repair settings.
+    #[serde(default)]
+    pub repair: super::repair::RepairOptions,
+    /// Verification settings.
+    #[serde(default)]
+    pub verify: super::verify::VerifyOptions,
+}
+
 /// Reads a JSON configuration file into `T`.
 pub fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, LedgerError> {
     let text = std::fs::read_to_string(path).map_err(|source| LedgerError::ReadConfig {

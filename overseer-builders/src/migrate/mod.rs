@@ -9,3 +9,9 @@
 pub mod checks;
 #[cfg(feature = "postgres")]
 pub mod ledger;
+#[cfg(feature = "postgres")]
+mod diff;
+#[cfg(feature = "postgres")]
+pub mod repair;
+#[cfg(feature = "postgres")]
+pub mod verify;
