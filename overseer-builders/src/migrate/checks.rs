@@ -188,7 +188,11 @@ pub async fn balance_chain(view: AccountEntries) -> Verdict {
     let Some(entry) = view.entry else {
         return Verdict::not_applicable();
     };
-    let previous = view.account.iter().filter(|e| e.id < entry.id).max_by_key(|e| e.id);
+    let previous = view
+        .account
+        .iter()
+        .filter(|e| e.id < entry.id)
+        .max_by_key(|e| e.id);
     let expected_prev = previous.map(|p| p.id);
     let mut problems = Vec::new();
     if entry.prev_id != expected_prev {
@@ -232,7 +236,12 @@ pub async fn balance_chain(view: AccountEntries) -> Verdict {
         return Verdict::pass();
     }
     Verdict::fail_with(
-        format!("entry {} of account {}: {}", entry.id, entry.account, problems.join("; ")),
+        format!(
+            "entry {} of account {}: {}",
+            entry.id,
+            entry.account,
+            problems.join("; ")
+        ),
         json!({
             "entry_id": entry.id,
             "account": entry.account,
@@ -478,6 +487,9 @@ mod tests {
     fn the_registry_validates_against_the_entries_model() {
         let registry = LedgerChecks::default().registry();
         registry.validate(&[ENTRIES_MODEL], &["log"]).unwrap();
-        assert_eq!(references()[0].to_string(), "ledger_entries.account -> ledger_accounts");
+        assert_eq!(
+            references()[0].to_string(),
+            "ledger_entries.account -> ledger_accounts"
+        );
     }
 }

@@ -143,7 +143,8 @@ struct Side {
 
 impl Side {
     fn filter(&self, ranges: &[KeyRange]) -> String {
-        if ranges.is_empty() || ranges.iter().any(|r| r.lo.is_none() && r.hi.is_none()) || ranges.len() > 256 {
+        if ranges.is_empty() || ranges.iter().any(|r| r.lo.is_none() && r.hi.is_none()) || ranges.len() > 256
+        {
             return String::new();
         }
         let parts: Vec<String> = ranges.iter().map(|r| r.sql(&self.key)).collect();
@@ -171,7 +172,9 @@ impl Side {
         let rows = if bounds.is_empty() {
             self.conn.query("computing range checksums", &sql, &[]).await?
         } else {
-            self.conn.query("computing range checksums", &sql, &[&bounds]).await?
+            self.conn
+                .query("computing range checksums", &sql, &[&bounds])
+                .await?
         };
         let mut by_bucket: HashMap<i32, Sum> = HashMap::with_capacity(rows.len());
         for row in rows {
@@ -307,14 +310,24 @@ async fn sides(
     }
     let id = quote_ident(&schema.id);
     let key = format!("(m.{id})::int8");
-    let legacy_value = |c: &str| format!("(m.{})::{}", quote_ident(c), types.get(c).map_or("text", String::as_str));
+    let legacy_value = |c: &str| {
+        format!(
+            "(m.{})::{}",
+            quote_ident(c),
+            types.get(c).map_or("text", String::as_str)
+        )
+    };
     let new_value = |c: &str| format!("m.{}", quote_ident(c));
     let build = |conn: Conn, from: String, value: &dyn Fn(&str) -> String| {
         let typed: Vec<String> = columns.iter().map(|c| value(c)).collect();
         let mut row = vec![key.clone()];
         row.extend(typed.iter().cloned());
-        let totals = (columns.contains(&schema.account) && columns.contains(&schema.amount))
-            .then(|| (format!("({})::text", value(&schema.account)), value(&schema.amount)));
+        let totals = (columns.contains(&schema.account) && columns.contains(&schema.amount)).then(|| {
+            (
+                format!("({})::text", value(&schema.account)),
+                value(&schema.amount),
+            )
+        });
         Side {
             conn,
             from,
@@ -383,7 +396,11 @@ pub async fn compare(
 
 /// Walks down the differing ranges; returns the ranges to fetch, with their
 /// larger side's row count, and the statistics.
-async fn descend(old: &Side, new: &Side, options: &DiffOptions) -> Result<(Vec<(KeyRange, u64)>, DiffStats), LedgerError> {
+async fn descend(
+    old: &Side,
+    new: &Side,
+    options: &DiffOptions,
+) -> Result<(Vec<(KeyRange, u64)>, DiffStats), LedgerError> {
     let mut stats = DiffStats {
         full: options.full,
         ..DiffStats::default()
@@ -395,7 +412,10 @@ async fn descend(old: &Side, new: &Side, options: &DiffOptions) -> Result<(Vec<(
         stats.legacy_rows = a?.first().map_or(0, |s| s.rows.unsigned_abs());
         stats.new_rows = b?.first().map_or(0, |s| s.rows.unsigned_abs());
         stats.ranges_fetched = level0.len() as u64;
-        return Ok((level0.into_iter().map(|r| (r, options.segment_rows)).collect(), stats));
+        return Ok((
+            level0.into_iter().map(|r| (r, options.segment_rows)).collect(),
+            stats,
+        ));
     }
     let mut level = level0;
     let mut fetch = Vec::new();
@@ -418,7 +438,8 @@ async fn descend(old: &Side, new: &Side, options: &DiffOptions) -> Result<(Vec<(
             }
             stats.ranges_differing += 1;
             let rows = x.rows.max(y.rows).unsigned_abs();
-            let narrow = matches!((range.lo, range.hi), (Some(lo), Some(hi)) if i128::from(hi) - i128::from(lo) <= 1);
+            let narrow =
+                matches!((range.lo, range.hi), (Some(lo), Some(hi)) if i128::from(hi) - i128::from(lo) <= 1);
             if rows <= options.leaf_rows || narrow {
                 fetch.push((*range, rows));
                 continue;
@@ -470,17 +491,29 @@ async fn first_level(new: &Side, options: &DiffOptions) -> Result<Vec<KeyRange>,
         return Ok(vec![KeyRange { lo: None, hi: None }]);
     };
     let span = u64::try_from(i128::from(hi) - i128::from(lo) + 1).unwrap_or(u64::MAX);
-    let estimate = estimate.and_then(|e| u64::try_from(e).ok()).filter(|e| *e > 0).unwrap_or(span);
+    let estimate = estimate
+        .and_then(|e| u64::try_from(e).ok())
+        .filter(|e| *e > 0)
+        .unwrap_or(span);
     let segments = estimate.div_ceil(options.segment_rows.max(1)).clamp(1, 100_000);
-    let mut level = vec![KeyRange { lo: None, hi: Some(lo) }];
+    let mut level = vec![KeyRange {
+        lo: None,
+        hi: Some(lo),
+    }];
     match hi.checked_add(1) {
         Some(end) => {
             level.extend(KeyRange::split(lo, end, segments));
-            level.push(KeyRange { lo: Some(end), hi: None });
+            level.push(KeyRange {
+                lo: Some(end),
+                hi: None,
+            });
         }
         None => {
             level.extend(KeyRange::split(lo, hi, segments));
-            level.push(KeyRange { lo: Some(hi), hi: None });
+            level.push(KeyRange {
+                lo: Some(hi),
+                hi: None,
+            });
         }
     }
     Ok(level)
@@ -587,7 +620,10 @@ fn compare_totals(
         };
         push(&mut report.account_totals, diff, max);
     }
-    report.account_totals.items.sort_by(|a, b| a.account.cmp(&b.account));
+    report
+        .account_totals
+        .items
+        .sort_by(|a, b| a.account.cmp(&b.account));
 }
 
 #[cfg(test)]

@@ -137,7 +137,9 @@ impl LedgerSchema {
         for (role, name) in self.columns() {
             check_name(role, name, &mut problems);
             if let Some(other) = seen.insert(name, role) {
-                problems.push(format!("column {name:?} is configured both as {other} and as {role}"));
+                problems.push(format!(
+                    "column {name:?} is configured both as {other} and as {role}"
+                ));
             }
         }
         if problems.is_empty() {
@@ -275,7 +277,10 @@ impl Conn {
     }
 
     pub(crate) async fn batch(&self, step: &str, sql: &str) -> Result<(), LedgerError> {
-        self.client.batch_execute(sql).await.map_err(|e| self.err(step, e))
+        self.client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| self.err(step, e))
     }
 
     pub(crate) async fn query(
@@ -284,12 +289,18 @@ impl Conn {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, LedgerError> {
-        self.client.query(sql, params).await.map_err(|e| self.err(step, e))
+        self.client
+            .query(sql, params)
+            .await
+            .map_err(|e| self.err(step, e))
     }
 
     /// The SQL types (`format_type`) of the table's columns, by name; a
     /// missing table is a configuration error.
-    pub(crate) async fn column_types(&self, schema: &LedgerSchema) -> Result<HashMap<String, String>, LedgerError> {
+    pub(crate) async fn column_types(
+        &self,
+        schema: &LedgerSchema,
+    ) -> Result<HashMap<String, String>, LedgerError> {
         let regclass = schema.table_sql();
         let rows = self
             .query(
@@ -301,7 +312,11 @@ impl Conn {
             .await?;
         if rows.is_empty() {
             return Err(LedgerError::Config {
-                reason: format!("table {} does not exist on the {} database", schema.table_name(), self.side),
+                reason: format!(
+                    "table {} does not exist on the {} database",
+                    schema.table_name(),
+                    self.side
+                ),
             });
         }
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
@@ -309,7 +324,10 @@ impl Conn {
 
     /// Checks that every configured column exists and that the id, prev_id,
     /// amount and balance columns are integers; returns the column types.
-    pub(crate) async fn check_schema(&self, schema: &LedgerSchema) -> Result<HashMap<String, String>, LedgerError> {
+    pub(crate) async fn check_schema(
+        &self,
+        schema: &LedgerSchema,
+    ) -> Result<HashMap<String, String>, LedgerError> {
         schema.validate()?;
         let types = self.column_types(schema).await?;
         let mut problems = Vec::new();
@@ -320,7 +338,9 @@ impl Conn {
                     schema.table_name(),
                     sorted_keys(&types)
                 )),
-                Some(ty) if matches!(role, "id" | "prev_id" | "amount" | "balance_after") && !is_integer(ty) => {
+                Some(ty)
+                    if matches!(role, "id" | "prev_id" | "amount" | "balance_after") && !is_integer(ty) =>
+                {
                     problems.push(format!("{role} column {name:?} is {ty}, not an integer type"))
                 }
                 Some(_) => {}

@@ -91,7 +91,11 @@ impl std::fmt::Display for RepairReport {
 
 /// Repairs the ledger table of the database at `url` (see the module
 /// documentation).
-pub async fn repair(url: &str, schema: &LedgerSchema, options: &RepairOptions) -> Result<RepairReport, LedgerError> {
+pub async fn repair(
+    url: &str,
+    schema: &LedgerSchema,
+    options: &RepairOptions,
+) -> Result<RepairReport, LedgerError> {
     let started = Instant::now();
     let conn = Conn::open("new", url).await?;
     let types = conn.check_schema(schema).await?;
@@ -109,7 +113,10 @@ pub async fn repair(url: &str, schema: &LedgerSchema, options: &RepairOptions) -
         .get(&schema.balance_after)
         .cloned()
         .unwrap_or_else(|| "bigint".to_owned());
-    let prev_type = types.get(&schema.prev_id).cloned().unwrap_or_else(|| "bigint".to_owned());
+    let prev_type = types
+        .get(&schema.prev_id)
+        .cloned()
+        .unwrap_or_else(|| "bigint".to_owned());
 
     conn.batch(
         "setting the lock timeout",

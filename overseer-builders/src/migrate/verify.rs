@@ -281,16 +281,20 @@ pub async fn verify(
     let started = Instant::now();
     let integrity = async {
         if options.integrity {
-            check_integrity(new_url, schema, options.max_listed).await.map(Some)
+            check_integrity(new_url, schema, options.max_listed)
+                .await
+                .map(Some)
         } else {
             Ok(None)
         }
     };
     let comparison = async {
         match legacy {
-            Some(legacy) if options.compare => compare(new_url, schema, legacy, &options.diff, options.max_listed)
-                .await
-                .map(Some),
+            Some(legacy) if options.compare => {
+                compare(new_url, schema, legacy, &options.diff, options.max_listed)
+                    .await
+                    .map(Some)
+            }
             _ => Ok(None),
         }
     };
@@ -317,7 +321,11 @@ fn parse_sum(side: &'static str, step: &str, text: &str) -> Result<i128, LedgerE
 
 /// Checks the integrity of the ledger table at `url`, listing at most
 /// `max_listed` items of each kind.
-pub async fn check_integrity(url: &str, schema: &LedgerSchema, max_listed: usize) -> Result<IntegrityReport, LedgerError> {
+pub async fn check_integrity(
+    url: &str,
+    schema: &LedgerSchema,
+    max_listed: usize,
+) -> Result<IntegrityReport, LedgerError> {
     let first = Conn::open("new", url).await?;
     first.check_schema(schema).await?;
     let limit = i64::try_from(max_listed).unwrap_or(i64::MAX);
@@ -391,7 +399,11 @@ pub async fn check_integrity(url: &str, schema: &LedgerSchema, max_listed: usize
             id: row.get(0),
             account: row.get(1),
             balance_after: row.get(2),
-            expected: parse_sum("new", "checking the cumulative balances", expected.as_deref().unwrap_or("0"))?,
+            expected: parse_sum(
+                "new",
+                "checking the cumulative balances",
+                expected.as_deref().unwrap_or("0"),
+            )?,
         });
     }
     for row in forks? {
@@ -462,7 +474,11 @@ impl fmt::Display for IntegrityReport {
             more(f, &self.forks)?;
         }
         if !self.balance_mismatches.is_empty() {
-            writeln!(f, "  wrong cumulative balances ({}):", self.balance_mismatches.total)?;
+            writeln!(
+                f,
+                "  wrong cumulative balances ({}):",
+                self.balance_mismatches.total
+            )?;
             for b in &self.balance_mismatches.items {
                 writeln!(
                     f,
@@ -476,7 +492,11 @@ impl fmt::Display for IntegrityReport {
             more(f, &self.balance_mismatches)?;
         }
         if !self.unbalanced_transactions.is_empty() {
-            writeln!(f, "  unbalanced transactions ({}):", self.unbalanced_transactions.total)?;
+            writeln!(
+                f,
+                "  unbalanced transactions ({}):",
+                self.unbalanced_transactions.total
+            )?;
             for t in &self.unbalanced_transactions.items {
                 writeln!(
                     f,
@@ -566,7 +586,11 @@ impl fmt::Display for VerifyReport {
             f,
             "verification of {}: {} ({} ms)",
             self.table,
-            if self.is_clean() { "clean" } else { "PROBLEMS FOUND" },
+            if self.is_clean() {
+                "clean"
+            } else {
+                "PROBLEMS FOUND"
+            },
             self.elapsed_ms
         )?;
         if let Some(i) = &self.integrity {
