@@ -4,13 +4,18 @@
 //! correctness against the legacy store by checksums of key ranges), plus
 //! the same verification as Overseer checks for the shadow phase.
 //!
+//! The backfill itself (generate, copy tables, triggers, import, resolve,
+//! concurrent indexes, flip) is [`backfill`]; see `docs/migrations-backfill.md`.
+//!
 //! See `docs/migrations-verify.md`.
 
+#[cfg(feature = "postgres")]
+pub mod backfill;
 pub mod checks;
 #[cfg(feature = "postgres")]
-pub mod ledger;
-#[cfg(feature = "postgres")]
 mod diff;
+#[cfg(feature = "postgres")]
+pub mod ledger;
 #[cfg(feature = "postgres")]
 pub mod repair;
 #[cfg(feature = "postgres")]
