@@ -871,7 +871,10 @@ impl Backfill {
                             hex_sha256(transform_query(&t.transform_sql).as_bytes()),
                             t.chunk_rows
                         ),
-                        vec![format!("COPY ({}) TO STDOUT", transform_query(&t.transform_sql))],
+                        vec![format!(
+                            "COPY (\n{}\n) TO STDOUT",
+                            transform_query(&t.transform_sql)
+                        )],
                     ),
                     Step::Copy => ("create the unindexed copy".into(), copy_sql(&n)),
                     Step::Triggers => ("log the key of every live write".into(), triggers_sql(&n, info)?),
@@ -1097,7 +1100,8 @@ impl Backfill {
                 ),
             });
         }
-        let copy = format!("COPY ({query}) TO STDOUT");
+        // On lines of its own: a trailing line comment cannot swallow the `)`.
+        let copy = format!("COPY (\n{query}\n) TO STDOUT");
         let stream = legacy
             .copy_out(&copy)
             .await
@@ -1301,7 +1305,7 @@ impl Backfill {
             first = false;
             let data = self
                 .store
-                .get(&ObjectPath::from(chunk.path.as_str()))
+                .get(&self.chunk_path(t, i + 1))
                 .await
                 .map_err(|e| store_error(&q, step, e))?
                 .bytes()
@@ -2148,18 +2152,24 @@ async fn load_info(c: &Client, t: &TableSpec) -> Result<TableInfo> {
             constraint,
         });
     }
-    let seq_sql = "SELECT quote_ident(sn.nspname) || '.' || quote_ident(s.relname), a.attname \
+    let seq_sql = "SELECT sn.nspname, s.relname, a.attname \
                    FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
                    JOIN pg_namespace sn ON sn.oid = s.relnamespace \
                    JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
                    WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass \
-                   AND d.refobjid = $1 AND d.deptype = 'a' ORDER BY 1";
+                   AND d.refobjid = $1 AND d.deptype = 'a' ORDER BY 1, 2";
     let owned_sequences = c
         .query(seq_sql, &[&rel])
         .await
         .map_err(|e| sql_error(q, step, seq_sql, e))?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| {
+            let (schema, name): (String, String) = (r.get(0), r.get(1));
+            (
+                format!("{}.{}", quote_ident(&schema), quote_ident(&name)),
+                r.get(2),
+            )
+        })
         .collect();
     Ok(TableInfo {
         columns,
