@@ -25,6 +25,10 @@
 //! | `overseer history --store DIR MODEL ID` | every update of a record, with the fields it changed |
 //! | `overseer dead-letters --store DIR` | the events that could not be ingested |
 //! | `overseer audit --store DIR [--check NAME] [--model M --id ID] [--incidents]` | check executions and incidents |
+//! | `overseer migrate plan --config FILE` | the SQL of every step of a live-table backfill |
+//! | `overseer migrate run --config FILE [--until STEP]` | run (or resume) the backfill |
+//! | `overseer migrate status --config FILE` | which step each table is in |
+//! | `overseer migrate reset --config FILE` | forget the backfill's progress, drop what an unfinished run left |
 //!
 //! Data goes to stdout (machine-readable), messages and progress to stderr.
 //!
@@ -37,6 +41,7 @@ mod audit;
 mod cli;
 mod dead_letters;
 mod ingest;
+pub mod migrate;
 mod output;
 mod record;
 
@@ -47,7 +52,8 @@ use std::process::ExitCode;
 use overseer_core::Store;
 
 pub use cli::{
-    AuditArgs, Cli, Command, DeadLettersArgs, FormatArg, HistoryArgs, IngestArgs, RefArg, StoreArgs, ViewArgs,
+    AuditArgs, Cli, Command, DeadLettersArgs, FormatArg, HistoryArgs, IngestArgs, MigrateCommand, RefArg,
+    StoreArgs, ViewArgs,
 };
 
 /// Exit code of success.
@@ -108,6 +114,9 @@ pub enum Error {
     /// Writing to stdout failed.
     #[error("cannot write to stdout: {0}")]
     Output(#[source] io::Error),
+    /// A backfill step failed, or its configuration is invalid (exit code 2).
+    #[error(transparent)]
+    Backfill(Box<overseer_builders::migrate::backfill::BackfillError>),
 }
 
 impl From<overseer_core::Error> for Error {
@@ -153,6 +162,10 @@ pub async fn run_with_output(cli: Cli, out: &mut dyn Write) -> Result<(), Error>
         Command::History(args) => record::history(open_existing(&args.store.store)?, &args, out).await,
         Command::DeadLetters(args) => dead_letters::run(open_existing(&args.store.store)?, &args, out).await,
         Command::Audit(args) => audit::run(open_existing(&args.store.store)?, &args, out).await,
+        Command::Migrate(MigrateCommand::Plan(args)) => migrate::plan(&args, out).await,
+        Command::Migrate(MigrateCommand::Run(args)) => migrate::run(&args, out).await,
+        Command::Migrate(MigrateCommand::Status(args)) => migrate::status(&args, out).await,
+        Command::Migrate(MigrateCommand::Reset(args)) => migrate::reset(&args, out).await,
     }
 }
 
