@@ -254,6 +254,9 @@ async fn victims(db: &PgDatabase, count: usize) -> Vec<(i64, String)> {
     out
 }
 
+/// A differing column: name, legacy value, new value.
+type Field = (String, Option<String>, Option<String>);
+
 fn sorted<T: Ord + Clone>(v: &[T]) -> Vec<T> {
     let mut v = v.to_vec();
     v.sort();
@@ -350,7 +353,7 @@ async fn verification_finds_every_injected_fault_and_names_the_ids() {
     assert_eq!(comparison.missing_in_legacy.items, [extra_id], "{report}");
     assert!(comparison.duplicate_legacy_ids.is_empty());
     // Correctness: the rounding error and the wrong sign, with the column.
-    let differing: BTreeMap<i64, Vec<(String, Option<String>, Option<String>)>> = comparison
+    let differing: BTreeMap<i64, Vec<Field>> = comparison
         .differing
         .items
         .iter()

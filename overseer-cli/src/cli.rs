@@ -177,7 +177,38 @@ pub enum MigrateCommand {
         after_long_help = MIGRATE_EXIT_CODES
     )]
     Reset(crate::migrate::MigrateResetArgs),
+
+    /// Recompute a ledger's cumulative balances and entry links (after the flip).
+    #[command(
+        long_about = "Recompute every account's cumulative balances (balance_after, the running sum \
+            of the amounts in id order) and the links between its sequential entries (prev_id), \
+            with window functions, in short batches of whole accounts (one transaction each). \
+            Only wrong rows are written; a second run changes nothing. Prints how many rows \
+            changed (--json for a JSON object). Configuration: a JSON file, see \
+            docs/migrations-verify.md.",
+        after_long_help = MIGRATE_EXIT_CODES
+    )]
+    Repair(crate::migrate_verify::MigrateRepairArgs),
+
+    /// Verify a migrated ledger: integrity, and completeness and correctness against legacy.
+    #[command(
+        long_about = "Verify a migrated ledger. Integrity in the new store: every account's chain \
+            is complete (no gap, no fork), every cumulative balance equals the running sum, every \
+            transaction sums to zero. With a legacy store configured: rows missing on either \
+            side, rows that differ (with the columns), per-account totals, found by comparing \
+            checksums of key ranges and descending only into ranges that differ. Prints the \
+            report naming the offending ids (--json for a JSON object). Configuration: a JSON \
+            file, see docs/migrations-verify.md.",
+        after_long_help = VERIFY_EXIT_CODES
+    )]
+    Verify(crate::migrate_verify::MigrateVerifyArgs),
 }
+
+const VERIFY_EXIT_CODES: &str = "\
+Exit codes:
+  0  clean
+  2  usage error, invalid configuration, or database error
+  3  discrepancies found (the report is printed first)";
 
 /// Where the store is.
 #[derive(Debug, Clone, Args)]

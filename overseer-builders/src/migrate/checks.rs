@@ -487,9 +487,14 @@ mod tests {
     fn the_registry_validates_against_the_entries_model() {
         let registry = LedgerChecks::default().registry();
         registry.validate(&[ENTRIES_MODEL], &["log"]).unwrap();
+        let refs = references();
         assert_eq!(
-            references()[0].to_string(),
-            "ledger_entries.account -> ledger_accounts"
+            refs[0],
+            ReferenceSpec::parse("ledger_entries.account -> ledger_accounts").unwrap()
+        );
+        assert_eq!(
+            refs[1],
+            ReferenceSpec::parse("ledger_entries.tx_id -> ledger_transactions").unwrap()
         );
     }
 }
