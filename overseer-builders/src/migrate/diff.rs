@@ -11,7 +11,8 @@
 //!    size estimate), plus two open-ended ranges below and above it for ids
 //!    only the legacy side has.
 //! 2. For a list of ranges, each side computes in one statement, grouped by
-//!    `width_bucket(id, bounds)`: the row count and two 32-bit sums of
+//!    the range an id falls in (integer arithmetic on the id, ranges being
+//!    equal pieces of a few spans): the row count and two 32-bit sums of
 //!    `hashtextextended(row_text, 0)`. Both servers work in parallel; only
 //!    `3 × 8` bytes per range cross the wire.
 //! 3. Ranges whose checksums agree are done. A differing range with at most
@@ -26,7 +27,7 @@
 //! Per-account totals (count and sum of the amounts) are computed on both
 //! servers in parallel with the descent and compared.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -58,12 +59,12 @@ pub struct LegacySource {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DiffOptions {
-    /// About how many rows a first-level segment covers (default 50 000).
+    /// About how many rows a first-level segment covers (default 10 000).
     pub segment_rows: u64,
     /// How many pieces a differing range is split into (default 16).
     pub fanout: u64,
     /// A differing range with at most this many rows on either side is
-    /// fetched and compared row by row (default 5 000).
+    /// fetched and compared row by row (default 2 000).
     pub leaf_rows: u64,
     /// Compare per-account totals too (default true).
     pub account_totals: bool,
@@ -75,9 +76,9 @@ pub struct DiffOptions {
 impl Default for DiffOptions {
     fn default() -> Self {
         Self {
-            segment_rows: 50_000,
+            segment_rows: 10_000,
             fanout: 16,
-            leaf_rows: 5_000,
+            leaf_rows: 2_000,
             account_totals: true,
             full: false,
         }
@@ -118,6 +119,79 @@ impl KeyRange {
     }
 }
 
+/// A piece of a level: a bounded range cut into `pieces` ranges of equal
+/// width (as [`KeyRange::split`] cuts it), or an open range (one piece).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Group {
+    span: KeyRange,
+    pieces: u64,
+}
+
+impl Group {
+    /// `[lo, hi)` in at most `pieces` pieces; `None` if it is empty.
+    fn bounded(lo: i64, hi: i64, pieces: u64) -> Option<Group> {
+        let width = i128::from(hi) - i128::from(lo);
+        (width > 0).then(|| Group {
+            span: KeyRange {
+                lo: Some(lo),
+                hi: Some(hi),
+            },
+            pieces: u64::try_from(i128::from(pieces.max(1)).min(width)).unwrap_or(1),
+        })
+    }
+
+    fn open(span: KeyRange) -> Group {
+        Group { span, pieces: 1 }
+    }
+
+    /// The pieces, in key order.
+    fn ranges(&self) -> Vec<KeyRange> {
+        match (self.span.lo, self.span.hi) {
+            (Some(lo), Some(hi)) if self.pieces > 1 => KeyRange::split(lo, hi, self.pieces),
+            _ => vec![self.span],
+        }
+    }
+
+    /// A `CASE` branch giving the piece number (from `offset`) of `key`:
+    /// plain integer arithmetic, the inverse of [`KeyRange::split`] (the
+    /// piece of `x = key - lo` is `((x + 1) * pieces - 1) / width`).
+    fn bucket_sql(&self, key: &str, offset: u64) -> String {
+        let condition = self.span.sql(key);
+        match (self.span.lo, self.span.hi) {
+            (Some(lo), Some(hi)) if self.pieces > 1 => {
+                let width = i128::from(hi) - i128::from(lo);
+                let pieces = i128::from(self.pieces);
+                if width
+                    .checked_mul(pieces)
+                    .is_some_and(|p| p < i128::from(i64::MAX))
+                {
+                    format!(
+                        "WHEN {condition} THEN {offset} + (({key} - ({lo}) + 1) * {pieces} - 1) / {width}"
+                    )
+                } else {
+                    format!(
+                        "WHEN {condition} THEN {offset} + div(({key}::numeric - ({lo}) + 1) * {pieces} - 1, {width})::int8"
+                    )
+                }
+            }
+            _ => format!("WHEN {condition} THEN {offset}"),
+        }
+    }
+}
+
+/// Sorted disjoint ranges with touching ones merged (so that a level
+/// covering the whole key space needs no filter at all).
+fn merged(ranges: impl IntoIterator<Item = KeyRange>) -> Vec<KeyRange> {
+    let mut out: Vec<KeyRange> = Vec::new();
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if last.hi.is_some() && last.hi == r.lo => last.hi = r.hi,
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
 /// Count and checksum of a range on one side.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Sum {
@@ -143,6 +217,7 @@ struct Side {
 
 impl Side {
     fn filter(&self, ranges: &[KeyRange]) -> String {
+        let ranges = merged(ranges.iter().copied());
         if ranges.is_empty() || ranges.iter().any(|r| r.lo.is_none() && r.hi.is_none()) || ranges.len() > 256
         {
             return String::new();
@@ -151,55 +226,38 @@ impl Side {
         format!(" WHERE {}", parts.join(" OR "))
     }
 
-    /// Checksums of `ranges` (disjoint, sorted), in their order.
-    async fn checksums(&self, ranges: &[KeyRange]) -> Result<Vec<Sum>, LedgerError> {
-        let mut bounds: Vec<i64> = ranges.iter().flat_map(|r| [r.lo, r.hi]).flatten().collect();
-        bounds.sort_unstable();
-        bounds.dedup();
-        let bucket = if bounds.is_empty() {
-            "0".to_owned()
-        } else {
-            format!("width_bucket({}, $1::int8[])", self.key)
-        };
+    /// Checksums of every piece of `groups` (disjoint, sorted), in order.
+    async fn checksums(&self, groups: &[Group]) -> Result<Vec<Sum>, LedgerError> {
+        let mut branches = Vec::with_capacity(groups.len());
+        let mut offset = 0u64;
+        for g in groups {
+            branches.push(g.bucket_sql(&self.key, offset));
+            offset += g.pieces;
+        }
+        let spans: Vec<KeyRange> = groups.iter().map(|g| g.span).collect();
         let sql = format!(
             "SELECT b, count(*)::int8, coalesce(sum((h >> 32)::int4), 0)::int8, \
                     coalesce(sum((h & 2147483647)::int4), 0)::int8 \
-             FROM (SELECT {bucket} AS b, hashtextextended({row}, 0) AS h FROM {from}{filter}) s GROUP BY b",
+             FROM (SELECT (CASE {branches} ELSE -1 END)::int8 AS b, hashtextextended({row}, 0) AS h \
+                   FROM {from}{filter}) s GROUP BY b",
+            branches = branches.join(" "),
             row = self.row_text,
             from = self.from,
-            filter = self.filter(ranges),
+            filter = self.filter(&spans),
         );
-        let rows = if bounds.is_empty() {
-            self.conn.query("computing range checksums", &sql, &[]).await?
-        } else {
-            self.conn
-                .query("computing range checksums", &sql, &[&bounds])
-                .await?
-        };
-        let mut by_bucket: HashMap<i32, Sum> = HashMap::with_capacity(rows.len());
+        let rows = self.conn.query("computing range checksums", &sql, &[]).await?;
+        let mut sums = vec![Sum::default(); usize::try_from(offset).unwrap_or(0)];
         for row in rows {
-            by_bucket.insert(
-                row.get(0),
-                Sum {
+            let bucket: i64 = row.get(0);
+            if let Some(sum) = usize::try_from(bucket).ok().and_then(|b| sums.get_mut(b)) {
+                *sum = Sum {
                     rows: row.get(1),
                     high: row.get(2),
                     low: row.get(3),
-                },
-            );
-        }
-        Ok(ranges
-            .iter()
-            .map(|r| {
-                let bucket = match r.lo {
-                    None => 0,
-                    Some(lo) => bounds.partition_point(|b| *b < lo) + 1,
                 };
-                i32::try_from(bucket)
-                    .ok()
-                    .and_then(|b| by_bucket.get(&b).copied())
-                    .unwrap_or_default()
-            })
-            .collect())
+            }
+        }
+        Ok(sums)
     }
 
     /// The smallest and largest key within `range`.
@@ -407,13 +465,14 @@ async fn descend(
     };
     let level0 = first_level(new, options).await?;
     if options.full {
-        let all = [KeyRange { lo: None, hi: None }];
+        let all = [Group::open(KeyRange { lo: None, hi: None })];
         let (a, b) = tokio::join!(old.checksums(&all), new.checksums(&all));
         stats.legacy_rows = a?.first().map_or(0, |s| s.rows.unsigned_abs());
         stats.new_rows = b?.first().map_or(0, |s| s.rows.unsigned_abs());
-        stats.ranges_fetched = level0.len() as u64;
+        let ranges: Vec<KeyRange> = level0.iter().flat_map(Group::ranges).collect();
+        stats.ranges_fetched = ranges.len() as u64;
         return Ok((
-            level0.into_iter().map(|r| (r, options.segment_rows)).collect(),
+            ranges.into_iter().map(|r| (r, options.segment_rows)).collect(),
             stats,
         ));
     }
@@ -421,9 +480,10 @@ async fn descend(
     let mut fetch = Vec::new();
     let mut first = true;
     while !level.is_empty() {
+        let ranges: Vec<KeyRange> = level.iter().flat_map(Group::ranges).collect();
         stats.levels += 1;
         stats.checksum_queries += 2;
-        stats.ranges_checked += level.len() as u64;
+        stats.ranges_checked += ranges.len() as u64;
         let (a, b) = tokio::join!(old.checksums(&level), new.checksums(&level));
         let (a, b) = (a?, b?);
         if first {
@@ -432,7 +492,7 @@ async fn descend(
             first = false;
         }
         let mut next = Vec::new();
-        for ((range, x), y) in level.iter().zip(&a).zip(&b) {
+        for ((range, x), y) in ranges.iter().zip(&a).zip(&b) {
             if x == y {
                 continue;
             }
@@ -445,7 +505,7 @@ async fn descend(
                 continue;
             }
             match (range.lo, range.hi) {
-                (Some(lo), Some(hi)) => next.extend(KeyRange::split(lo, hi, options.fanout)),
+                (Some(lo), Some(hi)) => next.extend(Group::bounded(lo, hi, options.fanout)),
                 _ => {
                     // Bound an open range by the keys the two sides have in it.
                     let (p, q) = tokio::join!(old.bounds(*range), new.bounds(*range));
@@ -453,20 +513,20 @@ async fn descend(
                     let (lo, hi) = found.fold((i64::MAX, i64::MIN), |(l, h), (a, b)| (l.min(a), h.max(b)));
                     if lo <= hi {
                         match hi.checked_add(1) {
-                            Some(end) => next.extend(KeyRange::split(lo, end, options.fanout)),
+                            Some(end) => next.extend(Group::bounded(lo, end, options.fanout)),
                             None => {
-                                next.extend(KeyRange::split(lo, hi, options.fanout));
-                                next.push(KeyRange {
+                                next.extend(Group::bounded(lo, hi, options.fanout));
+                                next.push(Group::open(KeyRange {
                                     lo: Some(hi),
                                     hi: None,
-                                });
+                                }));
                             }
                         }
                     }
                 }
             }
         }
-        next.sort_by_key(|r| r.lo);
+        next.sort_by_key(|g| g.span.lo);
         level = next;
     }
     stats.ranges_fetched = fetch.len() as u64;
@@ -475,7 +535,7 @@ async fn descend(
 
 /// The first level: open ranges below and above the new table's keys and
 /// its key span cut into segments of about `segment_rows` rows.
-async fn first_level(new: &Side, options: &DiffOptions) -> Result<Vec<KeyRange>, LedgerError> {
+async fn first_level(new: &Side, options: &DiffOptions) -> Result<Vec<Group>, LedgerError> {
     let sql = format!(
         "SELECT min({key}), max({key}), (SELECT reltuples::int8 FROM pg_class WHERE oid = to_regclass($1)) FROM {from}",
         key = new.key,
@@ -483,39 +543,30 @@ async fn first_level(new: &Side, options: &DiffOptions) -> Result<Vec<KeyRange>,
     );
     let table = new.from.trim_end_matches(" AS m").to_owned();
     let rows = new.conn.query("finding key bounds", &sql, &[&table]).await?;
+    let everything = vec![Group::open(KeyRange { lo: None, hi: None })];
     let Some(row) = rows.first() else {
-        return Ok(vec![KeyRange { lo: None, hi: None }]);
+        return Ok(everything);
     };
     let (lo, hi, estimate): (Option<i64>, Option<i64>, Option<i64>) = (row.get(0), row.get(1), row.get(2));
     let (Some(lo), Some(hi)) = (lo, hi) else {
-        return Ok(vec![KeyRange { lo: None, hi: None }]);
+        return Ok(everything);
     };
     let span = u64::try_from(i128::from(hi) - i128::from(lo) + 1).unwrap_or(u64::MAX);
     let estimate = estimate
         .and_then(|e| u64::try_from(e).ok())
         .filter(|e| *e > 0)
         .unwrap_or(span);
-    let segments = estimate.div_ceil(options.segment_rows.max(1)).clamp(1, 100_000);
-    let mut level = vec![KeyRange {
+    let segments = estimate.div_ceil(options.segment_rows.max(1)).clamp(1, 1_000_000);
+    let end = hi.checked_add(1).unwrap_or(hi);
+    let mut level = vec![Group::open(KeyRange {
         lo: None,
         hi: Some(lo),
-    }];
-    match hi.checked_add(1) {
-        Some(end) => {
-            level.extend(KeyRange::split(lo, end, segments));
-            level.push(KeyRange {
-                lo: Some(end),
-                hi: None,
-            });
-        }
-        None => {
-            level.extend(KeyRange::split(lo, hi, segments));
-            level.push(KeyRange {
-                lo: Some(hi),
-                hi: None,
-            });
-        }
-    }
+    })];
+    level.extend(Group::bounded(lo, end, segments));
+    level.push(Group::open(KeyRange {
+        lo: Some(end),
+        hi: None,
+    }));
     Ok(level)
 }
 
@@ -642,6 +693,45 @@ mod tests {
         assert_eq!(KeyRange::split(5, 8, 16).len(), 3);
         assert!(KeyRange::split(5, 5, 16).is_empty());
         assert_eq!(KeyRange::split(i64::MIN, i64::MAX, 4).len(), 4);
+    }
+
+    #[test]
+    fn bucket_arithmetic_inverts_splitting() {
+        for (lo, hi, pieces) in [(10i64, 110i64, 16u64), (-7, 5, 4), (0, 3, 16), (1, 1_000_003, 97)] {
+            let group = Group::bounded(lo, hi, pieces).unwrap();
+            let ranges = group.ranges();
+            assert_eq!(ranges.len() as u64, group.pieces);
+            let width = i128::from(hi) - i128::from(lo);
+            let p = i128::from(group.pieces);
+            for k in (lo..hi)
+                .step_by(usize::try_from((hi - lo) / 500).unwrap_or(1).max(1))
+                .chain([hi - 1])
+            {
+                let piece = ((i128::from(k) - i128::from(lo) + 1) * p - 1) / width;
+                let r = ranges[usize::try_from(piece).unwrap()];
+                assert!(
+                    r.lo.unwrap() <= k && k < r.hi.unwrap(),
+                    "{k} not in piece {piece} {r:?}"
+                );
+            }
+        }
+        assert_eq!(
+            merged([
+                KeyRange {
+                    lo: None,
+                    hi: Some(1)
+                },
+                KeyRange {
+                    lo: Some(1),
+                    hi: Some(5)
+                },
+                KeyRange {
+                    lo: Some(5),
+                    hi: None
+                },
+            ]),
+            [KeyRange { lo: None, hi: None }]
+        );
     }
 
     #[test]
