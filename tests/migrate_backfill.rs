@@ -621,3 +621,50 @@ async fn identifiers_from_the_config_are_quoted() {
     assert_eq!(rows[0], (1, "live".to_owned()), "live wins");
     assert_eq!(rows[49], (50, "v50".to_owned()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flip_that_cannot_get_its_lock_changes_nothing_and_is_retried() {
+    let Some(f) = fixture("bf_flip_lock", 1000, 0).await else {
+        return;
+    };
+    let mut settings = f.backfill.settings().clone();
+    settings.flip_lock_timeout = Duration::from_millis(100);
+    let store = Arc::new(LocalFileSystem::new_with_prefix(f._data.path()).unwrap());
+    let backfill = Backfill::new(settings, store).unwrap();
+    backfill.run_until(Step::Index).await.unwrap();
+
+    // A long transaction holding a lock that conflicts with the flip's.
+    let holder = f.target.connect().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE ledger_entries IN ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let err = backfill.run().await.unwrap_err();
+    match &err {
+        BackfillError::Sql { step, sql_state, .. } => {
+            assert_eq!(
+                (*step, sql_state.as_deref()),
+                (Step::Flip, Some("55P03")),
+                "{err}"
+            );
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    assert_eq!(backfill.status().await.unwrap()[0].current, Some(Step::Flip));
+    assert_eq!(
+        table_rows(f.target.client()).await,
+        initial_live(),
+        "nothing flipped"
+    );
+
+    // Released while the flip is retrying: the flip goes through.
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        holder.batch_execute("COMMIT").await.unwrap();
+    });
+    let report = backfill.run().await.unwrap();
+    release.await.unwrap();
+    assert_eq!(report.tables[0].executed, [Step::Flip]);
+    assert_eq!(table_rows(f.target.client()).await, expected_without_writer());
+    assert_clean_flip(f.target.client()).await;
+}

@@ -77,6 +77,10 @@ const RUN_LOCK: i64 = 0x6f76_6572_6266_696c; // "overbfil"
 /// session may still be finishing a statement).
 const RUN_LOCK_WAIT: Duration = Duration::from_secs(120);
 
+/// How many times the flip is tried when it times out waiting for its
+/// locks or is chosen as a deadlock victim.
+const FLIP_ATTEMPTS: u32 = 5;
+
 /// The longest table name: `<table>_backfill_touched` must fit Postgres'
 /// 63-byte identifiers.
 const MAX_TABLE_NAME: usize = 63 - "_backfill_touched".len();
@@ -1591,68 +1595,28 @@ impl Backfill {
         // Lock in a stable order (every table's name) so two flips cannot
         // deadlock; writers wait for the whole transaction.
         pending.sort_by_key(|&i| self.settings.tables[i].qualified());
-        let started = Instant::now();
-        let begin = "BEGIN";
-        c.batch_execute(begin)
-            .await
-            .map_err(|e| sql_error("*", Step::Flip, begin, e))?;
-        let result = async {
-            let timeout = format!(
-                "SET LOCAL lock_timeout = '{}ms'",
-                self.settings.flip_lock_timeout.as_millis()
-            );
-            c.batch_execute(&timeout)
-                .await
-                .map_err(|e| sql_error("*", Step::Flip, &timeout, e))?;
-            for &i in &pending {
-                let n = Names::of(&self.settings.tables[i]);
-                let lock = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", n.live);
-                c.batch_execute(&lock)
-                    .await
-                    .map_err(|e| sql_error(&n.qualified, Step::Flip, &lock, e))?;
-            }
-            for &i in &pending {
-                let t = &self.settings.tables[i];
-                let n = Names::of(t);
-                let info = info(&infos[i])?;
-                let snapshot = last_snapshot(c, &target.state, &n.qualified, Step::Flip)
-                    .await?
-                    .ok_or_else(|| BackfillError::Data {
-                        table: n.qualified.clone(),
-                        step: Step::Flip,
-                        reason: "no catch-up snapshot recorded; run the resolve step first".into(),
-                    })?;
-                let mut sql = flip_sql(&n, t, info, &snapshot);
-                let identity = identity_sql(c, &n, t, info).await?;
-                // Identity values go right after the catch-up, before the
-                // live table is dropped.
-                sql.splice(2..2, identity);
-                let detail = "flipped".to_owned();
-                sql.push(mark_done_sql(&target.state, &n.qualified, Step::Flip, &detail));
-                let mut counts = Vec::new();
-                for s in &sql {
-                    counts.push(
-                        c.execute(s.as_str(), &[])
-                            .await
-                            .map_err(|e| sql_error(&n.qualified, Step::Flip, s, e))?,
+        // A lock timeout (writers holding the table) or a deadlock rolls
+        // the flip back entirely: try again a few times.
+        let mut attempt = 1;
+        let (started, counts) = loop {
+            let started = Instant::now();
+            match self.flip_transaction(target, &pending, infos).await {
+                Ok(counts) => break (started, counts),
+                Err(e) if attempt < FLIP_ATTEMPTS && is_retryable(&e) => {
+                    self.report(
+                        "*",
+                        Step::Flip,
+                        format!("attempt {attempt} failed ({e}); retrying"),
                     );
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                reports[i].replaced_rows += counts[0];
-                reports[i].live_rows += counts[1];
+                Err(e) => return Err(e),
             }
-            Ok::<_, BackfillError>(())
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                c.batch_execute("COMMIT")
-                    .await
-                    .map_err(|e| sql_error("*", Step::Flip, "COMMIT", e))?;
-            }
-            Err(e) => {
-                let _ = c.batch_execute("ROLLBACK").await;
-                return Err(e);
-            }
+        };
+        for (&i, (replaced, live)) in pending.iter().zip(counts) {
+            reports[i].replaced_rows += replaced;
+            reports[i].live_rows += live;
         }
         let took = started.elapsed().as_secs_f64();
         for &i in &pending {
@@ -1671,6 +1635,79 @@ impl Backfill {
             );
         }
         Ok(())
+    }
+
+    /// The flip's transaction: lock every pending table, catch up, swap.
+    /// Returns each table's (replaced, live) row counts of the last catch-up.
+    async fn flip_transaction(
+        &self,
+        target: &Target,
+        pending: &[usize],
+        infos: &[Option<TableInfo>],
+    ) -> Result<Vec<(u64, u64)>> {
+        let c = &target.client;
+        let begin = "BEGIN";
+        c.batch_execute(begin)
+            .await
+            .map_err(|e| sql_error("*", Step::Flip, begin, e))?;
+        let result = async {
+            let timeout = format!(
+                "SET LOCAL lock_timeout = '{}ms'",
+                self.settings.flip_lock_timeout.as_millis()
+            );
+            c.batch_execute(&timeout)
+                .await
+                .map_err(|e| sql_error("*", Step::Flip, &timeout, e))?;
+            for &i in pending {
+                let n = Names::of(&self.settings.tables[i]);
+                let lock = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", n.live);
+                c.batch_execute(&lock)
+                    .await
+                    .map_err(|e| sql_error(&n.qualified, Step::Flip, &lock, e))?;
+            }
+            let mut counts = Vec::new();
+            for &i in pending {
+                let t = &self.settings.tables[i];
+                let n = Names::of(t);
+                let info = info(&infos[i])?;
+                let snapshot = last_snapshot(c, &target.state, &n.qualified, Step::Flip)
+                    .await?
+                    .ok_or_else(|| BackfillError::Data {
+                        table: n.qualified.clone(),
+                        step: Step::Flip,
+                        reason: "no catch-up snapshot recorded; run the resolve step first".into(),
+                    })?;
+                let mut sql = flip_sql(&n, t, info, &snapshot);
+                let identity = identity_sql(c, &n, t, info).await?;
+                // Identity values go right after the catch-up, before the
+                // live table is dropped.
+                sql.splice(2..2, identity);
+                sql.push(mark_done_sql(&target.state, &n.qualified, Step::Flip, "flipped"));
+                let mut affected = Vec::new();
+                for s in &sql {
+                    affected.push(
+                        c.execute(s.as_str(), &[])
+                            .await
+                            .map_err(|e| sql_error(&n.qualified, Step::Flip, s, e))?,
+                    );
+                }
+                counts.push((affected[0], affected[1]));
+            }
+            Ok::<_, BackfillError>(counts)
+        }
+        .await;
+        match result {
+            Ok(counts) => {
+                c.batch_execute("COMMIT")
+                    .await
+                    .map_err(|e| sql_error("*", Step::Flip, "COMMIT", e))?;
+                Ok(counts)
+            }
+            Err(e) => {
+                let _ = c.batch_execute("ROLLBACK").await;
+                Err(e)
+            }
+        }
     }
 
     /// Forgets every table's progress and removes what an unfinished run
@@ -1726,6 +1763,12 @@ fn info(info: &Option<TableInfo>) -> Result<&TableInfo> {
         step: Step::Generate,
         reason: "internal: table catalog not loaded".into(),
     })
+}
+
+/// Lock timeouts (55P03) and deadlocks (40P01): the transaction rolled back
+/// and can simply be tried again.
+fn is_retryable(e: &BackfillError) -> bool {
+    matches!(e, BackfillError::Sql { sql_state: Some(s), .. } if s == "55P03" || s == "40P01")
 }
 
 fn store_error(table: &str, step: Step, e: overseer_core::object_store::Error) -> BackfillError {
