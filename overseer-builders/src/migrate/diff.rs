@@ -24,8 +24,10 @@
 //!    on either side, differing (with the columns that differ), ids the
 //!    mapping produces twice.
 //!
-//! Per-account totals (count and sum of the amounts) are computed on both
-//! servers in parallel with the descent and compared.
+//! Per-account totals (count and sum of the amounts) change only through
+//! rows in differing ranges: the fetched rows are tallied per account on
+//! both sides, and for every account whose tallies differ the full totals
+//! are read on both servers (`WHERE account = ANY(...)`) and reported.
 
 use std::collections::BTreeMap;
 
@@ -297,16 +299,19 @@ impl Side {
     }
 
     /// Count and sum of the amounts per account.
-    async fn account_totals(&self) -> Result<BTreeMap<Option<String>, (i64, i128)>, LedgerError> {
+    async fn account_totals(&self, accounts: &[Option<String>]) -> Result<Totals, LedgerError> {
         let Some((account, amount)) = &self.totals else {
             return Ok(BTreeMap::new());
         };
+        let named: Vec<&str> = accounts.iter().flatten().map(String::as_str).collect();
+        let null = accounts.iter().any(Option::is_none);
         let sql = format!(
-            "SELECT {account}, count(*)::int8, coalesce(sum({amount}), 0)::text FROM {from} GROUP BY 1",
+            "SELECT {account}, count(*)::int8, coalesce(sum({amount}), 0)::text FROM {from} \
+             WHERE {account} = ANY($1::text[]) OR ($2 AND {account} IS NULL) GROUP BY 1",
             from = self.from
         );
         let step = "computing per-account totals";
-        let rows = self.conn.query(step, &sql, &[]).await?;
+        let rows = self.conn.query(step, &sql, &[&named, &null]).await?;
         let mut totals = BTreeMap::new();
         for row in rows {
             let text: String = row.get(2);
@@ -318,6 +323,24 @@ impl Side {
             totals.insert(row.get(0), (row.get(1), sum));
         }
         Ok(totals)
+    }
+}
+
+/// Entry count and amount sum per account.
+type Totals = BTreeMap<Option<String>, (i64, i128)>;
+
+/// Adds fetched rows to per-account `(count, sum)` totals.
+fn tally(totals: &mut Totals, rows: &[(i64, Vec<Option<String>>)], account: usize, amount: usize) {
+    for (_, values) in rows {
+        let key = values.get(account).cloned().flatten();
+        let value = values
+            .get(amount)
+            .and_then(|v| v.as_deref())
+            .and_then(|v| v.parse::<i128>().ok())
+            .unwrap_or(0);
+        let entry = totals.entry(key).or_insert((0, 0));
+        entry.0 += 1;
+        entry.1 += value;
     }
 }
 
@@ -410,23 +433,23 @@ pub async fn compare(
     max_listed: usize,
 ) -> Result<ComparisonReport, LedgerError> {
     let (old, new, columns) = sides(new_url, schema, legacy).await?;
-    let totals = async {
-        if !options.account_totals || old.totals.is_none() {
-            return Ok(None);
-        }
-        // Own connections, so the totals run while the descent does.
-        let (old_t, new_t, _) = sides(new_url, schema, legacy).await?;
-        let (a, b) = tokio::join!(old_t.account_totals(), new_t.account_totals());
-        Ok::<_, LedgerError>(Some((a?, b?)))
-    };
-    let (descent, totals) = tokio::join!(descend(&old, &new, options), totals);
-    let (fetch, mut stats) = descent?;
+    let (fetch, mut stats) = descend(&old, &new, options).await?;
     let mut report = ComparisonReport {
         columns: columns.clone(),
         legacy_rows: stats.legacy_rows,
         new_rows: stats.new_rows,
         ..ComparisonReport::default()
     };
+    // Per-account totals move only through rows in differing ranges: tally
+    // the fetched rows per account on both sides.
+    let tallied = match (
+        columns.iter().position(|c| *c == schema.account),
+        columns.iter().position(|c| *c == schema.amount),
+    ) {
+        (Some(account), Some(amount)) if options.account_totals => Some((account, amount)),
+        _ => None,
+    };
+    let (mut old_tally, mut new_tally) = (Totals::new(), Totals::new());
     // Fetch the differing ranges in groups, both sides in parallel.
     let mut group: Vec<KeyRange> = Vec::new();
     let mut group_rows = 0u64;
@@ -440,13 +463,32 @@ pub async fn compare(
             let (a, b) = (a?, b?);
             stats.rows_fetched_legacy += a.len() as u64;
             stats.rows_fetched_new += b.len() as u64;
+            if let Some((account, amount)) = tallied {
+                tally(&mut old_tally, &a, account, amount);
+                tally(&mut new_tally, &b, account, amount);
+            }
             merge_rows(&columns, a, b, &mut report, max_listed);
             group.clear();
             group_rows = 0;
         }
     }
-    if let Some((a, b)) = totals? {
-        compare_totals(a, b, &mut report, max_listed);
+    // The accounts whose totals the differences change: their full totals
+    // on both sides (index lookups on the new side).
+    let mut affected: Vec<Option<String>> = Vec::new();
+    for (account, totals) in &old_tally {
+        if new_tally.get(account) != Some(totals) {
+            affected.push(account.clone());
+        }
+    }
+    for account in new_tally.keys() {
+        if !old_tally.contains_key(account) {
+            affected.push(account.clone());
+        }
+    }
+    if !affected.is_empty() {
+        let (a, b) = tokio::join!(old.account_totals(&affected), new.account_totals(&affected));
+        compare_totals(a?, b?, &mut report, max_listed);
+        report.accounts_compared = affected.len() as u64;
     }
     report.stats = stats;
     Ok(report)
@@ -647,7 +689,6 @@ fn compare_totals(
     report: &mut ComparisonReport,
     max: usize,
 ) {
-    report.accounts_compared = old.len().max(new.len()) as u64;
     for (account, (legacy_count, legacy_sum)) in old {
         let (new_count, new_sum) = new.remove(&account).unwrap_or((0, 0));
         if (legacy_count, legacy_sum) != (new_count, new_sum) {

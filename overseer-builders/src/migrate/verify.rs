@@ -228,8 +228,9 @@ pub struct ComparisonReport {
     pub differing: Listed<RowDiff>,
     /// Ids the legacy mapping produces more than once.
     pub duplicate_legacy_ids: Listed<i64>,
-    /// Accounts compared by totals (0 when the mapping lacks the account
-    /// or amount column, or totals are off).
+    /// Accounts whose full totals were compared: those whose rows in the
+    /// differing ranges do not tally (0 on clean data, when the mapping lacks
+    /// the account or amount column, or totals are off).
     pub accounts_compared: u64,
     /// Accounts whose totals differ.
     pub account_totals: Listed<AccountTotalDiff>,
