@@ -129,7 +129,7 @@ pub struct IntegrityReport {
     pub entries: u64,
     /// Accounts checked.
     pub accounts: u64,
-    /// Transactions checked.
+    /// Transactions checked (distinct transaction and currency pairs).
     pub transactions: u64,
     /// Gaps and wrong links.
     pub broken_links: Listed<BrokenLink>,
@@ -339,41 +339,49 @@ pub async fn check_integrity(
     let balance = quote_ident(&schema.balance_after);
     let prev = quote_ident(&schema.prev_id);
 
-    let links_sql = format!(
-        "SELECT id, account, prev_id, expected, count(*) OVER ()::int8 FROM ( \
-           SELECT {id}::int8 AS id, {account}::text AS account, {prev}::int8 AS prev_id, \
-                  (lag({id}) OVER (PARTITION BY {account} ORDER BY {id}))::int8 AS expected FROM {t}) s \
-         WHERE prev_id IS DISTINCT FROM expected ORDER BY id LIMIT $1"
-    );
-    let balances_sql = format!(
-        "SELECT id, account, balance, expected::text, count(*) OVER ()::int8 FROM ( \
-           SELECT {id}::int8 AS id, {account}::text AS account, {balance}::int8 AS balance, \
-                  sum({amount}) OVER (PARTITION BY {account} ORDER BY {id} \
-                                      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS expected FROM {t}) s \
-         WHERE balance IS DISTINCT FROM expected ORDER BY id LIMIT $1"
+    // Links and balances in one window pass over each account in id order;
+    // the first `limit` offenders of each kind, and how many there are.
+    let chain_sql = format!(
+        "SELECT id, account, prev_id, expected_prev, balance, running::text, link_bad, balance_bad, \
+                link_total, balance_total FROM ( \
+           SELECT *, sum(link_bad::int) OVER (ORDER BY id) AS link_rank, \
+                  sum(balance_bad::int) OVER (ORDER BY id) AS balance_rank, \
+                  (count(*) FILTER (WHERE link_bad) OVER ())::int8 AS link_total, \
+                  (count(*) FILTER (WHERE balance_bad) OVER ())::int8 AS balance_total FROM ( \
+             SELECT *, prev_id IS DISTINCT FROM expected_prev AS link_bad, \
+                    balance IS DISTINCT FROM running AS balance_bad FROM ( \
+               SELECT {id}::int8 AS id, {account}::text AS account, {prev}::int8 AS prev_id, \
+                      {balance}::int8 AS balance, (lag({id}) OVER a)::int8 AS expected_prev, \
+                      sum({amount}) OVER a AS running \
+               FROM {t} WINDOW a AS (PARTITION BY {account} ORDER BY {id} \
+                                     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)) s) f \
+             WHERE link_bad OR balance_bad) r \
+         WHERE (link_bad AND link_rank <= $1) OR (balance_bad AND balance_rank <= $1) ORDER BY id"
     );
     let forks_sql = format!(
         "SELECT {prev}::int8, array_agg({id}::int8 ORDER BY {id}), count(*) OVER ()::int8 FROM {t} \
          WHERE {prev} IS NOT NULL GROUP BY {prev} HAVING count(*) > 1 ORDER BY 1 LIMIT $1"
     );
+    // Every (transaction, currency) sum, the unbalanced ones first; their
+    // entries are read afterwards, for the few listed only.
     let tx_sql = format!(
-        "SELECT {tx}::text, {currency}::text, sum({amount})::text, array_agg({id}::int8 ORDER BY {id}), \
-                count(*) OVER ()::int8 FROM {t} \
-         GROUP BY {tx}, {currency} HAVING sum({amount}) <> 0 ORDER BY 1, 2 LIMIT $1"
+        "SELECT tx, ccy, total::text, (count(*) FILTER (WHERE total <> 0) OVER ())::int8, \
+                (count(*) OVER ())::int8 FROM ( \
+           SELECT {tx}::text AS tx, {currency}::text AS ccy, sum({amount}) AS total FROM {t} GROUP BY 1, 2) g \
+         ORDER BY total = 0, 1, 2 LIMIT $1"
     );
     let totals_sql = format!(
-        "SELECT count(*)::int8, (SELECT count(*) FROM (SELECT DISTINCT {account} FROM {t}) a)::int8, \
-                (SELECT count(*) FROM (SELECT DISTINCT {tx} FROM {t}) x)::int8 FROM {t}"
+        "SELECT count(*)::int8, (SELECT count(*) FROM (SELECT {account} FROM {t} GROUP BY 1) a)::int8 FROM {t}"
     );
 
     let run = |sql: String, step: &'static str| async move {
         let conn = Conn::open("new", url).await?;
-        conn.query(step, &sql, &[&limit]).await
+        let rows = conn.query(step, &sql, &[&limit]).await?;
+        Ok::<_, LedgerError>((conn, rows))
     };
     let totals = async { first.query("counting entries", &totals_sql, &[]).await };
-    let (links, balances, forks, txs, totals) = tokio::join!(
-        run(links_sql, "checking the links between entries"),
-        run(balances_sql, "checking the cumulative balances"),
+    let (chain, forks, txs, totals) = tokio::join!(
+        run(chain_sql, "checking links and cumulative balances"),
         run(forks_sql, "checking for forks"),
         run(tx_sql, "checking that transactions sum to zero"),
         totals,
@@ -382,47 +390,77 @@ pub async fn check_integrity(
     if let Some(row) = totals?.first() {
         report.entries = count(row.get(0));
         report.accounts = count(row.get(1));
-        report.transactions = count(row.get(2));
     }
-    for row in links? {
-        report.broken_links.total = count(row.get(4));
-        report.broken_links.items.push(BrokenLink {
-            id: row.get(0),
-            account: row.get(1),
-            prev_id: row.get(2),
-            expected_prev_id: row.get(3),
-        });
+    for row in chain?.1 {
+        let (link_bad, balance_bad): (bool, bool) = (row.get(6), row.get(7));
+        let (id, account): (i64, Option<String>) = (row.get(0), row.get(1));
+        report.broken_links.total = count(row.get(8));
+        report.balance_mismatches.total = count(row.get(9));
+        if link_bad && report.broken_links.items.len() < max_listed {
+            report.broken_links.items.push(BrokenLink {
+                id,
+                account: account.clone(),
+                prev_id: row.get(2),
+                expected_prev_id: row.get(3),
+            });
+        }
+        if balance_bad && report.balance_mismatches.items.len() < max_listed {
+            let running: Option<String> = row.get(5);
+            report.balance_mismatches.items.push(BalanceMismatch {
+                id,
+                account,
+                balance_after: row.get(4),
+                expected: parse_sum(
+                    "new",
+                    "checking the cumulative balances",
+                    running.as_deref().unwrap_or("0"),
+                )?,
+            });
+        }
     }
-    for row in balances? {
-        let expected: Option<String> = row.get(3);
-        report.balance_mismatches.total = count(row.get(4));
-        report.balance_mismatches.items.push(BalanceMismatch {
-            id: row.get(0),
-            account: row.get(1),
-            balance_after: row.get(2),
-            expected: parse_sum(
-                "new",
-                "checking the cumulative balances",
-                expected.as_deref().unwrap_or("0"),
-            )?,
-        });
-    }
-    for row in forks? {
+    for row in forks?.1 {
         report.forks.total = count(row.get(2));
         report.forks.items.push(Fork {
             prev_id: row.get(0),
             ids: row.get(1),
         });
     }
-    for row in txs? {
+    let (tx_conn, tx_rows) = txs?;
+    let mut unbalanced = Vec::new();
+    for row in tx_rows {
+        report.transactions = count(row.get(4));
+        report.unbalanced_transactions.total = count(row.get(3));
         let sum: String = row.get(2);
-        report.unbalanced_transactions.total = count(row.get(4));
-        report.unbalanced_transactions.items.push(UnbalancedTransaction {
-            tx_id: row.get(0),
-            currency: row.get(1),
-            sum: parse_sum("new", "checking that transactions sum to zero", &sum)?,
-            ids: row.get(3),
-        });
+        let sum = parse_sum("new", "checking that transactions sum to zero", &sum)?;
+        if sum != 0 {
+            let (tx, ccy): (Option<String>, Option<String>) = (row.get(0), row.get(1));
+            unbalanced.push((tx, ccy, sum));
+        }
+    }
+    if !unbalanced.is_empty() {
+        let named: Vec<&str> = unbalanced.iter().filter_map(|(t, _, _)| t.as_deref()).collect();
+        let null = unbalanced.iter().any(|(t, _, _)| t.is_none());
+        let sql = format!(
+            "SELECT {tx}::text, {currency}::text, array_agg({id}::int8 ORDER BY {id}) FROM {t} \
+             WHERE {tx}::text = ANY($1::text[]) OR ($2 AND {tx} IS NULL) GROUP BY 1, 2"
+        );
+        let rows = tx_conn
+            .query("reading unbalanced transactions' entries", &sql, &[&named, &null])
+            .await?;
+        let ids: std::collections::HashMap<(Option<String>, Option<String>), Vec<i64>> =
+            rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect();
+        for (tx_id, currency, sum) in unbalanced {
+            let entries = ids
+                .get(&(tx_id.clone(), currency.clone()))
+                .cloned()
+                .unwrap_or_default();
+            report.unbalanced_transactions.items.push(UnbalancedTransaction {
+                tx_id,
+                currency,
+                sum,
+                ids: entries,
+            });
+        }
     }
     Ok(report)
 }
