@@ -132,7 +132,8 @@ async fn main() {
     // extra row.
     new.batch_execute(&format!(
         "UPDATE ledger_entries SET amount_minor = amount_minor + 1 WHERE id = {a};
-         UPDATE ledger_entries SET amount_minor = -amount_minor WHERE id = {b};
+         UPDATE ledger_entries SET amount_minor = -amount_minor
+           WHERE id = (SELECT min(id) FROM ledger_entries WHERE id >= {b} AND amount_minor <> 0);
          DELETE FROM ledger_entries WHERE id = {c};
          INSERT INTO ledger_entries VALUES ({d}, 'extra', 'acc-1', 1, 'EUR', NULL, NULL);",
         a = rows / 3,
