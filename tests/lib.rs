@@ -136,3 +136,167 @@ pub fn backends() -> Vec<Backend> {
         },
     ]
 }
+
+/// The environment variable holding the URL of the Postgres server the tests
+/// use (`scripts/test.sh` starts one with `scripts/pg.sh` and sets it).
+pub const PG_URL_ENV: &str = "OVERSEER_TEST_PG_URL";
+
+/// When this environment variable is set (to anything), tests that need a
+/// server panic if it is not configured instead of skipping (CI sets it).
+pub const REQUIRE_SERVERS_ENV: &str = "OVERSEER_REQUIRE_SERVERS";
+
+/// The URL of the test Postgres server, from [`PG_URL_ENV`].
+///
+/// `None` (with a notice on stderr) when it is not set, so a plain
+/// `cargo test` on a laptop skips the Postgres tests; panics instead when
+/// [`REQUIRE_SERVERS_ENV`] is set, saying how to get a server.
+pub fn pg_server_url(test: &str) -> Option<String> {
+    match std::env::var(PG_URL_ENV) {
+        Ok(url) if !url.trim().is_empty() => Some(url.trim().to_owned()),
+        _ if std::env::var_os(REQUIRE_SERVERS_ENV).is_some() => panic!(
+            "{test}: {PG_URL_ENV} is not set but {REQUIRE_SERVERS_ENV} is: run the suite with \
+             `bash scripts/test.sh` (it starts Postgres), or start a server with \
+             `bash scripts/pg.sh start DIR` and export {PG_URL_ENV}=$(cat DIR/url)"
+        ),
+        _ => {
+            eprintln!(
+                "{test}: skipped: no Postgres ({PG_URL_ENV} is not set; `bash scripts/test.sh` starts one)"
+            );
+            None
+        }
+    }
+}
+
+/// `url` with its database name replaced by `db`.
+pub fn pg_url_with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    let mut out = format!("{}/{db}", &base[..path_start]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// Connects to `url`, driving the connection on a spawned tokio task.
+pub async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// A fresh, uniquely named database on the test server, for one test: tests
+/// run in parallel without seeing each other's tables. Dropping it drops the
+/// database (forcibly closing connections still open to it).
+pub struct PgDatabase {
+    name: String,
+    url: String,
+    server_url: String,
+    client: tokio_postgres::Client,
+}
+
+impl PgDatabase {
+    /// The database name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The database's connection URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A client connected to the database.
+    pub fn client(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+
+    /// A new connection to the database.
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        pg_connect(&self.url).await.unwrap()
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let server_url = self.server_url.clone();
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        // Drop runs inside the test's runtime: use a runtime of our own on
+        // another thread, and wait for it so the database is gone on return.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async move {
+                let (client, connection) = tokio_postgres::connect(&server_url, tokio_postgres::NoTls)
+                    .await
+                    .ok()?;
+                let driver = tokio::spawn(connection);
+                let done = client.batch_execute(&sql).await;
+                drop(client);
+                let _ = driver.await;
+                done.ok()
+            })
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A fresh database for the test `name_hint` on the test server (see
+/// [`pg_server_url`]): `None` when there is no server and none is required.
+///
+/// # Panics
+///
+/// When a server is required but not configured, or cannot be reached.
+pub async fn pg_database(name_hint: &str) -> Option<PgDatabase> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+
+    let server_url = pg_server_url(name_hint)?;
+    let hint: String = name_hint
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(30)
+        .collect();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let name = format!(
+        "ot_{hint}_{}_{}_{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let admin = pg_connect(&server_url)
+        .await
+        .unwrap_or_else(|e| panic!("{name_hint}: cannot connect to {server_url} ({PG_URL_ENV}): {e}"));
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .unwrap_or_else(|e| panic!("{name_hint}: cannot create database {name}: {e}"));
+    let url = pg_url_with_database(&server_url, &name);
+    let client = pg_connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("{name_hint}: cannot connect to {url}: {e}"));
+    Some(PgDatabase {
+        name,
+        url,
+        server_url,
+        client,
+    })
+}

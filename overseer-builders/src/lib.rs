@@ -26,6 +26,7 @@
 
 pub mod debezium;
 pub mod json;
+pub mod migrate;
 pub mod mongo;
 pub mod postgres;
 mod relational;

@@ -119,7 +119,96 @@ pub enum Command {
         after_long_help = EXIT_CODES
     )]
     Audit(AuditArgs),
+
+    /// Safe migrations of live Postgres tables: plan, run and follow a
+    /// zero-downtime backfill; repair and verify the result.
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
 }
+
+const MIGRATE_EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  2  usage error, invalid configuration, or database / data file error";
+
+/// The commands of `overseer migrate`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum MigrateCommand {
+    /// Print the SQL of every backfill step of every table.
+    #[command(
+        long_about = "Print the SQL of every backfill step of every configured table, in \
+            execution order, from the target database's catalog (nothing is changed).\n\n\
+            Steps: 0 generate (COPY of the transformation's output from the legacy database \
+            into chunk files), 1 copy (unindexed copy table), 2 triggers (log live writes' keys), \
+            3 import (COPY FROM STDIN, chunk by chunk, checksums verified, throttled), \
+            4 resolve (live rows and touched keys win over imported rows), 5 index (CREATE INDEX \
+            CONCURRENTLY of every index), 6 flip (one transaction: lock, catch up, swap the \
+            tables, drop the old one).",
+        after_long_help = MIGRATE_EXIT_CODES
+    )]
+    Plan(crate::migrate::MigratePlanArgs),
+
+    /// Run the backfill, resuming where a previous run stopped.
+    #[command(
+        long_about = "Run every backfill step not done yet (up to --until), resuming where a \
+            previous (killed) run stopped: progress is recorded in the target database \
+            (schema overseer_migrate). Progress goes to stderr; a summary per table to stdout.\n\n\
+            A finished backfill is not run again: `overseer migrate reset` starts over from a \
+            clean slate.",
+        after_long_help = MIGRATE_EXIT_CODES
+    )]
+    Run(crate::migrate::MigrateRunArgs),
+
+    /// Show which step each table is in.
+    #[command(
+        long_about = "Show the state of every step of every table, one line each, separated by \
+            tabs: the table, the step's number (marked * when it is the current one), its name, \
+            its status (done, running, pending), its detail (- when none) and when it last \
+            changed (- when never).",
+        after_long_help = MIGRATE_EXIT_CODES
+    )]
+    Status(crate::migrate::MigrateStatusArgs),
+
+    /// Forget the backfill's progress and drop what an unfinished run left.
+    #[command(
+        long_about = "Forget every table's backfill progress and drop what an unfinished run \
+            left in the target database (copy table, side table, trigger, function), so the \
+            next run starts from a clean slate. A flipped table stays as it is.",
+        after_long_help = MIGRATE_EXIT_CODES
+    )]
+    Reset(crate::migrate::MigrateResetArgs),
+
+    /// Recompute a ledger's cumulative balances and entry links (after the flip).
+    #[command(
+        long_about = "Recompute every account's cumulative balances (balance_after, the running sum \
+            of the amounts in id order) and the links between its sequential entries (prev_id), \
+            with window functions, in short batches of whole accounts (one transaction each). \
+            Only wrong rows are written; a second run changes nothing. Prints how many rows \
+            changed (--json for a JSON object). Configuration: a JSON file, see \
+            docs/migrations-verify.md.",
+        after_long_help = MIGRATE_EXIT_CODES
+    )]
+    Repair(crate::migrate_verify::MigrateRepairArgs),
+
+    /// Verify a migrated ledger: integrity, and completeness and correctness against legacy.
+    #[command(
+        long_about = "Verify a migrated ledger. Integrity in the new store: every account's chain \
+            is complete (no gap, no fork), every cumulative balance equals the running sum, every \
+            transaction sums to zero. With a legacy store configured: rows missing on either \
+            side, rows that differ (with the columns), per-account totals, found by comparing \
+            checksums of key ranges and descending only into ranges that differ. Prints the \
+            report naming the offending ids (--json for a JSON object). Configuration: a JSON \
+            file, see docs/migrations-verify.md.",
+        after_long_help = VERIFY_EXIT_CODES
+    )]
+    Verify(crate::migrate_verify::MigrateVerifyArgs),
+}
+
+const VERIFY_EXIT_CODES: &str = "\
+Exit codes:
+  0  clean
+  2  usage error, invalid configuration, or database error
+  3  discrepancies found (the report is printed first)";
 
 /// Where the store is.
 #[derive(Debug, Clone, Args)]

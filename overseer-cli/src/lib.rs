@@ -25,18 +25,27 @@
 //! | `overseer history --store DIR MODEL ID` | every update of a record, with the fields it changed |
 //! | `overseer dead-letters --store DIR` | the events that could not be ingested |
 //! | `overseer audit --store DIR [--check NAME] [--model M --id ID] [--incidents]` | check executions and incidents |
+//! | `overseer migrate plan --config FILE` | the SQL of every step of a live-table backfill |
+//! | `overseer migrate run --config FILE [--until STEP]` | run (or resume) the backfill |
+//! | `overseer migrate status --config FILE` | which step each table is in |
+//! | `overseer migrate reset --config FILE` | forget the backfill's progress, drop what an unfinished run left |
+//! | `overseer migrate repair --config FILE [--json]` | recompute a ledger's cumulative balances and entry links |
+//! | `overseer migrate verify --config FILE [--json]` | verify a migrated ledger (integrity; completeness and correctness against legacy) |
 //!
 //! Data goes to stdout (machine-readable), messages and progress to stderr.
 //!
 //! Exit codes: [`EXIT_OK`] (0), [`EXIT_NOT_FOUND`] (1: the record does not
 //! exist at the time asked, or has no updates), [`EXIT_ERROR`] (2: usage
 //! error, unreadable input, store error; clap's own usage errors exit with 2
-//! as well).
+//! as well), [`EXIT_DISCREPANCIES`] (3: `overseer migrate verify` found
+//! discrepancies; the report is printed first).
 
 mod audit;
 mod cli;
 mod dead_letters;
 mod ingest;
+pub mod migrate;
+pub mod migrate_verify;
 mod output;
 mod record;
 
@@ -47,7 +56,8 @@ use std::process::ExitCode;
 use overseer_core::Store;
 
 pub use cli::{
-    AuditArgs, Cli, Command, DeadLettersArgs, FormatArg, HistoryArgs, IngestArgs, RefArg, StoreArgs, ViewArgs,
+    AuditArgs, Cli, Command, DeadLettersArgs, FormatArg, HistoryArgs, IngestArgs, MigrateCommand, RefArg,
+    StoreArgs, ViewArgs,
 };
 
 /// Exit code of success.
@@ -57,6 +67,9 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_NOT_FOUND: u8 = 1;
 /// Exit code of usage errors, unreadable inputs and store errors.
 pub const EXIT_ERROR: u8 = 2;
+/// Exit code of `overseer migrate verify` when it found discrepancies (the
+/// report is printed first).
+pub const EXIT_DISCREPANCIES: u8 = 3;
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +121,21 @@ pub enum Error {
     /// Writing to stdout failed.
     #[error("cannot write to stdout: {0}")]
     Output(#[source] io::Error),
+    /// A backfill step failed, or its configuration is invalid (exit code 2).
+    #[error(transparent)]
+    Backfill(Box<overseer_builders::migrate::backfill::BackfillError>),
+    /// A migration's repair or verification failed to run.
+    #[error(transparent)]
+    Migrate(Box<overseer_builders::migrate::ledger::LedgerError>),
+    /// A migration's verification ran and found discrepancies (exit code 3).
+    #[error("{0}")]
+    Discrepancies(String),
+}
+
+impl From<overseer_builders::migrate::ledger::LedgerError> for Error {
+    fn from(e: overseer_builders::migrate::ledger::LedgerError) -> Self {
+        Error::Migrate(Box::new(e))
+    }
 }
 
 impl From<overseer_core::Error> for Error {
@@ -122,6 +150,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::NotFound(_) => EXIT_NOT_FOUND,
+            Error::Discrepancies(_) => EXIT_DISCREPANCIES,
             _ => EXIT_ERROR,
         }
     }
@@ -153,6 +182,12 @@ pub async fn run_with_output(cli: Cli, out: &mut dyn Write) -> Result<(), Error>
         Command::History(args) => record::history(open_existing(&args.store.store)?, &args, out).await,
         Command::DeadLetters(args) => dead_letters::run(open_existing(&args.store.store)?, &args, out).await,
         Command::Audit(args) => audit::run(open_existing(&args.store.store)?, &args, out).await,
+        Command::Migrate(MigrateCommand::Plan(args)) => migrate::plan(&args, out).await,
+        Command::Migrate(MigrateCommand::Run(args)) => migrate::run(&args, out).await,
+        Command::Migrate(MigrateCommand::Status(args)) => migrate::status(&args, out).await,
+        Command::Migrate(MigrateCommand::Reset(args)) => migrate::reset(&args, out).await,
+        Command::Migrate(MigrateCommand::Repair(args)) => migrate_verify::run_repair(&args, out).await,
+        Command::Migrate(MigrateCommand::Verify(args)) => migrate_verify::run_verify(&args, out).await,
     }
 }
 
