@@ -14,8 +14,8 @@ use crate::model::{Format, Model, RecordKey, Reference, UpdateDocument};
 use crate::store::{ReferenceEntry, Store};
 use crate::time::Timestamp;
 
-/// Default size of the decoded-update cache, in bytes of raw events.
-pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+/// Default size of the decoded-update cache, in estimated bytes of memory.
+pub const DEFAULT_CACHE_BYTES: u64 = 128 * 1024 * 1024;
 
 /// One stored update, decoded by its format's builder.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,8 +41,11 @@ pub struct TimelineEntry {
 struct Weigher;
 
 impl quick_cache::Weighter<String, Arc<HistoryEntry>> for Weigher {
+    /// An estimate of the memory an entry holds: its raw bytes, plus the
+    /// decoded change (a `serde_json::Value` tree takes about three times the
+    /// size of its JSON text), plus the key and fixed overhead.
     fn weight(&self, key: &String, value: &Arc<HistoryEntry>) -> u64 {
-        (key.len() + 2 * value.update.raw.len() + 256) as u64
+        (key.len() + 4 * value.update.raw.len() + 256) as u64
     }
 }
 
@@ -96,7 +99,9 @@ impl Dal {
         self
     }
 
-    /// Sets the size of the decoded-update cache (bytes of raw events; 0 disables it).
+    /// Sets the size of the decoded-update cache, in estimated bytes of
+    /// memory (about four times the raw size of the cached updates; 0
+    /// disables it).
     pub fn with_cache_bytes(mut self, bytes: u64) -> Self {
         self.cache = Arc::new(Self::make_cache(bytes));
         self
@@ -123,6 +128,17 @@ impl Dal {
             reason: e.reason,
         })?;
         Ok(HistoryEntry { update, change })
+    }
+
+    /// Whether this DAL has a builder for `format`.
+    pub fn has_builder(&self, format: &Format) -> bool {
+        self.builders.contains_key(format)
+    }
+
+    /// Caches an update stored at `path` with its already decoded change
+    /// (write-through from ingestion, see [`Ingestor::with_dal`](crate::Ingestor::with_dal)).
+    pub(crate) fn prime(&self, path: String, update: UpdateDocument, change: Change) {
+        self.cache.insert(path, Arc::new(HistoryEntry { update, change }));
     }
 
     async fn load(&self, path: String) -> Result<Arc<HistoryEntry>> {

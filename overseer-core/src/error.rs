@@ -76,6 +76,20 @@ pub enum Error {
         /// The known formats, comma-separated.
         known: String,
     },
+    /// A component that runs background tasks was built outside a Tokio
+    /// runtime.
+    #[error("{component} must be built inside a Tokio runtime (it spawns background tasks)")]
+    NoRuntime {
+        /// The component (`DualRouter`).
+        component: &'static str,
+    },
+    /// Publishing to a topic failed.
+    #[error("publishing to the topic failed: {source}")]
+    Topic {
+        /// The topic's error.
+        #[source]
+        source: BoxError,
+    },
     /// A typed read could not deserialize a record's state into the user's type.
     #[error("record {key} does not fit type {type_name}: {source}")]
     Deserialize {

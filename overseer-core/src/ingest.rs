@@ -73,6 +73,8 @@ pub struct Ingestor {
     references: Arc<References>,
     /// The source's acknowledged watermark, once known.
     watermark: Arc<tokio::sync::Mutex<Option<Timestamp>>>,
+    /// Where stored updates go already decoded (write-through), if anywhere.
+    dal: Option<crate::Dal>,
 }
 
 impl std::fmt::Debug for Ingestor {
@@ -87,6 +89,7 @@ impl std::fmt::Debug for Ingestor {
 enum Outcome {
     /// A record change, with its references already extracted (on the
     /// consuming thread, which also frees the parsed change).
+    /// The change is kept only when a DAL is primed with it.
     Record(Box<ConsumedRecord>, Vec<crate::Reference>),
     Control(Option<Timestamp>, Option<SourcePosition>),
     Rejected(ConsumeError),
@@ -101,7 +104,24 @@ impl Ingestor {
             consumer: Arc::new(consumer),
             references: Arc::new(references),
             watermark: Arc::default(),
+            dal: None,
         }
+    }
+
+    /// Write-through: every update this ingestor stores is also handed,
+    /// already decoded, to `dal`'s cache, so reading it back (checks run
+    /// right after ingestion) does not parse it again.
+    ///
+    /// This relies on the format's contract that the [`Consumer`]'s change
+    /// for an event is the change its [`StateBuilder`](crate::StateBuilder)
+    /// decodes from the stored update (every builder of `overseer-builders`
+    /// is tested for it). Updates of a format `dal` has no builder for are
+    /// not handed over. The embedded pipeline sets this up itself.
+    pub fn with_dal(mut self, dal: &crate::Dal) -> Self {
+        if dal.has_builder(&self.consumer.format()) {
+            self.dal = Some(dal.clone());
+        }
+        self
     }
 
     /// The source this ingestor reads.
@@ -119,7 +139,10 @@ impl Ingestor {
             }
             Ok(Consumed::Record(mut r)) => {
                 let references = self.references.extract(&r.key, &r.change);
-                r.change = crate::Change::Delete;
+                if self.dal.is_none() {
+                    // Free the parsed change here, on the consuming thread.
+                    r.change = crate::Change::Delete;
+                }
                 Outcome::Record(Box::new(r), references)
             }
             Ok(Consumed::Control {
@@ -171,6 +194,7 @@ impl Ingestor {
             ..BatchReport::default()
         };
         let mut docs = Vec::new();
+        let mut changes = Vec::new();
         let mut rejected = Vec::new();
         for (raw, outcome) in batch.iter().zip(outcomes) {
             match outcome {
@@ -189,6 +213,9 @@ impl Ingestor {
                         raw: raw.clone(),
                         references,
                     });
+                    if self.dal.is_some() {
+                        changes.push(r.change);
+                    }
                 }
                 Outcome::Control(commit_time, position) => {
                     report.control += 1;
@@ -203,10 +230,17 @@ impl Ingestor {
 
         // Data first, then the references that make it reachable.
         let outcomes = self.store.put_updates(docs).await;
+        let mut changes = changes.into_iter();
         let mut stored = Vec::new();
         for (doc, path, outcome) in outcomes {
+            let change = changes.next();
             match outcome {
-                Ok(PutOutcome::Created) => stored.push((doc, path)),
+                Ok(PutOutcome::Created) => {
+                    if let (Some(dal), Some(change)) = (&self.dal, change) {
+                        dal.prime(path.clone(), doc.clone(), change);
+                    }
+                    stored.push((doc, path))
+                }
                 Ok(PutOutcome::Duplicate) => report.duplicates += 1,
                 Err(e @ Error::PositionConflict { .. }) => {
                     rejected.push((doc.raw.clone(), Some(doc.position.clone()), e.to_string()))

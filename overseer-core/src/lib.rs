@@ -9,6 +9,7 @@ pub mod dal;
 mod error;
 pub mod escalation;
 pub mod ingest;
+pub mod migration;
 mod model;
 pub mod pipeline;
 pub mod runner;

@@ -218,6 +218,10 @@ impl OverseerBuilder {
                 "no sources: add at least one .source(SourceConfig::new(..))".into(),
             ));
         }
+        let dal = self
+            .state_builders
+            .into_iter()
+            .fold(Dal::new(store.clone()), Dal::with_shared_builder);
         let mut model_sources: ModelSources = HashMap::new();
         let mut ingestors = HashMap::new();
         for s in &self.sources {
@@ -237,13 +241,10 @@ impl OverseerBuilder {
                     s.id.clone(),
                     s.consumer.clone(),
                     self.references.clone(),
-                ),
+                )
+                .with_dal(&dal),
             );
         }
-        let dal = self
-            .state_builders
-            .into_iter()
-            .fold(Dal::new(store.clone()), Dal::with_shared_builder);
         let clock = self.clock.unwrap_or_else(|| Arc::new(WallClock));
         let runner = Runner::new(
             dal,

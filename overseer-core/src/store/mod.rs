@@ -31,6 +31,9 @@ use layout::encode_segment;
 pub const DEFAULT_CONCURRENCY: usize = 64;
 
 /// How many stored references the store remembers to save requests.
+/// The most file-system requests a [`Store::local`] runs at once.
+pub const LOCAL_MAX_REQUESTS: usize = 16;
+
 const KNOWN_REFS_CAPACITY: usize = 100_000;
 
 /// What a create-only write found.
@@ -130,6 +133,10 @@ impl Store {
     }
 
     /// A store in a local directory, created if missing.
+    ///
+    /// At most [`LOCAL_MAX_REQUESTS`] file-system requests run at once
+    /// (`object_store`'s `LimitStore`): each runs on a blocking thread, and
+    /// more in flight only adds threads (and their memory), not throughput.
     pub fn local(dir: impl AsRef<std::path::Path>) -> Result<Self> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| Error::InvalidInput {
@@ -141,7 +148,10 @@ impl Store {
             path: dir.display().to_string(),
             source: e,
         })?;
-        Ok(Self::new(Arc::new(fs)))
+        Ok(Self::new(Arc::new(object_store::limit::LimitStore::new(
+            fs,
+            LOCAL_MAX_REQUESTS,
+        ))))
     }
 
     /// The same store under a key prefix (several Overseer stores in one bucket).
