@@ -12,6 +12,7 @@ use overseer_core::migration::{DualRouter, Phase};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
 
 use super::Error;
 
@@ -144,7 +145,42 @@ fn legacy_err(e: tokio_postgres::Error) -> String {
 }
 
 fn new_err(e: tokio_postgres::Error) -> String {
-    format!("new: {e}")
+    match e.as_db_error() {
+        Some(db) => format!("new: {} ({})", db.message(), db.code().code()),
+        None => format!("new: {e}"),
+    }
+}
+
+/// A failed new-side write: logged (the router records it for repair and
+/// never fails the caller).
+fn new_write_err(e: tokio_postgres::Error) -> String {
+    let message = new_err(e);
+    eprintln!("ledger_migration: new-side write failed: {message}");
+    message
+}
+
+/// Runs a new-side statement again when it was chosen as a deadlock victim
+/// or could not be serialized (a repair batch locks the same accounts' last
+/// entries): the statement had no effect, so running it again is safe.
+async fn retrying<T, F, Fut>(mut f: F) -> Result<T, tokio_postgres::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match f().await {
+            Err(e)
+                if attempt < 5
+                    && e.code()
+                        .is_some_and(|c| matches!(c.code(), "40P01" | "40001" | "55P03")) =>
+            {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(2 << attempt)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// A transaction as both stores answer it (the comparison's shape): the
@@ -337,10 +373,10 @@ async fn post(
             },
             || async {
                 let at = created_at.lock().map(|a| a.clone()).unwrap_or_default();
-                let rows = new
-                    .query(NEW_INSERT, &[&tx, &from, &to, &minor, &"USD", &at])
+                let params: [&(dyn ToSql + Sync); 6] = [&tx, &from, &to, &minor, &"USD", &at];
+                let rows = retrying(|| new.query(NEW_INSERT, &params))
                     .await
-                    .map_err(new_err)?;
+                    .map_err(new_write_err)?;
                 Ok(new_rows_json(tx, &rows))
             },
         )
@@ -375,7 +411,10 @@ async fn amend(
                 Ok(legacy_row_json(&row))
             },
             || async {
-                let mut rows = new.query(NEW_AMEND, &[&tx, &minor]).await.map_err(new_err)?;
+                let params: [&(dyn ToSql + Sync); 2] = [&tx, &minor];
+                let mut rows = retrying(|| new.query(NEW_AMEND, &params))
+                    .await
+                    .map_err(new_write_err)?;
                 rows.sort_by_key(|r| r.get::<_, i64>(0));
                 Ok(new_rows_json(tx, &rows))
             },
@@ -400,13 +439,15 @@ async fn cancel(router: &DualRouter, legacy: &Arc<Client>, new: &Arc<Client>, tx
                 Ok(json!({"id": tx, "deleted_entries": n * 2}))
             },
             || async {
-                let n = new
-                    .execute(
+                let params: [&(dyn ToSql + Sync); 1] = [&tx];
+                let n = retrying(|| {
+                    new.execute(
                         "DELETE FROM ledger_entries WHERE id = $1::int8 * 2 OR id = $1::int8 * 2 + 1",
-                        &[&tx],
+                        &params,
                     )
-                    .await
-                    .map_err(new_err)?;
+                })
+                .await
+                .map_err(new_write_err)?;
                 Ok(json!({"id": tx, "deleted_entries": n}))
             },
         )

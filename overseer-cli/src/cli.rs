@@ -121,7 +121,7 @@ pub enum Command {
     Audit(AuditArgs),
 
     /// Safe migrations of live Postgres tables: plan, run and follow a
-    /// zero-downtime backfill.
+    /// zero-downtime backfill; repair and verify the result.
     #[command(subcommand)]
     Migrate(MigrateCommand),
 }

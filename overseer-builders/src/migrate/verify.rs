@@ -465,12 +465,16 @@ pub async fn check_integrity(
     Ok(report)
 }
 
+/// How many items of each kind the human-readable report shows (the JSON
+/// form has every listed item).
+const SHOWN: usize = 20;
+
 fn opt<T: fmt::Display>(v: &Option<T>) -> String {
     v.as_ref().map_or_else(|| "NULL".to_owned(), T::to_string)
 }
 
 fn more<T>(f: &mut fmt::Formatter<'_>, list: &Listed<T>) -> fmt::Result {
-    let shown = list.items.len() as u64;
+    let shown = list.items.len().min(SHOWN) as u64;
     if list.total > shown {
         writeln!(f, "    ... and {} more", list.total - shown)?;
     }
@@ -493,7 +497,7 @@ impl fmt::Display for IntegrityReport {
         )?;
         if !self.broken_links.is_empty() {
             writeln!(f, "  broken links ({}):", self.broken_links.total)?;
-            for l in &self.broken_links.items {
+            for l in self.broken_links.items.iter().take(SHOWN) {
                 writeln!(
                     f,
                     "    entry {} of {}: prev_id {} but the previous entry is {}",
@@ -507,7 +511,7 @@ impl fmt::Display for IntegrityReport {
         }
         if !self.forks.is_empty() {
             writeln!(f, "  forks ({}):", self.forks.total)?;
-            for x in &self.forks.items {
+            for x in self.forks.items.iter().take(SHOWN) {
                 writeln!(f, "    entries {} all follow entry {}", ids(&x.ids), x.prev_id)?;
             }
             more(f, &self.forks)?;
@@ -518,7 +522,7 @@ impl fmt::Display for IntegrityReport {
                 "  wrong cumulative balances ({}):",
                 self.balance_mismatches.total
             )?;
-            for b in &self.balance_mismatches.items {
+            for b in self.balance_mismatches.items.iter().take(SHOWN) {
                 writeln!(
                     f,
                     "    entry {} of {}: balance_after {} but the running sum is {}",
@@ -536,7 +540,7 @@ impl fmt::Display for IntegrityReport {
                 "  unbalanced transactions ({}):",
                 self.unbalanced_transactions.total
             )?;
-            for t in &self.unbalanced_transactions.items {
+            for t in self.unbalanced_transactions.items.iter().take(SHOWN) {
                 writeln!(
                     f,
                     "    transaction {} sums to {} {} (entries {})",
@@ -580,13 +584,18 @@ impl fmt::Display for ComparisonReport {
             ("produced twice by the legacy mapping", &self.duplicate_legacy_ids),
         ] {
             if !list.is_empty() {
-                writeln!(f, "  {what} ({}): {}", list.total, ids(&list.items))?;
+                writeln!(
+                    f,
+                    "  {what} ({}): {}",
+                    list.total,
+                    ids(&list.items[..list.items.len().min(SHOWN)])
+                )?;
                 more(f, list)?;
             }
         }
         if !self.differing.is_empty() {
             writeln!(f, "  differing rows ({}):", self.differing.total)?;
-            for d in &self.differing.items {
+            for d in self.differing.items.iter().take(SHOWN) {
                 let fields: Vec<String> = d
                     .fields
                     .iter()
@@ -602,7 +611,7 @@ impl fmt::Display for ComparisonReport {
                 "  accounts with different totals ({} of {}):",
                 self.account_totals.total, self.accounts_compared
             )?;
-            for a in &self.account_totals.items {
+            for a in self.account_totals.items.iter().take(SHOWN) {
                 writeln!(
                     f,
                     "    {}: legacy {} entries summing to {}, new {} entries summing to {}",
