@@ -31,7 +31,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use overseer_builders::migrate::backfill::{Backfill, BackfillError, BackfillSettings, RunReport, TableSpec};
+use overseer_builders::migrate::backfill::{
+    Backfill, BackfillError, BackfillSettings, RunReport, Step, TableSpec,
+};
 use overseer_builders::migrate::ledger::{LedgerError, LedgerSchema};
 use overseer_builders::migrate::repair::{RepairOptions, RepairReport, repair};
 use overseer_builders::migrate::verify::{LegacySource, VerifyOptions, VerifyReport, verify};
@@ -507,9 +509,23 @@ impl Migration<'_> {
             .on_progress(move |m| progress.say(format!("backfill {} {}: {}", m.step, m.table, m.message)));
         let writes_before = workload.writes();
         let backfill_at = Instant::now();
-        let report = alongside(workload, backfill.run())
+        // Cancellations wait while a delete would escape the backfill (see
+        // `Workload::defer_cancels`): from generate's snapshot to the triggers.
+        workload.defer_cancels(true);
+        let early = alongside(workload, backfill.run_until(Step::Triggers)).await;
+        workload.defer_cancels(false);
+        let early = early?.map_err(Error::Backfill)?;
+        let mut report = alongside(workload, backfill.run())
             .await?
             .map_err(Error::Backfill)?;
+        for (t, e) in report.tables.iter_mut().zip(early.tables) {
+            let mut executed = e.executed;
+            executed.append(&mut t.executed);
+            t.executed = executed;
+            t.generated_rows += e.generated_rows;
+            t.imported_rows += e.imported_rows;
+            t.imported_chunks += e.imported_chunks;
+        }
         let flipped_at = Instant::now();
         let backfill_secs = (flipped_at - backfill_at).as_secs_f64();
         p.say(format!("backfill done in {backfill_secs:.1}s"));
@@ -517,12 +533,33 @@ impl Migration<'_> {
         let schema = LedgerSchema::default();
         let mut repairs = Vec::new();
         for pass in 1..=MAX_REPAIR_PASSES {
-            let r = alongside(
-                workload,
-                repair(self.ledger_url, &schema, &RepairOptions::default()),
-            )
-            .await?
-            .map_err(Error::Ledger)?;
+            let mut attempt = 0;
+            let r = loop {
+                match alongside(
+                    workload,
+                    repair(self.ledger_url, &schema, &RepairOptions::default()),
+                )
+                .await?
+                {
+                    Ok(r) => break r,
+                    // A batch chosen as a deadlock victim by a live write (or
+                    // timing out on its locks) changed nothing: run the pass
+                    // again, it is idempotent.
+                    Err(LedgerError::Query { source, step, .. })
+                        if attempt < 5
+                            && source
+                                .code()
+                                .is_some_and(|c| matches!(c.code(), "40P01" | "55P03")) =>
+                    {
+                        attempt += 1;
+                        p.say(format!(
+                            "repair pass {pass}: {step} gave way to a live write ({}), again",
+                            pg_message(&source)
+                        ));
+                    }
+                    Err(e) => return Err(Error::Ledger(e)),
+                }
+            };
             p.say(format!("repair pass {pass}: {r}"));
             let done = r.rows_changed == 0;
             repairs.push(r);
