@@ -168,13 +168,13 @@ impl Config {
         if self.db_prefix.contains('\0') {
             problems.push("db_prefix: cannot contain NUL".to_owned());
         }
-        if let ServerChoice::Url(url) = &self.server {
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                problems.push(format!(
-                    "database_url: {:?} is not a postgres:// URL",
-                    server::redact(url)
-                ));
-            }
+        if let ServerChoice::Url(url) = &self.server
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            problems.push(format!(
+                "database_url: {:?} is not a postgres:// URL",
+                server::redact(url)
+            ));
         }
         if problems.is_empty() {
             Ok(())
@@ -439,8 +439,12 @@ pub async fn run(config: &Config) -> Result<Report, Error> {
     // The writer stops whatever happens to the migration.
     let outcome = migration.run(&workload).await;
     let log = workload.finish().await;
-    let steps = outcome?;
-    let log = log?;
+    let (steps, log) = match (outcome, log) {
+        (Ok(steps), Ok(log)) => (steps, log),
+        // A writer that failed explains why the migration stopped.
+        (_, Err(writer)) => return Err(writer),
+        (Err(e), Ok(_)) => return Err(e),
+    };
     router.flush().await;
     progress.say(format!(
         "writer stopped after {} writes and {} reads",

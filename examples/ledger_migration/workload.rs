@@ -340,7 +340,7 @@ async fn run(
         // Every third operation, a read through the router: before the
         // prefer-new phase, of a dual-written transaction (the history is
         // not in the new ledger yet); then of any transaction.
-        if n % 3 == 0 && dual {
+        if n % 3 == 2 && dual {
             let tx = if phase == Phase::PreferNew && rng.below(2) == 0 {
                 1 + rng.below(spec.seeded.max(1) as u64) as i64
             } else if let Some(&tx) = readable.get(rng.below(readable.len() as u64) as usize) {
