@@ -333,11 +333,14 @@ impl std::error::Error for Error {
 }
 
 /// The server's message when there is one (the driver's `Display` says only
-/// "db error").
+/// "db error"), else the driver's error with its cause.
 fn pg_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 
