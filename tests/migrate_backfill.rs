@@ -201,8 +201,9 @@ async fn assert_clean_flip(c: &Client) {
 struct Writer {
     stop: Arc<AtomicBool>,
     /// Deletes of keys that came from the legacy data or existed before are
-    /// only made once the triggers log them (a delete before that cannot be
-    /// told from a key that never existed; see the docs).
+    /// only made once the triggers log them, which is before generate takes
+    /// its legacy snapshot (a delete before that cannot be told from a key
+    /// that never existed; see the docs).
     may_delete_old: Arc<AtomicBool>,
     ops: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<BTreeMap<i64, Option<Row>>>,
@@ -488,7 +489,7 @@ async fn a_clean_slate_rerun_gives_the_same_table() {
     assert_eq!(first, expected_without_writer());
     f.backfill.reset().await.unwrap();
     let status = f.backfill.status().await.unwrap();
-    assert_eq!(status[0].current, Some(Step::Generate));
+    assert_eq!(status[0].current, Some(Step::Copy));
     let report = f.backfill.run().await.unwrap();
     assert_eq!(report.tables[0].executed, Step::ALL);
     assert_eq!(table_rows(f.target.client()).await, first);
@@ -554,7 +555,7 @@ async fn plan_shows_every_steps_sql_and_status_reports_steps() {
     }
     // Planning changes nothing.
     let status = f.backfill.status().await.unwrap();
-    assert_eq!(status[0].current, Some(Step::Generate));
+    assert_eq!(status[0].current, Some(Step::Copy));
     assert!(status[0].steps.iter().all(|s| s.status == "pending"));
 
     f.backfill.run_until(Step::Import).await.unwrap();
@@ -566,7 +567,7 @@ async fn plan_shows_every_steps_sql_and_status_reports_steps() {
         .filter(|s| s.status == "done")
         .map(|s| s.step)
         .collect();
-    assert_eq!(done, [Step::Generate, Step::Copy, Step::Triggers, Step::Import]);
+    assert_eq!(done, [Step::Copy, Step::Triggers, Step::Generate, Step::Import]);
     assert_eq!(
         status[0].steps[Step::Import.number()].detail,
         "3000 rows in 3 chunks"

@@ -31,9 +31,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use overseer_builders::migrate::backfill::{
-    Backfill, BackfillError, BackfillSettings, RunReport, Step, TableSpec,
-};
+use overseer_builders::migrate::backfill::{Backfill, BackfillError, BackfillSettings, RunReport, TableSpec};
 use overseer_builders::migrate::ledger::{LedgerError, LedgerSchema};
 use overseer_builders::migrate::repair::{RepairOptions, RepairReport, repair};
 use overseer_builders::migrate::verify::{LegacySource, VerifyOptions, VerifyReport, verify};
@@ -516,23 +514,11 @@ impl Migration<'_> {
             .on_progress(move |m| progress.say(format!("backfill {} {}: {}", m.step, m.table, m.message)));
         let writes_before = workload.writes();
         let backfill_at = Instant::now();
-        // Cancellations wait while a delete would escape the backfill (see
-        // `Workload::defer_cancels`): from generate's snapshot to the triggers.
-        workload.defer_cancels(true);
-        let early = alongside(workload, backfill.run_until(Step::Triggers)).await;
-        workload.defer_cancels(false);
-        let early = early?.map_err(Error::Backfill)?;
-        let mut report = alongside(workload, backfill.run())
+        // Cancellations (deletes) go on throughout: the backfill installs its
+        // key-logging trigger before generate takes the legacy snapshot.
+        let report = alongside(workload, backfill.run())
             .await?
             .map_err(Error::Backfill)?;
-        for (t, e) in report.tables.iter_mut().zip(early.tables) {
-            let mut executed = e.executed;
-            executed.append(&mut t.executed);
-            t.executed = executed;
-            t.generated_rows += e.generated_rows;
-            t.imported_rows += e.imported_rows;
-            t.imported_chunks += e.imported_chunks;
-        }
         let flipped_at = Instant::now();
         let backfill_secs = (flipped_at - backfill_at).as_secs_f64();
         p.say(format!("backfill done in {backfill_secs:.1}s"));

@@ -72,7 +72,6 @@ pub struct WorkloadSpec {
 /// A running writer.
 pub struct Workload {
     stop: Arc<AtomicBool>,
-    defer_cancels: Arc<AtomicBool>,
     writes: Arc<AtomicU64>,
     task: JoinHandle<Result<WorkloadLog, Error>>,
 }
@@ -81,7 +80,6 @@ impl Workload {
     /// Starts the writer on its own two connections.
     pub fn start(router: DualRouter, legacy: Client, new: Client, spec: WorkloadSpec) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let defer_cancels = Arc::new(AtomicBool::new(false));
         let writes = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(run(
             router,
@@ -89,25 +87,9 @@ impl Workload {
             Arc::new(new),
             spec,
             stop.clone(),
-            defer_cancels.clone(),
             writes.clone(),
         ));
-        Workload {
-            stop,
-            defer_cancels,
-            writes,
-            task,
-        }
-    }
-
-    /// Holds cancellations back (`true`) or lets them go (`false`). The
-    /// backfill cannot keep a delete made between its generate step's
-    /// snapshot and its triggers step: the row is in the generated data,
-    /// gone from the live table, and no trigger logged its key, so the
-    /// import brings it back. The runner defers cancellations over that
-    /// window.
-    pub fn defer_cancels(&self, defer: bool) {
-        self.defer_cancels.store(defer, Ordering::SeqCst);
+        Workload { stop, writes, task }
     }
 
     /// Writes committed so far.
@@ -266,7 +248,6 @@ async fn run(
     new: Arc<Client>,
     spec: WorkloadSpec,
     stop: Arc<AtomicBool>,
-    defer_cancels: Arc<AtomicBool>,
     writes: Arc<AtomicU64>,
 ) -> Result<WorkloadLog, Error> {
     let mut log = WorkloadLog::default();
@@ -295,7 +276,7 @@ async fn run(
                 }
                 latest = None;
             }
-            Some(tx) if dual && roll < 7 && !defer_cancels.load(Ordering::SeqCst) => {
+            Some(tx) if dual && roll < 7 => {
                 cancel(&router, &legacy, &new, tx).await?;
                 if let Some(state) = log.txs.get_mut(&tx) {
                     state.deleted = true;

@@ -138,8 +138,9 @@ pub enum MigrateCommand {
     #[command(
         long_about = "Print the SQL of every backfill step of every configured table, in \
             execution order, from the target database's catalog (nothing is changed).\n\n\
-            Steps: 0 generate (COPY of the transformation's output from the legacy database \
-            into chunk files), 1 copy (unindexed copy table), 2 triggers (log live writes' keys), \
+            Steps: 0 copy (unindexed copy table), 1 triggers (log live writes' keys), \
+            2 generate (COPY of the transformation's output from the legacy database into chunk \
+            files, after the trigger exists so later live writes win), \
             3 import (COPY FROM STDIN, chunk by chunk, checksums verified, throttled), \
             4 resolve (live rows and touched keys win over imported rows), 5 index (CREATE INDEX \
             CONCURRENTLY of every index), 6 flip (one transaction: lock, catch up, swap the \

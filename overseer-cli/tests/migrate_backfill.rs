@@ -102,7 +102,7 @@ async fn plan_prints_every_steps_sql() {
     assert_code(&o, 0);
     let text = stdout(&o);
     for (n, step) in [
-        "generate", "copy", "triggers", "import", "resolve", "index", "flip",
+        "copy", "triggers", "generate", "import", "resolve", "index", "flip",
     ]
     .iter()
     .enumerate()
@@ -159,14 +159,14 @@ async fn run_and_status_follow_the_steps() {
     let before = status(false);
     let lines: Vec<&str> = before.lines().collect();
     assert_eq!(lines.len(), 7, "{before}");
-    assert_eq!(lines[0], "public.ledger\t*0\tgenerate\tpending\t-\t-");
+    assert_eq!(lines[0], "public.ledger\t*0\tcopy\tpending\t-\t-");
     assert_eq!(lines[6], "public.ledger\t 6\tflip\tpending\t-\t-");
 
     let o = overseer(&["migrate", "run", "--config", s(&st.config), "--until", "import"]);
     assert_code(&o, 0);
     assert_eq!(
         stdout(&o),
-        "public.ledger\tsteps: generate,copy,triggers,import\tgenerated: 250\timported: 250 rows in 3 chunks\treplaced: 0\tlive rows: 0\n"
+        "public.ledger\tsteps: copy,triggers,generate,import\tgenerated: 250\timported: 250 rows in 3 chunks\treplaced: 0\tlive rows: 0\n"
     );
     assert!(
         stderr(&o).contains("public.ledger import: chunk 3/3: 50 rows"),
@@ -218,7 +218,7 @@ async fn run_and_status_follow_the_steps() {
     let o = overseer(&["migrate", "reset", "--config", s(&st.config)]);
     assert_code(&o, 0);
     assert_eq!(stdout(&o), "public.ledger\treset\n");
-    assert!(status(false).starts_with("public.ledger\t*0\tgenerate\tpending"));
+    assert!(status(false).starts_with("public.ledger\t*0\tcopy\tpending"));
 }
 
 #[test]

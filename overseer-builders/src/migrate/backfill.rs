@@ -6,9 +6,9 @@
 //!
 //! | step | what it does |
 //! |---|---|
-//! | [`Step::Generate`] | runs the table's transformation SQL on the legacy database and unloads its output with `COPY (query) TO STDOUT` into chunk files on an object store, with a manifest (row count and sha256 per chunk) |
 //! | [`Step::Copy`] | creates the unindexed copy `<table>_backfill` (`LIKE <table> INCLUDING DEFAULTS ...`) |
 //! | [`Step::Triggers`] | installs a trigger on the live table that records the primary key of every inserted, updated or deleted row, with the writing transaction's id, in `<table>_backfill_touched` |
+//! | [`Step::Generate`] | runs the table's transformation SQL on the legacy database and unloads its output with `COPY (query) TO STDOUT` into chunk files on an object store, with a manifest (row count and sha256 per chunk); it runs after the trigger is installed, so a live write after its snapshot (a delete above all) is logged and wins over the data files |
 //! | [`Step::Import`] | `COPY ... FROM STDIN` of every chunk into the copy, verifying its checksum, throttled; each chunk is committed with its record, so a killed run resumes at the next chunk |
 //! | [`Step::Resolve`] | replaces, in one snapshot, every copied row whose key is in the live table or was touched by the triggers with the live row (live writes win, deleted keys stay deleted); rejects duplicate keys |
 //! | [`Step::Index`] | builds every index of the live table on the copy with `CREATE INDEX CONCURRENTLY` (an index left INVALID by a killed run is dropped and rebuilt), turns the primary key and unique constraints' indexes into constraints, and brings the copy up to date again |
@@ -89,12 +89,14 @@ const MAX_TABLE_NAME: usize = 63 - "_backfill_touched".len();
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
-    /// 0: transform on the legacy database, unload into chunk files.
-    Generate,
-    /// 1: create the unindexed copy table.
+    /// 0: create the unindexed copy table.
     Copy,
-    /// 2: install the trigger logging live writes.
+    /// 1: install the trigger logging live writes.
     Triggers,
+    /// 2: transform on the legacy database, unload into chunk files. It
+    /// runs after the trigger is installed, so every live write after its
+    /// snapshot (a delete above all) is logged and wins over the data files.
+    Generate,
     /// 3: import the chunk files into the copy.
     Import,
     /// 4: resolve the overlap between imported rows and live rows.
@@ -108,9 +110,9 @@ pub enum Step {
 impl Step {
     /// Every step, in order.
     pub const ALL: [Step; 7] = [
-        Step::Generate,
         Step::Copy,
         Step::Triggers,
+        Step::Generate,
         Step::Import,
         Step::Resolve,
         Step::Index,
@@ -130,7 +132,7 @@ impl Step {
         }
     }
 
-    /// The step's number (0 for generate .. 6 for flip).
+    /// The step's number (0 for copy .. 6 for flip).
     pub fn number(self) -> usize {
         self as usize
     }
