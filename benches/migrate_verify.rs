@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use overseer_builders::migrate::ledger::LedgerSchema;
 use overseer_builders::migrate::repair::{RepairOptions, repair};
+use overseer_builders::migrate::url_with_database;
 use overseer_builders::migrate::verify::{
     DiffOptions, IntegrityReport, LegacySource, VerifyOptions, check_integrity, compare, verify,
 };
@@ -29,16 +30,6 @@ const MAPPING: &str = "SELECT id * 2 AS id, id::text AS tx_id, from_account AS a
        -(amount::numeric * 100)::bigint AS amount_minor, currency FROM transactions \
      UNION ALL \
      SELECT id * 2 + 1, id::text, to_account, (amount::numeric * 100)::bigint, currency FROM transactions";
-
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
-    let start = base.find("://").map_or(0, |i| i + 3);
-    let path = base[start..].find('/').map_or(base.len(), |i| start + i);
-    match query {
-        Some(q) => format!("{}/{db}?{q}", &base[..path]),
-        None => format!("{}/{db}", &base[..path]),
-    }
-}
 
 async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
@@ -85,8 +76,8 @@ async fn main() {
             .await
             .unwrap();
     }
-    let legacy_url = with_database(&server, &legacy_db);
-    let new_url = with_database(&server, &new_db);
+    let legacy_url = url_with_database(&server, &legacy_db);
+    let new_url = url_with_database(&server, &new_db);
     let (legacy, new) = (connect(&legacy_url).await, connect(&new_url).await);
     let accounts = (rows / 10).max(10);
 

@@ -167,24 +167,6 @@ pub fn pg_server_url(test: &str) -> Option<String> {
     }
 }
 
-/// `url` with its database name replaced by `db`.
-pub fn pg_url_with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| authority_start + i);
-    let mut out = format!("{}/{db}", &base[..path_start]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
-
 /// Connects to `url`, driving the connection on a spawned tokio task.
 pub async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
@@ -289,7 +271,7 @@ pub async fn pg_database(name_hint: &str) -> Option<PgDatabase> {
         .batch_execute(&format!("CREATE DATABASE \"{name}\""))
         .await
         .unwrap_or_else(|e| panic!("{name_hint}: cannot create database {name}: {e}"));
-    let url = pg_url_with_database(&server_url, &name);
+    let url = overseer_builders::migrate::url_with_database(&server_url, &name);
     let client = pg_connect(&url)
         .await
         .unwrap_or_else(|e| panic!("{name_hint}: cannot connect to {url}: {e}"));

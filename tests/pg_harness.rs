@@ -1,7 +1,8 @@
 //! The Postgres test harness: one fresh database per test, dropped after.
 #![allow(clippy::unwrap_used)]
 
-use overseer_tests::{pg_connect, pg_database, pg_server_url, pg_url_with_database};
+use overseer_builders::migrate::url_with_database as pg_url_with_database;
+use overseer_tests::{pg_connect, pg_database, pg_server_url};
 
 #[test]
 fn database_urls_replace_only_the_database() {

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use overseer_builders::migrate::url_with_database;
 use tokio_postgres::{Client, NoTls};
 
 use super::Error;
@@ -122,24 +123,6 @@ impl Drop for PgGuard {
     }
 }
 
-/// `url` with its database name replaced by `db`.
-pub fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| authority_start + i);
-    let mut out = format!("{}/{db}", &base[..path_start]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
-
 /// Connects to `url`, driving the connection on a spawned task.
 pub async fn connect(url: &str, what: &str) -> Result<Client, Error> {
     let (client, connection) =
@@ -214,7 +197,7 @@ pub async fn fresh_database(server_url: &str, name: &str) -> Result<String, Erro
         .batch_execute(&format!("COMMENT ON DATABASE {quoted} IS '{MARKER}'"))
         .await
         .map_err(sql(&format!("marking database {name}")))?;
-    Ok(with_database(server_url, name))
+    Ok(url_with_database(server_url, name))
 }
 
 #[cfg(test)]
@@ -224,10 +207,10 @@ mod tests {
     #[test]
     fn database_and_redaction() {
         assert_eq!(
-            with_database("postgres://u@h:5/postgres?sslmode=disable", "ledger"),
+            url_with_database("postgres://u@h:5/postgres?sslmode=disable", "ledger"),
             "postgres://u@h:5/ledger?sslmode=disable"
         );
-        assert_eq!(with_database("postgres://u@h:5", "x"), "postgres://u@h:5/x");
+        assert_eq!(url_with_database("postgres://u@h:5", "x"), "postgres://u@h:5/x");
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
     }

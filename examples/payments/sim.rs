@@ -251,57 +251,27 @@ impl SimConfig {
 // Time formatting
 // ---------------------------------------------------------------------------
 
-/// (year, month, day, second of day, microsecond) of a Unix time.
-fn civil(us: Micros) -> (i64, i64, i64, i64, i64) {
-    let secs = us.div_euclid(SECOND);
-    let micros = us.rem_euclid(SECOND);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    (y, m, d, rem, micros)
+/// A Unix time in microseconds formatted with a chrono pattern (UTC).
+fn format_utc(us: Micros, pattern: &str) -> String {
+    chrono::DateTime::from_timestamp_micros(us).map_or_else(
+        || format!("<out of range: {us} us>"),
+        |t| t.format(pattern).to_string(),
+    )
 }
 
 /// `2024-03-01T12:00:00.123Z` (MongoDB `$date`, milliseconds).
 pub fn iso_millis(us: Micros) -> String {
-    let (y, m, d, rem, micros) = civil(us);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        micros / 1000
-    )
+    format_utc(us, "%Y-%m-%dT%H:%M:%S%.3fZ")
 }
 
 /// `2024-03-01T12:00:00.123456Z` (Debezium `ZonedTimestamp`).
 pub fn iso_micros(us: Micros) -> String {
-    let (y, m, d, rem, micros) = civil(us);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format_utc(us, "%Y-%m-%dT%H:%M:%S%.6fZ")
 }
 
 /// `2024-03-01 12:00:00.123456+00` (Postgres `timestamptz` output).
 pub fn pg_timestamp(us: Micros) -> String {
-    let (y, m, d, rem, micros) = civil(us);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{micros:06}+00",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format_utc(us, "%Y-%m-%d %H:%M:%S%.6f+00")
 }
 
 fn decimal(minor: i64) -> String {

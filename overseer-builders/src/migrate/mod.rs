@@ -20,3 +20,23 @@ pub mod ledger;
 pub mod repair;
 #[cfg(feature = "postgres")]
 pub mod verify;
+
+/// A Postgres connection URL with its database name replaced by `db`
+/// (`postgres://u@h:5432/postgres?sslmode=disable` with `ledger` gives
+/// `postgres://u@h:5432/ledger?sslmode=disable`); the query string is kept.
+///
+/// ```
+/// use overseer_builders::migrate::url_with_database;
+/// assert_eq!(url_with_database("postgres://u@h:5/postgres?sslmode=disable", "ledger"),
+///            "postgres://u@h:5/ledger?sslmode=disable");
+/// assert_eq!(url_with_database("postgres://h", "x"), "postgres://h/x");
+/// ```
+pub fn url_with_database(url: &str, db: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let start = base.find("://").map_or(0, |i| i + 3);
+    let path = base[start..].find('/').map_or(base.len(), |i| start + i);
+    match query {
+        Some(q) => format!("{}/{db}?{q}", &base[..path]),
+        None => format!("{}/{db}", &base[..path]),
+    }
+}
