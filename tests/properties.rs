@@ -116,3 +116,55 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// An indexed DAL fed by write-through answers exactly like the fold of
+    /// what is stored, read after every batch (its memo of a record's latest
+    /// state is extended, or rebuilt when an update commits before others);
+    /// and when the store already held updates before (a restart), it reads
+    /// those once and answers the same.
+    #[test]
+    fn an_indexed_dal_reads_like_the_store(
+        raw in prop::collection::vec(event_strategy(), 1..40),
+        split in 1usize..8,
+        before_restart in 0usize..4,
+    ) {
+        let events = build(&raw);
+        let lines: Vec<_> = events.iter().map(ScriptEvent::line).collect();
+        for backend in backends() {
+            let store = Store::new(backend.store.clone());
+            let source = SourceId::new("s").unwrap();
+            run(async {
+                let chunks: Vec<_> = lines.chunks(split).collect();
+                let restart = before_restart.min(chunks.len());
+                let plain = Ingestor::new(store.clone(), source.clone(), Script, References::new());
+                for chunk in &chunks[..restart] {
+                    plain.ingest_batch(chunk).await.unwrap();
+                }
+                let dal = Dal::new(store.clone()).with_builder(Script).indexed();
+                let ing = Ingestor::new(store.clone(), source.clone(), Script, References::new()).with_dal(&dal);
+                let mut ingested = restart * split;
+                for chunk in &chunks[restart..] {
+                    ing.ingest_batch(chunk).await.unwrap();
+                    ingested = (ingested + chunk.len()).min(events.len());
+                    let so_far = &events[..ingested];
+                    for rec in 0..3 {
+                        let id = format!("r{rec}");
+                        let key = RecordKey::new("m", &id).unwrap();
+                        for at in [5, 20, 40] {
+                            let got = dal.state_at(&key, Timestamp::from_micros(at)).await.unwrap().map(Value::Object);
+                            assert_eq!(got, expected_state(so_far, &id, at), "{} {id} at {at} after {ingested}", backend.name);
+                        }
+                        let history = dal.history(&key, Timestamp::MAX).await.unwrap();
+                        let mut want: Vec<_> = so_far.iter().filter(|e| e.id == id).map(|e| (e.t, e.pos)).collect();
+                        want.sort();
+                        let got: Vec<_> = history.iter().map(|h| (h.update.commit_time.as_micros(), u64::from_str_radix(h.update.position.as_str(), 16).unwrap())).collect();
+                        assert_eq!(got, want, "{} {id} history", backend.name);
+                    }
+                }
+            });
+        }
+    }
+}

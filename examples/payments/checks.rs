@@ -226,13 +226,13 @@ impl DataView for AccountChain {
     }
 
     async fn load(ctx: &ViewContext<'_>) -> Result<Self, ViewError> {
-        let Some(state) = ctx.dal().state_at(ctx.root(), ctx.at()).await? else {
+        let Some(state) = ctx.dal().shared_state_at(ctx.root(), ctx.at()).await? else {
             return Ok(Self {
                 entry: None,
                 previous: None,
             });
         };
-        let entry: LedgerEntry = deserialize(ctx.root(), state)?;
+        let entry: LedgerEntry = deserialize(ctx.root(), &state)?;
         if !entry.account.starts_with("user:") {
             return Ok(Self {
                 entry: Some(entry),
@@ -244,7 +244,7 @@ impl DataView for AccountChain {
         let siblings = ctx.dal().referrers(&account, &model, "account", ctx.at()).await?;
         let mut previous: Option<LedgerEntry> = None;
         for (key, state) in siblings {
-            let e: LedgerEntry = deserialize(&key, state)?;
+            let e: LedgerEntry = deserialize(&key, &state)?;
             if e.id < entry.id && previous.as_ref().is_none_or(|p| p.id < e.id) {
                 previous = Some(e);
             }

@@ -87,6 +87,8 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Write an audit record for every execution (the runner's default).
     pub audit: bool,
+    /// Memory budget of each of the DAL's caches.
+    pub cache_bytes: u64,
 }
 
 impl Default for Config {
@@ -106,6 +108,7 @@ impl Default for Config {
             window: Duration::from_secs(1),
             heartbeat: Duration::from_secs(2),
             audit: true,
+            cache_bytes: overseer_core::dal::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -374,6 +377,7 @@ pub async fn run(cfg: &Config) -> Result<RunReport, BoxError> {
         .manual_clock(clock.clone())
         .checks(registry(cfg.strategy)?)
         .escalation(ESCALATION, escalation)
+        .cache_bytes(cfg.cache_bytes)
         .runner_config(RunnerConfig {
             audit: cfg.audit,
             ..RunnerConfig::default()

@@ -97,6 +97,10 @@ struct Args {
     /// Do not write an audit record per execution (to measure their cost).
     #[arg(long)]
     no_audit: bool,
+    /// Memory budget of each of the DAL's two caches (decoded updates,
+    /// records' latest states), in MiB.
+    #[arg(long, default_value_t = 128)]
+    cache_mb: u64,
     /// No progress or detections on stderr, even on a terminal.
     #[arg(long)]
     quiet: bool,
@@ -136,6 +140,7 @@ fn config(args: Args) -> Result<Config, String> {
         window: args.window,
         heartbeat: args.heartbeat,
         audit: !args.no_audit,
+        cache_bytes: args.cache_mb * 1024 * 1024,
         ..Config::default()
     };
     for text in &args.lag {

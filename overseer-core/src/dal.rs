@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::change::{self, Change, FieldPath, State};
 use crate::consumer::{StateBuilder, id_text};
 use crate::error::{Error, Result};
+use crate::index::{Index, Indexed, Memo, Plan};
 use crate::model::{Format, Model, RecordKey, Reference, UpdateDocument};
 use crate::store::{ReferenceEntry, Store};
 use crate::time::Timestamp;
@@ -49,18 +50,34 @@ impl quick_cache::Weighter<String, Arc<HistoryEntry>> for Weigher {
     }
 }
 
+#[derive(Clone)]
+struct MemoWeigher;
+
+impl quick_cache::Weighter<RecordKey, Arc<Memo>> for MemoWeigher {
+    fn weight(&self, _key: &RecordKey, value: &Arc<Memo>) -> u64 {
+        value.weight
+    }
+}
+
+type MemoCache = quick_cache::sync::Cache<RecordKey, Arc<Memo>, MemoWeigher>;
+
 /// The data access layer over a [`Store`]: a record's history up to a time,
 /// its state at a time (folded by its format's [`StateBuilder`]), its
 /// references and the records that reference it, and typed reads into serde
 /// types.
 ///
 /// Decoded updates are cached (they are immutable, so the cache is always
-/// right; it is derived, never the truth).
+/// right; it is derived, never the truth). An [indexed](Self::indexed) DAL
+/// also keeps, in memory, which updates and references each record has and
+/// its latest folded state, so that reading a record neither lists the
+/// store nor folds its history again.
 #[derive(Clone)]
 pub struct Dal {
     store: Store,
     builders: HashMap<Format, Arc<dyn StateBuilder>>,
     cache: Arc<quick_cache::sync::Cache<String, Arc<HistoryEntry>, Weigher>>,
+    index: Option<Arc<Index>>,
+    memo: Arc<MemoCache>,
 }
 
 impl std::fmt::Debug for Dal {
@@ -80,7 +97,38 @@ impl Dal {
             store,
             builders: HashMap::new(),
             cache: Arc::new(Self::make_cache(DEFAULT_CACHE_BYTES)),
+            index: None,
+            memo: Arc::new(Self::make_memo(DEFAULT_CACHE_BYTES)),
         }
+    }
+
+    fn make_memo(bytes: u64) -> MemoCache {
+        quick_cache::sync::Cache::with_weighter((bytes / 1024).max(16) as usize, bytes.max(1), MemoWeigher)
+    }
+
+    /// Keeps an in-memory index of every record's updates and references,
+    /// fed by write-through from the ingestors given this DAL
+    /// ([`Ingestor::with_dal`](crate::Ingestor::with_dal)), plus each
+    /// record's latest folded state (in a cache of the same size as the
+    /// decoded-update cache). Reads then never list the store, and a state
+    /// read again, or after a few more updates, is not folded from scratch.
+    ///
+    /// The index starts by asking the store whether it holds any update
+    /// already; if it does, each record is read from the store once (the
+    /// first time it is read) and kept up to date by write-through after.
+    /// It assumes that, while this DAL lives, every update and reference is
+    /// stored through an ingestor that writes through to it: the embedded
+    /// pipeline, the only consumer of its sources, sets this up itself.
+    /// A DAL that is not indexed lists the store on every read and so also
+    /// sees what other processes store.
+    pub fn indexed(mut self) -> Self {
+        self.index = Some(Arc::new(Index::default()));
+        self
+    }
+
+    /// Whether this DAL keeps an index (see [`indexed`](Self::indexed)).
+    pub fn is_indexed(&self) -> bool {
+        self.index.is_some()
     }
 
     fn make_cache(bytes: u64) -> quick_cache::sync::Cache<String, Arc<HistoryEntry>, Weigher> {
@@ -104,6 +152,7 @@ impl Dal {
     /// disables it).
     pub fn with_cache_bytes(mut self, bytes: u64) -> Self {
         self.cache = Arc::new(Self::make_cache(bytes));
+        self.memo = Arc::new(Self::make_memo(bytes));
         self
     }
 
@@ -135,31 +184,125 @@ impl Dal {
         self.builders.contains_key(format)
     }
 
-    /// Caches an update stored at `path` with its already decoded change
-    /// (write-through from ingestion, see [`Ingestor::with_dal`](crate::Ingestor::with_dal)).
-    pub(crate) fn prime(&self, path: String, update: UpdateDocument, change: Change) {
-        self.cache.insert(path, Arc::new(HistoryEntry { update, change }));
+    /// Starts the index, if any: must complete before the first update is
+    /// stored through this DAL's ingestors.
+    pub(crate) async fn start_index(&self) -> Result<()> {
+        if let Some(index) = &self.index {
+            index.start(&self.store).await?;
+        }
+        Ok(())
     }
 
-    async fn load(&self, path: String) -> Result<Arc<HistoryEntry>> {
-        if let Some(hit) = self.cache.get(&path) {
+    /// Write-through from ingestion: an update was stored at `path`. Its
+    /// already decoded change, when given, goes to the cache.
+    pub(crate) fn prime(&self, path: String, update: UpdateDocument, change: Option<Change>) {
+        if let Some(index) = &self.index {
+            // Keep the record's latest state folded as updates arrive in
+            // order: a check reading it then folds nothing.
+            index.add_update(&path, &update, |generation, n| {
+                let Some(change) = &change else { return };
+                let weight = 4 * update.raw.len() as u64 + 256;
+                let base = if n == 1 {
+                    Some((None, 0))
+                } else {
+                    self.memo
+                        .get(&update.key)
+                        .filter(|m| m.generation == generation && m.n == n - 1)
+                        .map(|m| (m.state.clone(), m.weight))
+                };
+                if let Some((base, base_weight)) = base {
+                    let state = change::apply(base.map(|s| (*s).clone()), change).map(Arc::new);
+                    self.memo.insert(
+                        update.key.clone(),
+                        Arc::new(Memo {
+                            generation,
+                            n,
+                            state,
+                            weight: weight.max(base_weight),
+                        }),
+                    );
+                }
+            });
+        }
+        if let Some(change) = change {
+            self.cache.insert(path, Arc::new(HistoryEntry { update, change }));
+        }
+    }
+
+    /// Write-through from ingestion: the references of an update of `from`
+    /// committed at `commit_time` were stored.
+    pub(crate) fn prime_references(
+        &self,
+        from: &RecordKey,
+        references: &[Reference],
+        commit_time: Timestamp,
+    ) {
+        if let Some(index) = &self.index {
+            index.add_references(from, references, commit_time);
+        }
+    }
+
+    async fn load(&self, path: &str) -> Result<Arc<HistoryEntry>> {
+        if let Some(hit) = self.cache.get(path) {
             return Ok(hit);
         }
-        let update = self.store.get_update(&path).await?;
+        let update = self.store.get_update(path).await?;
         let entry = Arc::new(self.decode(update)?);
-        self.cache.insert(path, entry.clone());
+        self.cache.insert(path.to_owned(), entry.clone());
         Ok(entry)
+    }
+
+    async fn load_all<P: AsRef<str>>(&self, paths: &[P]) -> Result<Vec<Arc<HistoryEntry>>> {
+        // Cached updates (the common case) without building a stream.
+        let mut out = Vec::with_capacity(paths.len());
+        for p in paths {
+            match self.cache.get(p.as_ref()) {
+                Some(hit) => out.push(hit),
+                None => break,
+            }
+        }
+        if out.len() == paths.len() {
+            return Ok(out);
+        }
+        let missing: Vec<String> = paths[out.len()..].iter().map(|p| p.as_ref().to_owned()).collect();
+        let rest: Vec<Arc<HistoryEntry>> = stream::iter(missing)
+            .map(|p| async move { self.load(&p).await })
+            .buffered(crate::store::DEFAULT_CONCURRENCY)
+            .try_collect()
+            .await?;
+        out.extend(rest);
+        Ok(out)
+    }
+
+    /// Reads a record's updates from the store into the index.
+    async fn seed(&self, index: &Index, key: &RecordKey) -> Result<()> {
+        let objects = self.store.list_updates(key, Timestamp::MAX).await?;
+        let paths: Vec<String> = objects.into_iter().map(|o| o.path).collect();
+        let entries = self.load_all(&paths).await?;
+        let found = paths
+            .iter()
+            .zip(&entries)
+            .map(|(path, e)| Indexed::new(path, &e.update))
+            .collect();
+        index.seed_updates(key, found);
+        Ok(())
     }
 
     /// Time travel: the updates of a record committed at or before `up_to`,
     /// ordered by (commit time, source, position).
     pub async fn history(&self, key: &RecordKey, up_to: Timestamp) -> Result<Vec<Arc<HistoryEntry>>> {
+        if let Some(index) = &self.index {
+            index.start(&self.store).await?;
+            if index.paths(key, up_to).is_none() {
+                self.seed(index, key).await?;
+            }
+            if let Some(paths) = index.paths(key, up_to) {
+                return self.load_all(&paths).await;
+            }
+        }
         let objects = self.store.list_updates(key, up_to).await?;
-        let mut entries: Vec<Arc<HistoryEntry>> = stream::iter(objects)
-            .map(|o| self.load(o.path))
-            .buffered(crate::store::DEFAULT_CONCURRENCY)
-            .try_collect()
-            .await?;
+        let paths: Vec<String> = objects.into_iter().map(|o| o.path).collect();
+        let mut entries = self.load_all(&paths).await?;
         entries.sort_by(|a, b| {
             let (a, b) = (&a.update, &b.update);
             (a.commit_time, &a.source, &a.position).cmp(&(b.commit_time, &b.source, &b.position))
@@ -170,16 +313,83 @@ impl Dal {
     /// Aggregation: the state of a record after every update committed at or
     /// before `at`; `None` if it does not exist then (never inserted yet, or
     /// deleted).
+    ///
+    /// The state is shared: an indexed DAL hands out the same state to every
+    /// read of the same record at the same point of its history. Use
+    /// [`state_at`](Self::state_at) for an owned copy.
+    pub async fn shared_state_at(&self, key: &RecordKey, at: Timestamp) -> Result<Option<Arc<State>>> {
+        let Some(index) = &self.index else {
+            let history = self.history(key, at).await?;
+            return Ok(fold(&history).map(Arc::new));
+        };
+        index.start(&self.store).await?;
+        let memo = self.memo.get(key);
+        let plan = match index.plan(key, at, memo.as_deref()) {
+            Plan::Unseeded => {
+                self.seed(index, key).await?;
+                index.plan(key, at, memo.as_deref())
+            }
+            plan => plan,
+        };
+        let (base, paths, generation, n, latest) = match plan {
+            Plan::Hit(state) => return Ok(state),
+            Plan::Fold {
+                base,
+                paths,
+                generation,
+                n,
+                latest,
+            } => (base, paths, generation, n, latest),
+            // Seeded just above: only a store that keeps changing under an
+            // unseeded record gets here; read it without the index.
+            Plan::Unseeded => {
+                let history = self.history(key, at).await?;
+                return Ok(fold(&history).map(Arc::new));
+            }
+        };
+        let entries = self.load_all(&paths).await?;
+        let state = match base {
+            Some(base) => entries.iter().fold(base.map(|s| (*s).clone()), |state, e| {
+                change::apply(state, &e.change)
+            }),
+            None => fold(&entries),
+        }
+        .map(Arc::new);
+        if latest {
+            let weight = entries
+                .iter()
+                .map(|e| 4 * e.update.raw.len() as u64 + 256)
+                .max()
+                .unwrap_or(64)
+                .max(memo.map_or(0, |m| m.weight));
+            self.memo.insert(
+                key.clone(),
+                Arc::new(Memo {
+                    generation,
+                    n,
+                    state: state.clone(),
+                    weight,
+                }),
+            );
+        }
+        Ok(state)
+    }
+
+    /// Aggregation: the state of a record after every update committed at or
+    /// before `at`; `None` if it does not exist then (never inserted yet, or
+    /// deleted). An owned copy of [`shared_state_at`](Self::shared_state_at).
     pub async fn state_at(&self, key: &RecordKey, at: Timestamp) -> Result<Option<State>> {
-        let history = self.history(key, at).await?;
-        Ok(fold(&history))
+        Ok(self
+            .shared_state_at(key, at)
+            .await?
+            .map(|s| Arc::try_unwrap(s).unwrap_or_else(|s| (*s).clone())))
     }
 
     /// A typed read: the state at `at` deserialized into `T`.
     pub async fn get<T: DeserializeOwned>(&self, key: &RecordKey, at: Timestamp) -> Result<Option<T>> {
-        match self.state_at(key, at).await? {
+        match self.shared_state_at(key, at).await? {
             None => Ok(None),
-            Some(state) => deserialize(key, state).map(Some),
+            Some(state) => deserialize(key, &state).map(Some),
         }
     }
 
@@ -205,9 +415,38 @@ impl Dal {
     /// The master document: the references of `key` first stored at or
     /// before `at`.
     pub async fn references(&self, key: &RecordKey, at: Timestamp) -> Result<Vec<ReferenceEntry>> {
-        let mut refs = self.store.references(key).await?;
+        let mut refs = self.reference_entries(key, true).await?;
         refs.retain(|r| r.first_seen <= at);
         Ok(refs)
+    }
+
+    /// The reverse index: the records stored with a reference to `target`
+    /// first stored at or before `at` (candidates: a reference may have
+    /// changed since; [`referrers`](Self::referrers) confirms them).
+    pub async fn referrer_entries(&self, target: &RecordKey, at: Timestamp) -> Result<Vec<ReferenceEntry>> {
+        let mut refs = self.reference_entries(target, false).await?;
+        refs.retain(|r| r.first_seen <= at);
+        Ok(refs)
+    }
+
+    async fn reference_entries(&self, key: &RecordKey, forward: bool) -> Result<Vec<ReferenceEntry>> {
+        let from_store = || async {
+            if forward {
+                self.store.references(key).await
+            } else {
+                self.store.referrers(key).await
+            }
+        };
+        let Some(index) = &self.index else {
+            return from_store().await;
+        };
+        index.start(&self.store).await?;
+        if let Some(found) = index.references(key, forward) {
+            return Ok(found);
+        }
+        let found = from_store().await?;
+        index.seed_references(key, forward, found.clone());
+        Ok(index.references(key, forward).unwrap_or(found))
     }
 
     /// Joins: the records of `model` whose `field` points at `target` in
@@ -222,23 +461,22 @@ impl Dal {
         model: &Model,
         field: &str,
         at: Timestamp,
-    ) -> Result<Vec<(RecordKey, State)>> {
+    ) -> Result<Vec<(RecordKey, Arc<State>)>> {
         let path = FieldPath::parse(field);
         let mut candidates: Vec<RecordKey> = self
-            .store
-            .referrers(target)
+            .referrer_entries(target, at)
             .await?
             .into_iter()
-            .filter(|e| &e.from.model == model && e.reference.field == field && e.first_seen <= at)
+            .filter(|e| &e.from.model == model && e.reference.field == field)
             .map(|e| e.from)
             .collect();
         candidates.sort();
         candidates.dedup();
-        let states: Vec<Option<(RecordKey, State)>> = stream::iter(candidates)
+        let states: Vec<Option<(RecordKey, Arc<State>)>> = stream::iter(candidates)
             .map(|key| {
                 let path = &path;
                 async move {
-                    let state = self.state_at(&key, at).await?;
+                    let state = self.shared_state_at(&key, at).await?;
                     Ok::<_, Error>(state.filter(|s| points_at(s, path, target)).map(|s| (key, s)))
                 }
             })
@@ -256,8 +494,8 @@ impl Dal {
         field: &str,
         target_model: &Model,
         at: Timestamp,
-    ) -> Result<Vec<(RecordKey, State)>> {
-        let Some(state) = self.state_at(key, at).await? else {
+    ) -> Result<Vec<(RecordKey, Arc<State>)>> {
+        let Some(state) = self.shared_state_at(key, at).await? else {
             return Ok(Vec::new());
         };
         let mut ids: Vec<String> = match FieldPath::parse(field).lookup(&state) {
@@ -272,7 +510,7 @@ impl Dal {
             let Ok(target) = RecordKey::new(target_model.as_str(), &id) else {
                 continue;
             };
-            if let Some(s) = self.state_at(&target, at).await? {
+            if let Some(s) = self.shared_state_at(&target, at).await? {
                 out.push((target, s));
             }
         }
@@ -303,8 +541,8 @@ fn points_at(state: &State, path: &FieldPath, target: &RecordKey) -> bool {
 }
 
 /// Deserializes a state into the user's type, naming the record on error.
-pub fn deserialize<T: DeserializeOwned>(key: &RecordKey, state: State) -> Result<T> {
-    serde_json::from_value(Value::Object(state)).map_err(|source| Error::Deserialize {
+pub fn deserialize<T: DeserializeOwned>(key: &RecordKey, state: &State) -> Result<T> {
+    T::deserialize(state).map_err(|source| Error::Deserialize {
         key: key.to_string(),
         type_name: std::any::type_name::<T>(),
         source,

@@ -73,8 +73,10 @@ pub struct Ingestor {
     references: Arc<References>,
     /// The source's acknowledged watermark, once known.
     watermark: Arc<tokio::sync::Mutex<Option<Timestamp>>>,
-    /// Where stored updates go already decoded (write-through), if anywhere.
+    /// Where stored updates and references are written through, if anywhere.
     dal: Option<crate::Dal>,
+    /// Whether `dal` takes the decoded changes too (it has the format's builder).
+    prime_changes: bool,
 }
 
 impl std::fmt::Debug for Ingestor {
@@ -105,22 +107,25 @@ impl Ingestor {
             references: Arc::new(references),
             watermark: Arc::default(),
             dal: None,
+            prime_changes: false,
         }
     }
 
-    /// Write-through: every update this ingestor stores is also handed,
-    /// already decoded, to `dal`'s cache, so reading it back (checks run
-    /// right after ingestion) does not parse it again.
+    /// Write-through: every update and reference this ingestor stores is
+    /// also handed to `dal`: to its index, if it is
+    /// [indexed](crate::Dal::indexed), and, already decoded, to its cache, so
+    /// that reading it back (checks run right after ingestion) neither lists
+    /// the store nor parses the update again.
     ///
-    /// This relies on the format's contract that the [`Consumer`]'s change
-    /// for an event is the change its [`StateBuilder`](crate::StateBuilder)
-    /// decodes from the stored update (every builder of `overseer-builders`
-    /// is tested for it). Updates of a format `dal` has no builder for are
-    /// not handed over. The embedded pipeline sets this up itself.
+    /// Handing over the decoded change relies on the format's contract that
+    /// the [`Consumer`]'s change for an event is the change its
+    /// [`StateBuilder`](crate::StateBuilder) decodes from the stored update
+    /// (every builder of `overseer-builders` is tested for it); changes of a
+    /// format `dal` has no builder for are not handed over. The embedded
+    /// pipeline sets this up itself.
     pub fn with_dal(mut self, dal: &crate::Dal) -> Self {
-        if dal.has_builder(&self.consumer.format()) {
-            self.dal = Some(dal.clone());
-        }
+        self.prime_changes = dal.has_builder(&self.consumer.format());
+        self.dal = Some(dal.clone());
         self
     }
 
@@ -139,7 +144,7 @@ impl Ingestor {
             }
             Ok(Consumed::Record(mut r)) => {
                 let references = self.references.extract(&r.key, &r.change);
-                if self.dal.is_none() {
+                if !self.prime_changes {
                     // Free the parsed change here, on the consuming thread.
                     r.change = crate::Change::Delete;
                 }
@@ -213,7 +218,7 @@ impl Ingestor {
                         raw: raw.clone(),
                         references,
                     });
-                    if self.dal.is_some() {
+                    if self.prime_changes {
                         changes.push(r.change);
                     }
                 }
@@ -228,6 +233,9 @@ impl Ingestor {
             }
         }
 
+        if let Some(dal) = &self.dal {
+            dal.start_index().await?;
+        }
         // Data first, then the references that make it reachable.
         let outcomes = self.store.put_updates(docs).await;
         let mut changes = changes.into_iter();
@@ -236,7 +244,7 @@ impl Ingestor {
             let change = changes.next();
             match outcome {
                 Ok(PutOutcome::Created) => {
-                    if let (Some(dal), Some(change)) = (&self.dal, change) {
+                    if let Some(dal) = &self.dal {
                         dal.prime(path.clone(), doc.clone(), change);
                     }
                     stored.push((doc, path))
@@ -265,6 +273,13 @@ impl Ingestor {
             .await;
         for r in results {
             r?;
+        }
+        if let Some(dal) = &self.dal {
+            for (d, _) in &stored {
+                if !d.references.is_empty() {
+                    dal.prime_references(&d.key, &d.references, d.commit_time);
+                }
+            }
         }
 
         for (raw, position, error) in rejected {

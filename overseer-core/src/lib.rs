@@ -8,6 +8,7 @@ pub mod consumer;
 pub mod dal;
 mod error;
 pub mod escalation;
+mod index;
 pub mod ingest;
 pub mod migration;
 mod model;

@@ -136,9 +136,20 @@ pub struct OverseerBuilder {
     manual: Option<Arc<ManualClock>>,
     topic: Option<Arc<dyn Topic>>,
     config: RunnerConfig,
+    cache_bytes: Option<u64>,
 }
 
 impl OverseerBuilder {
+    /// The memory budget, in estimated bytes, of each of the DAL's two
+    /// caches: decoded updates, and records' latest folded states (default
+    /// [`DEFAULT_CACHE_BYTES`](crate::dal::DEFAULT_CACHE_BYTES) each). A
+    /// budget smaller than the records checks read within a few minutes of
+    /// source time makes checks decode and fold updates again.
+    pub fn cache_bytes(mut self, bytes: u64) -> Self {
+        self.cache_bytes = Some(bytes);
+        self
+    }
+
     /// A clock driven by the caller (replays, simulations, tests): the
     /// runner measures delays on it, and [`Overseer::drain`] moves it past
     /// pending deadlines.
@@ -221,7 +232,12 @@ impl OverseerBuilder {
         let dal = self
             .state_builders
             .into_iter()
-            .fold(Dal::new(store.clone()), Dal::with_shared_builder);
+            .fold(Dal::new(store.clone()), Dal::with_shared_builder)
+            .indexed();
+        let dal = match self.cache_bytes {
+            Some(bytes) => dal.with_cache_bytes(bytes),
+            None => dal,
+        };
         let mut model_sources: ModelSources = HashMap::new();
         let mut ingestors = HashMap::new();
         for s in &self.sources {

@@ -375,7 +375,7 @@ impl Runner {
                     .map(|r| r.target.clone())
                     .collect();
                 if n.operation != crate::model::Operation::Insert || roots.is_empty() {
-                    for e in self.dal.store().references(&n.key).await? {
+                    for e in self.dal.references(&n.key, Timestamp::MAX).await? {
                         if e.reference.field == on && &e.reference.target.model == root_model {
                             roots.push(e.reference.target);
                         }
@@ -388,8 +388,7 @@ impl Runner {
             Role::Referenced { via } => {
                 let mut roots: Vec<RecordKey> = self
                     .dal
-                    .store()
-                    .referrers(&n.key)
+                    .referrer_entries(&n.key, Timestamp::MAX)
                     .await?
                     .into_iter()
                     .filter(|e| &e.from.model == root_model && e.reference.field == via)

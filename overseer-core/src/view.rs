@@ -133,8 +133,8 @@ impl<'a> ViewContext<'a> {
 
     /// The root record's state as `T`; [`ViewError::Missing`] if it does not exist.
     pub async fn root_as<T: DeserializeOwned>(&self) -> Result<T, ViewError> {
-        match self.dal.state_at(self.root, self.at).await? {
-            Some(state) => Ok(deserialize(self.root, state)?),
+        match self.dal.shared_state_at(self.root, self.at).await? {
+            Some(state) => Ok(deserialize(self.root, &state)?),
             None => Err(ViewError::Missing {
                 key: self.root.clone(),
                 at: self.at,
@@ -153,7 +153,7 @@ impl<'a> ViewContext<'a> {
         let found = self.dal.referrers(self.root, &model, on, self.at).await?;
         Ok(found
             .into_iter()
-            .map(|(key, state)| deserialize(&key, state))
+            .map(|(key, state)| deserialize(&key, &state))
             .collect::<Result<_, Error>>()?)
     }
 
@@ -196,7 +196,7 @@ impl<'a> ViewContext<'a> {
         let found = self.dal.referenced(self.root, on, &model, self.at).await?;
         Ok(found
             .into_iter()
-            .map(|(key, state)| deserialize(&key, state))
+            .map(|(key, state)| deserialize(&key, &state))
             .collect::<Result<_, Error>>()?)
     }
 }

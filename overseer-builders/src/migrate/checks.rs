@@ -112,15 +112,15 @@ async fn load_group(
     field: &str,
     pick: fn(&LedgerEntry) -> &str,
 ) -> Result<(Option<LedgerEntry>, Vec<LedgerEntry>), ViewError> {
-    let Some(state) = ctx.dal().state_at(ctx.root(), ctx.at()).await? else {
+    let Some(state) = ctx.dal().shared_state_at(ctx.root(), ctx.at()).await? else {
         return Ok((None, Vec::new()));
     };
-    let entry: LedgerEntry = deserialize(ctx.root(), state)?;
+    let entry: LedgerEntry = deserialize(ctx.root(), &state)?;
     let group = RecordKey::new(target, pick(&entry))?;
     let model = Model::new(ENTRIES_MODEL)?;
     let mut entries = Vec::new();
     for (key, state) in ctx.dal().referrers(&group, &model, field, ctx.at()).await? {
-        entries.push(deserialize::<LedgerEntry>(&key, state)?);
+        entries.push(deserialize::<LedgerEntry>(&key, &state)?);
     }
     entries.sort_by_key(|e| e.id);
     Ok((Some(entry), entries))

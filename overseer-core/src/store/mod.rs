@@ -369,6 +369,26 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether any update or reference is stored (one listing request per
+    /// area, reading at most one entry).
+    pub async fn holds_records(&self) -> Result<bool> {
+        for area in ["updates", "referrers"] {
+            let prefix = self.path(&[area]);
+            match self.inner.list(Some(&prefix)).next().await {
+                None => {}
+                Some(Ok(_)) => return Ok(true),
+                Some(Err(source)) => {
+                    return Err(Error::Store {
+                        operation: "list",
+                        path: prefix.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// Fetches and decodes one update object.
     pub async fn get_update(&self, path: &str) -> Result<UpdateDocument> {
         let p = Path::from(path);
