@@ -10,7 +10,7 @@ use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use overseer_core::clock::ManualClock;
 use overseer_core::escalation::{FnEscalation, Incident, IncidentChange};
-use overseer_core::pipeline::{Overseer, SourceConfig};
+use overseer_core::pipeline::{Intake, Overseer, SourceConfig};
 use overseer_core::runner::{RunnerConfig, RunnerStats};
 use overseer_core::strategy::{FixedDelay, Immediate};
 use overseer_core::{BoxError, ReferenceSpec, Registry, Store, Timestamp};
@@ -412,31 +412,44 @@ pub async fn run(cfg: &Config) -> Result<RunReport, BoxError> {
     let mut ingest_time = Duration::ZERO;
     let mut check_time = Duration::ZERO;
     let pipeline_start = Instant::now();
+    let intake = overseer.intake();
+    // One window's deliveries, one batch per source.
+    let mut next_window =
+        |w: Micros, cursors: &mut [usize; 3], last_seen: &mut [Micros; 3], fed: &mut usize| {
+            let end = w + window;
+            let mut batches: Vec<(usize, Vec<Bytes>)> = Vec::with_capacity(3);
+            for s in 0..3 {
+                let from = cursors[s];
+                let at = &plans[s].at;
+                let mut to = from;
+                while to < at.len() && at[to] < end {
+                    to += 1;
+                }
+                if to > from {
+                    let mut batch: Vec<Bytes> = Vec::with_capacity(to - from);
+                    for _ in from..to {
+                        batch.push(readers[s].next_line()?.ok_or("an input file ended early")?);
+                    }
+                    cursors[s] = to;
+                    last_seen[s] = at[to - 1];
+                    *fed += to - from;
+                    batches.push((s, batch));
+                }
+            }
+            Ok::<_, BoxError>(batches)
+        };
+    // Window k+1 is ingested (on its own threads, as each source's consumer
+    // would be) while the runner checks window k, as `Overseer::run` does.
     let mut w = start - start.rem_euclid(window);
+    let mut ingesting = Some(spawn_ingest(
+        intake.clone(),
+        next_window(w, &mut cursors, &mut last_seen, &mut fed)?,
+    ));
     loop {
         let end = w + window;
-        let mut batches: Vec<(usize, Vec<Bytes>)> = Vec::with_capacity(3);
-        for s in 0..3 {
-            let from = cursors[s];
-            let at = &plans[s].at;
-            let mut to = from;
-            while to < at.len() && at[to] < end {
-                to += 1;
-            }
-            if to > from {
-                let mut batch: Vec<Bytes> = Vec::with_capacity(to - from);
-                for _ in from..to {
-                    batch.push(readers[s].next_line()?.ok_or("an input file ended early")?);
-                }
-                cursors[s] = to;
-                last_seen[s] = at[to - 1];
-                fed += to - from;
-                batches.push((s, batch));
-            }
+        if let Some(ingest) = ingesting.take() {
+            ingest_time += ingest.await.map_err(|_| "an ingestion task failed")??;
         }
-        let t = Instant::now();
-        ingest_all(&overseer, batches).await?;
-        ingest_time += t.elapsed();
         clock.advance_to(Timestamp::from_micros(end));
         for s in 0..3 {
             if end - last_seen[s] >= heartbeat_every && !stall.is_some_and(|st| st.holds(s, end)) {
@@ -445,6 +458,11 @@ pub async fn run(cfg: &Config) -> Result<RunReport, BoxError> {
                 overseer.heartbeat(SOURCES[s], Timestamp::from_micros(h)).await?;
                 last_seen[s] = end;
             }
+        }
+        let done = cursors.iter().zip(&plans).all(|(c, p)| *c >= p.at.len());
+        if !done {
+            let batches = next_window(end, &mut cursors, &mut last_seen, &mut fed)?;
+            ingesting = Some(spawn_ingest(intake.clone(), batches));
         }
         let t = Instant::now();
         overseer.tick().await?;
@@ -466,7 +484,7 @@ pub async fn run(cfg: &Config) -> Result<RunReport, BoxError> {
             }
         }
         w = end;
-        if cursors.iter().zip(&plans).all(|(c, p)| *c >= p.at.len()) && w >= horizon {
+        if ingesting.is_none() && w >= horizon {
             break;
         }
     }
@@ -509,15 +527,28 @@ pub async fn run(cfg: &Config) -> Result<RunReport, BoxError> {
     })
 }
 
+/// Ingests one window's batches in the background; resolves to the wall
+/// time ingestion took.
+fn spawn_ingest(
+    intake: Intake,
+    batches: Vec<(usize, Vec<Bytes>)>,
+) -> tokio::task::JoinHandle<Result<Duration, BoxError>> {
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        handle.block_on(ingest_all(&intake, batches))?;
+        Ok(t.elapsed())
+    })
+}
+
 /// Ingests one window's batches, one per source. Each source is ingested
-/// on its own thread, as each would be by its own consumer task: ingestion
-/// takes `&Overseer`, so the sources' batches (parsing, store writes) run in
-/// parallel; the runner then takes them all in the next `tick`.
-async fn ingest_all(overseer: &Overseer, batches: Vec<(usize, Vec<Bytes>)>) -> Result<(), BoxError> {
+/// on its own thread, as each would be by its own consumer task, so the
+/// sources' batches (parsing, store writes) run in parallel.
+async fn ingest_all(intake: &Intake, batches: Vec<(usize, Vec<Bytes>)>) -> Result<(), BoxError> {
     let handle = tokio::runtime::Handle::current();
     if batches.len() < 2 || handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
         for (s, batch) in batches {
-            overseer.ingest(SOURCES[s], &batch).await?;
+            intake.ingest(SOURCES[s], &batch).await?;
         }
         return Ok(());
     }
@@ -526,7 +557,7 @@ async fn ingest_all(overseer: &Overseer, batches: Vec<(usize, Vec<Bytes>)>) -> R
             .into_iter()
             .map(|(s, batch)| {
                 let handle = handle.clone();
-                scope.spawn(move || handle.block_on(overseer.ingest(SOURCES[s], &batch)))
+                scope.spawn(move || handle.block_on(intake.ingest(SOURCES[s], &batch)))
             })
             .collect();
         for r in running {

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::change::{self, Change, FieldPath, State};
 use crate::consumer::{StateBuilder, id_text};
 use crate::error::{Error, Result};
-use crate::index::{Index, Indexed, Memo, Plan};
+use crate::index::{Index, Memo, Plan};
 use crate::model::{Format, Model, RecordKey, Reference, UpdateDocument};
 use crate::store::{ReferenceEntry, Store};
 use crate::time::Timestamp;
@@ -122,7 +122,7 @@ impl Dal {
     /// A DAL that is not indexed lists the store on every read and so also
     /// sees what other processes store.
     pub fn indexed(mut self) -> Self {
-        self.index = Some(Arc::new(Index::default()));
+        self.index = Some(Arc::new(Index::new(self.store.clone())));
         self
     }
 
@@ -188,7 +188,7 @@ impl Dal {
     /// stored through this DAL's ingestors.
     pub(crate) async fn start_index(&self) -> Result<()> {
         if let Some(index) = &self.index {
-            index.start(&self.store).await?;
+            index.start().await?;
         }
         Ok(())
     }
@@ -199,7 +199,7 @@ impl Dal {
         if let Some(index) = &self.index {
             // Keep the record's latest state folded as updates arrive in
             // order: a check reading it then folds nothing.
-            index.add_update(&path, &update, |generation, n| {
+            index.add_update(&update, |generation, n| {
                 let Some(change) = &change else { return };
                 let weight = 4 * update.raw.len() as u64 + 256;
                 let base = if n == 1 {
@@ -279,12 +279,8 @@ impl Dal {
         let objects = self.store.list_updates(key, Timestamp::MAX).await?;
         let paths: Vec<String> = objects.into_iter().map(|o| o.path).collect();
         let entries = self.load_all(&paths).await?;
-        let found = paths
-            .iter()
-            .zip(&entries)
-            .map(|(path, e)| Indexed::new(path, &e.update))
-            .collect();
-        index.seed_updates(key, found);
+        let found: Vec<UpdateDocument> = entries.iter().map(|e| e.update.clone()).collect();
+        index.seed_updates(key, &found);
         Ok(())
     }
 
@@ -292,7 +288,7 @@ impl Dal {
     /// ordered by (commit time, source, position).
     pub async fn history(&self, key: &RecordKey, up_to: Timestamp) -> Result<Vec<Arc<HistoryEntry>>> {
         if let Some(index) = &self.index {
-            index.start(&self.store).await?;
+            index.start().await?;
             if index.paths(key, up_to).is_none() {
                 self.seed(index, key).await?;
             }
@@ -322,7 +318,7 @@ impl Dal {
             let history = self.history(key, at).await?;
             return Ok(fold(&history).map(Arc::new));
         };
-        index.start(&self.store).await?;
+        index.start().await?;
         let memo = self.memo.get(key);
         let plan = match index.plan(key, at, memo.as_deref()) {
             Plan::Unseeded => {
@@ -440,7 +436,7 @@ impl Dal {
         let Some(index) = &self.index else {
             return from_store().await;
         };
-        index.start(&self.store).await?;
+        index.start().await?;
         if let Some(found) = index.references(key, forward) {
             return Ok(found);
         }

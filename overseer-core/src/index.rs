@@ -13,63 +13,72 @@
 //!
 //! This relies on the pipeline being the only writer of its sources'
 //! updates while it runs, as it is their only consumer.
+//!
+//! Entries are kept small (an update is its commit time, source and
+//! position: its object key is derived from them when needed), since the
+//! index holds every update the pipeline has stored.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
 
 use crate::change::State;
 use crate::error::Result;
-use crate::model::{RecordKey, Reference, SourceId, SourcePosition, UpdateDocument};
+use crate::model::{RecordKey, Reference, SourceId, UpdateDocument};
 use crate::store::{ReferenceEntry, Store};
 use crate::time::Timestamp;
 
 /// One stored update of a record, as the index knows it.
 #[derive(Clone, Debug)]
 pub(crate) struct Indexed {
-    pub(crate) commit_time: Timestamp,
-    pub(crate) source: SourceId,
-    pub(crate) position: SourcePosition,
-    pub(crate) path: Box<str>,
+    commit_time: Timestamp,
+    source: SourceId,
+    position: Box<str>,
 }
 
 impl Indexed {
-    pub(crate) fn new(path: &str, update: &UpdateDocument) -> Self {
+    pub(crate) fn new(update: &UpdateDocument) -> Self {
         Self {
             commit_time: update.commit_time,
             source: update.source.clone(),
-            position: update.position.clone(),
-            path: path.into(),
+            position: update.position.as_str().into(),
         }
     }
 
-    fn order(&self) -> (Timestamp, &SourceId, &SourcePosition) {
+    fn order(&self) -> (Timestamp, &SourceId, &str) {
         (self.commit_time, &self.source, &self.position)
     }
+}
+
+/// A reference as the index keeps it (field names are shared).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Ref {
+    field: Arc<str>,
+    other: RecordKey,
+    first_seen: Timestamp,
 }
 
 #[derive(Debug, Default)]
 struct Tracked {
     /// Holds every update stored before tracking began too.
     seeded: bool,
+    /// Holds every reference stored before tracking began too.
+    refs_seeded: bool,
     /// Changes whenever an update is inserted before others (so a fold of
     /// the first `n` updates is no longer one of the same updates).
     generation: u64,
     /// Ordered by (commit time, source, position).
     updates: Vec<Indexed>,
+    /// The record's references (its master document).
+    refs: Vec<Ref>,
 }
 
 impl Tracked {
-    /// Inserts in order; `false` if the path is already there.
+    /// Inserts in order; `false` if the update is already there.
     fn insert(&mut self, entry: Indexed) -> bool {
         let at = self.updates.partition_point(|u| u.order() <= entry.order());
-        if self.updates[..at]
-            .iter()
-            .rev()
-            .take_while(|u| u.order() == entry.order())
-            .any(|u| u.path == entry.path)
-        {
+        if at > 0 && self.updates[at - 1].order() == entry.order() {
             return false;
         }
         if at < self.updates.len() {
@@ -78,33 +87,34 @@ impl Tracked {
         self.updates.insert(at, entry);
         true
     }
-}
 
-#[derive(Debug, Default)]
-struct RefList {
-    seeded: bool,
-    /// One entry per (referencing record, reference): the first stored
-    /// wins, as in the store's create-only reference objects.
-    entries: std::collections::HashMap<(RecordKey, Reference), Timestamp>,
-}
-
-impl RefList {
-    fn add(&mut self, entry: ReferenceEntry) {
-        self.entries
-            .entry((entry.from, entry.reference))
-            .or_insert(entry.first_seen);
-    }
-
-    fn to_vec(&self) -> Vec<ReferenceEntry> {
-        self.entries
+    /// Adds a reference; `false` if the record already had it (the first
+    /// stored wins, as in the store's create-only reference objects).
+    fn add_ref(&mut self, field: &Arc<str>, target: &RecordKey, first_seen: Timestamp) -> bool {
+        if self
+            .refs
             .iter()
-            .map(|((from, reference), first_seen)| ReferenceEntry {
-                from: from.clone(),
-                reference: reference.clone(),
-                first_seen: *first_seen,
-            })
-            .collect()
+            .any(|r| *r.field == **field && r.other == *target)
+        {
+            return false;
+        }
+        self.refs.push(Ref {
+            field: field.clone(),
+            other: target.clone(),
+            first_seen,
+        });
+        true
     }
+}
+
+/// The records that reference one record.
+#[derive(Debug, Default)]
+struct Referrers {
+    seeded: bool,
+    /// `other` is the referencing record. May hold a reference twice (once
+    /// from the store, once written through after a restart); readers
+    /// deduplicate.
+    entries: Vec<Ref>,
 }
 
 /// The folded state of a record's first `n` updates (of one generation).
@@ -122,11 +132,11 @@ pub(crate) enum Plan {
     Unseeded,
     /// The memo is exactly the state asked for.
     Hit(Option<Arc<State>>),
-    /// Fold these updates, on top of `base` when given (the memo of an
-    /// earlier prefix of the same generation).
+    /// Fold the updates at these object keys, on top of `base` when given
+    /// (the memo of an earlier prefix of the same generation).
     Fold {
         base: Option<Option<Arc<State>>>,
-        paths: Vec<Box<str>>,
+        paths: Vec<String>,
         generation: u64,
         n: usize,
         /// Whether these are all of the record's updates (worth a memo).
@@ -135,20 +145,31 @@ pub(crate) enum Plan {
 }
 
 /// See the [module docs](self).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Index {
+    store: Store,
     records: DashMap<RecordKey, Tracked>,
-    forward: DashMap<RecordKey, RefList>,
-    reverse: DashMap<RecordKey, RefList>,
+    referrers: DashMap<RecordKey, Referrers>,
+    fields: Mutex<HashSet<Arc<str>>>,
     fresh: tokio::sync::OnceCell<bool>,
 }
 
 impl Index {
+    pub(crate) fn new(store: Store) -> Self {
+        Self {
+            store,
+            records: DashMap::new(),
+            referrers: DashMap::new(),
+            fields: Mutex::default(),
+            fresh: tokio::sync::OnceCell::new(),
+        }
+    }
+
     /// Asks the store, once, whether it held anything when tracking began.
     /// Must complete before this process stores anything.
-    pub(crate) async fn start(&self, store: &Store) -> Result<bool> {
+    pub(crate) async fn start(&self) -> Result<bool> {
         self.fresh
-            .get_or_try_init(|| async { Ok(!store.holds_records().await?) })
+            .get_or_try_init(|| async { Ok(!self.store.holds_records().await?) })
             .await
             .copied()
     }
@@ -157,17 +178,35 @@ impl Index {
         self.fresh.get().copied().unwrap_or(false)
     }
 
-    /// Write-through: an update was stored at `path`. When it is the
-    /// record's latest of a seeded record, `extend` is called (under the
-    /// record's lock) with the record's generation and update count.
-    pub(crate) fn add_update(&self, path: &str, update: &UpdateDocument, extend: impl FnOnce(u64, usize)) {
+    fn field(&self, name: &str) -> Arc<str> {
+        let Ok(mut fields) = self.fields.lock() else {
+            return Arc::from(name);
+        };
+        if let Some(f) = fields.get(name) {
+            return f.clone();
+        }
+        let f: Arc<str> = Arc::from(name);
+        fields.insert(f.clone());
+        f
+    }
+
+    fn path(&self, key: &RecordKey, u: &Indexed) -> String {
+        self.store
+            .update_path_of(key, u.commit_time, u.source.as_str(), &u.position)
+    }
+
+    /// Write-through: an update was stored. When it is the record's latest
+    /// (and the record is seeded), `extend` is called, under the record's
+    /// lock, with the record's generation and update count.
+    pub(crate) fn add_update(&self, update: &UpdateDocument, extend: impl FnOnce(u64, usize)) {
         let fresh = self.fresh();
         let mut tracked = self.records.entry(update.key.clone()).or_insert_with(|| Tracked {
             seeded: fresh,
+            refs_seeded: fresh,
             ..Tracked::default()
         });
         let generation = tracked.generation;
-        if tracked.insert(Indexed::new(path, update)) && tracked.seeded && tracked.generation == generation {
+        if tracked.insert(Indexed::new(update)) && tracked.seeded && tracked.generation == generation {
             extend(generation, tracked.updates.len());
         }
     }
@@ -176,28 +215,41 @@ impl Index {
     /// `references` (stored).
     pub(crate) fn add_references(&self, from: &RecordKey, references: &[Reference], first_seen: Timestamp) {
         let fresh = self.fresh();
-        for reference in references {
-            let entry = ReferenceEntry {
-                from: from.clone(),
-                reference: reference.clone(),
-                first_seen,
-            };
-            for (map, key) in [(&self.forward, from), (&self.reverse, &reference.target)] {
-                map.entry(key.clone())
-                    .or_insert_with(|| RefList {
-                        seeded: fresh,
-                        ..RefList::default()
-                    })
-                    .add(entry.clone());
+        let mut added = Vec::new();
+        {
+            let mut tracked = self.records.entry(from.clone()).or_insert_with(|| Tracked {
+                seeded: fresh,
+                refs_seeded: fresh,
+                ..Tracked::default()
+            });
+            for reference in references {
+                let field = self.field(&reference.field);
+                if tracked.add_ref(&field, &reference.target, first_seen) {
+                    added.push((field, &reference.target));
+                }
             }
+        }
+        for (field, target) in added {
+            self.referrers
+                .entry(target.clone())
+                .or_insert_with(|| Referrers {
+                    seeded: fresh,
+                    entries: Vec::new(),
+                })
+                .entries
+                .push(Ref {
+                    field,
+                    other: from.clone(),
+                    first_seen,
+                });
         }
     }
 
     /// Adds the updates of `key` found in the store; the record is seeded.
-    pub(crate) fn seed_updates(&self, key: &RecordKey, found: Vec<Indexed>) {
+    pub(crate) fn seed_updates(&self, key: &RecordKey, found: &[UpdateDocument]) {
         let mut tracked = self.records.entry(key.clone()).or_default();
-        for entry in found {
-            tracked.insert(entry);
+        for update in found {
+            tracked.insert(Indexed::new(update));
         }
         tracked.seeded = true;
         tracked.generation += 1;
@@ -219,28 +271,26 @@ impl Index {
         let latest = n == tracked.updates.len();
         let generation = tracked.generation;
         let base = memo.filter(|m| m.generation == generation && m.n <= n);
-        match base {
-            Some(m) if m.n == n => Plan::Hit(m.state.clone()),
-            Some(m) => Plan::Fold {
-                base: Some(m.state.clone()),
-                paths: tracked.updates[m.n..n].iter().map(|u| u.path.clone()).collect(),
-                generation,
-                n,
-                latest,
-            },
-            None => Plan::Fold {
-                base: None,
-                paths: tracked.updates[..n].iter().map(|u| u.path.clone()).collect(),
-                generation,
-                n,
-                latest,
-            },
+        let (base, from) = match base {
+            Some(m) if m.n == n => return Plan::Hit(m.state.clone()),
+            Some(m) => (Some(m.state.clone()), m.n),
+            None => (None, 0),
+        };
+        Plan::Fold {
+            base,
+            paths: tracked.updates[from..n]
+                .iter()
+                .map(|u| self.path(key, u))
+                .collect(),
+            generation,
+            n,
+            latest,
         }
     }
 
-    /// The paths of `key`'s updates committed at or before `up_to`, in
-    /// order; `None` if the record is not seeded yet.
-    pub(crate) fn paths(&self, key: &RecordKey, up_to: Timestamp) -> Option<Vec<Box<str>>> {
+    /// The object keys of `key`'s updates committed at or before `up_to`,
+    /// in order; `None` if the record is not seeded yet.
+    pub(crate) fn paths(&self, key: &RecordKey, up_to: Timestamp) -> Option<Vec<String>> {
         match self.records.get(key) {
             None => self.fresh().then(Vec::new),
             Some(t) if !t.seeded => None,
@@ -248,7 +298,7 @@ impl Index {
                 t.updates
                     .iter()
                     .take_while(|u| u.commit_time <= up_to)
-                    .map(|u| u.path.clone())
+                    .map(|u| self.path(key, u))
                     .collect(),
             ),
         }
@@ -257,26 +307,77 @@ impl Index {
     /// The references of `key` (`forward`) or to `key` (not `forward`);
     /// `None` if not seeded yet.
     pub(crate) fn references(&self, key: &RecordKey, forward: bool) -> Option<Vec<ReferenceEntry>> {
-        let map = if forward { &self.forward } else { &self.reverse };
-        match map.get(key) {
-            None => self.fresh().then(Vec::new),
-            Some(list) if !list.seeded => None,
-            Some(list) => Some(list.to_vec()),
+        if forward {
+            return match self.records.get(key) {
+                None => self.fresh().then(Vec::new),
+                Some(t) if !t.refs_seeded => None,
+                Some(t) => Some(
+                    t.refs
+                        .iter()
+                        .map(|r| ReferenceEntry {
+                            from: key.clone(),
+                            reference: Reference {
+                                field: r.field.to_string(),
+                                target: r.other.clone(),
+                            },
+                            first_seen: r.first_seen,
+                        })
+                        .collect(),
+                ),
+            };
         }
+        let list = match self.referrers.get(key) {
+            None => return self.fresh().then(Vec::new),
+            Some(list) if !list.seeded => return None,
+            Some(list) => list,
+        };
+        let mut entries: Vec<&Ref> = list.entries.iter().collect();
+        // The earliest of a reference stored twice (see `Referrers`).
+        entries.sort_by(|a, b| (&a.other, &a.field, a.first_seen).cmp(&(&b.other, &b.field, b.first_seen)));
+        entries.dedup_by(|b, a| a.other == b.other && a.field == b.field);
+        Some(
+            entries
+                .into_iter()
+                .map(|r| ReferenceEntry {
+                    from: r.other.clone(),
+                    reference: Reference {
+                        field: r.field.to_string(),
+                        target: key.clone(),
+                    },
+                    first_seen: r.first_seen,
+                })
+                .collect(),
+        )
     }
 
-    /// Adds the references found in the store; the list is seeded.
+    /// Adds the references found in the store; the list is seeded. The
+    /// store's entries are the truth (the first stored wins there).
     pub(crate) fn seed_references(&self, key: &RecordKey, forward: bool, found: Vec<ReferenceEntry>) {
-        let map = if forward { &self.forward } else { &self.reverse };
-        let mut list = match map.entry(key.clone()) {
-            Entry::Occupied(e) => e.into_ref(),
-            Entry::Vacant(e) => e.insert(RefList::default()),
-        };
-        // The store's entries are the truth (the first stored wins there).
-        for entry in found {
-            list.entries
-                .insert((entry.from, entry.reference), entry.first_seen);
+        if forward {
+            let mut tracked = self.records.entry(key.clone()).or_default();
+            let mut refs: Vec<Ref> = found
+                .into_iter()
+                .map(|e| Ref {
+                    field: self.field(&e.reference.field),
+                    other: e.reference.target,
+                    first_seen: e.first_seen,
+                })
+                .collect();
+            for r in std::mem::take(&mut tracked.refs) {
+                if !refs.iter().any(|s| s.field == r.field && s.other == r.other) {
+                    refs.push(r);
+                }
+            }
+            tracked.refs = refs;
+            tracked.refs_seeded = true;
+        } else {
+            let mut list = self.referrers.entry(key.clone()).or_default();
+            list.entries.extend(found.into_iter().map(|e| Ref {
+                field: self.field(&e.reference.field),
+                other: e.from,
+                first_seen: e.first_seen,
+            }));
+            list.seeded = true;
         }
-        list.seeded = true;
     }
 }

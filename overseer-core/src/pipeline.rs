@@ -270,12 +270,16 @@ impl OverseerBuilder {
             self.escalations,
             self.config,
         )?;
+        let topic = self.topic.unwrap_or_else(|| Arc::new(InProcessTopic::new()));
         Ok(Overseer {
             store,
-            ingestors,
+            intake: Intake {
+                ingestors: Arc::new(ingestors),
+                topic: topic.clone(),
+            },
             runner,
             manual: self.manual,
-            topic: self.topic.unwrap_or_else(|| Arc::new(InProcessTopic::new())),
+            topic,
         })
     }
 }
@@ -299,7 +303,7 @@ pub trait Source: Send + 'static {
 /// [`run`](Self::run) drive it from [`Source`]s until shutdown.
 pub struct Overseer {
     store: Store,
-    ingestors: HashMap<SourceId, Ingestor>,
+    intake: Intake,
     runner: Runner,
     manual: Option<Arc<ManualClock>>,
     topic: Arc<dyn Topic>,
@@ -308,31 +312,31 @@ pub struct Overseer {
 impl std::fmt::Debug for Overseer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Overseer")
-            .field("sources", &self.ingestors.keys().collect::<Vec<_>>())
+            .field("sources", &self.intake.ingestors.keys().collect::<Vec<_>>())
             .field("runner", &self.runner)
             .finish_non_exhaustive()
     }
 }
 
-/// How many messages the runner takes from the topic at once.
-const POLL_MAX: usize = 65_536;
+/// The ingestion side of an [`Overseer`] ([`Overseer::intake`]): cheap to
+/// clone, usable from any task or thread. A batch's notifications reach the
+/// runner (at its next [`tick`](Overseer::tick)) only once the whole batch is
+/// stored, so ingesting while checks run never shows a check half a batch.
+#[derive(Clone)]
+pub struct Intake {
+    ingestors: Arc<HashMap<SourceId, Ingestor>>,
+    topic: Arc<dyn Topic>,
+}
 
-impl Overseer {
-    /// Starts configuring a pipeline.
-    pub fn builder() -> OverseerBuilder {
-        OverseerBuilder::default()
+impl std::fmt::Debug for Intake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intake")
+            .field("sources", &self.ingestors.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
     }
+}
 
-    /// The store.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    /// The runner (stats, open incidents, watermarks).
-    pub fn runner(&self) -> &Runner {
-        &self.runner
-    }
-
+impl Intake {
     fn ingestor(&self, source: &str) -> Result<&Ingestor, PipelineError> {
         let id = SourceId::new(source)?;
         self.ingestors.get(&id).ok_or_else(|| {
@@ -370,6 +374,44 @@ impl Overseer {
             .publish(vec![Message::Watermark { source, time }])
             .await
             .map_err(PipelineError::Topic)
+    }
+}
+
+/// How many messages the runner takes from the topic at once.
+const POLL_MAX: usize = 65_536;
+
+impl Overseer {
+    /// Starts configuring a pipeline.
+    pub fn builder() -> OverseerBuilder {
+        OverseerBuilder::default()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The runner (stats, open incidents, watermarks).
+    pub fn runner(&self) -> &Runner {
+        &self.runner
+    }
+
+    /// A handle that ingests into this pipeline from other tasks or threads
+    /// while the pipeline runs its checks ([`tick`](Self::tick)).
+    pub fn intake(&self) -> Intake {
+        self.intake.clone()
+    }
+
+    /// Ingests one batch of `source` (stores it, acknowledges it, publishes
+    /// its notifications and watermark to the topic).
+    pub async fn ingest(&self, source: &str, batch: &[Bytes]) -> Result<BatchReport, PipelineError> {
+        self.intake.ingest(source, batch).await
+    }
+
+    /// Records that `source` has delivered everything up to `time` (a
+    /// heartbeat of an idle source).
+    pub async fn heartbeat(&self, source: &str, time: crate::Timestamp) -> Result<(), PipelineError> {
+        self.intake.heartbeat(source, time).await
     }
 
     /// Takes what the topic holds into the runner, then runs every ready
@@ -439,7 +481,7 @@ impl Overseer {
         let expected = sources.len();
         for mut source in sources {
             let ingestor =
-                self.ingestors.get(source.id()).cloned().ok_or_else(|| {
+                self.intake.ingestors.get(source.id()).cloned().ok_or_else(|| {
                     PipelineError::Config(format!("source {} is not configured", source.id()))
                 })?;
             let topic = self.topic.clone();

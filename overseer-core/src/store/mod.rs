@@ -194,15 +194,27 @@ impl Store {
     /// commit time, source and position only, so storing the same event
     /// twice addresses the same object.
     pub fn update_path(&self, doc: &UpdateDocument) -> String {
-        // Every segment is already safe (see `layout`), so the key is built
-        // as text; it equals what `Path::join` would build.
-        let file = layout::update_file_name(
-            doc.commit_time.as_micros(),
+        self.update_path_of(
+            &doc.key,
+            doc.commit_time,
             doc.source.as_str(),
             doc.position.as_str(),
-        );
-        let model = encode_segment(doc.key.model.as_str());
-        let id = encode_segment(doc.key.id.as_str());
+        )
+    }
+
+    /// [`update_path`](Self::update_path) from the fields it depends on.
+    pub(crate) fn update_path_of(
+        &self,
+        key: &RecordKey,
+        commit_time: Timestamp,
+        source: &str,
+        position: &str,
+    ) -> String {
+        // Every segment is already safe (see `layout`), so the key is built
+        // as text; it equals what `Path::join` would build.
+        let file = layout::update_file_name(commit_time.as_micros(), source, position);
+        let model = encode_segment(key.model.as_str());
+        let id = encode_segment(key.id.as_str());
         if self.root.is_root() {
             format!("updates/{model}/{id}/{file}")
         } else {
