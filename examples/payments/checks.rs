@@ -23,7 +23,7 @@ use std::time::Duration;
 use overseer_core::dal::deserialize;
 use overseer_core::strategy::{ExecutionStrategy, FixedDelay, Freshness};
 use overseer_core::view::{ViewContext, ViewError, ViewSpec};
-use overseer_core::{DataView, Model, Record, RecordKey, Registry, Verdict, check};
+use overseer_core::{DataView, Record, RecordKey, Registry, Verdict, check};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 
@@ -239,14 +239,33 @@ impl DataView for AccountChain {
                 previous: None,
             });
         }
+        // Candidates from the reverse index, newest (greatest id) first: a
+        // ledger entry's record id is its `id`, so only the entries before
+        // this one are read, and usually only the first of them.
         let account = RecordKey::new("accounts", &entry.account)?;
-        let model = Model::new(LedgerEntry::MODEL)?;
-        let siblings = ctx.dal().referrers(&account, &model, "account", ctx.at()).await?;
+        let mut candidates: Vec<(i64, RecordKey)> = ctx
+            .dal()
+            .referrer_entries(&account, ctx.at())
+            .await?
+            .into_iter()
+            .filter(|e| e.from.model.as_str() == LedgerEntry::MODEL && e.reference.field == "account")
+            .filter_map(|e| {
+                let id = e.from.id.as_str().parse::<i64>().ok()?;
+                (id < entry.id).then_some((id, e.from))
+            })
+            .collect();
+        candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
+        candidates.dedup_by_key(|c| c.0);
         let mut previous: Option<LedgerEntry> = None;
-        for (key, state) in siblings {
+        for (_, key) in candidates {
+            let Some(state) = ctx.dal().shared_state_at(&key, ctx.at()).await? else {
+                continue;
+            };
             let e: LedgerEntry = deserialize(&key, &state)?;
-            if e.id < entry.id && previous.as_ref().is_none_or(|p| p.id < e.id) {
+            // Still on this account at the view's time (a row can be moved).
+            if e.account == entry.account && e.id < entry.id {
                 previous = Some(e);
+                break;
             }
         }
         Ok(Self {

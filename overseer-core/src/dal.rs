@@ -14,6 +14,7 @@ use crate::index::{Index, Memo, Plan};
 use crate::model::{Format, Model, RecordKey, Reference, UpdateDocument};
 use crate::store::{ReferenceEntry, Store};
 use crate::time::Timestamp;
+use quick_cache::sync::{EntryAction, EntryResult};
 
 /// Default size of the decoded-update cache, in estimated bytes of memory.
 pub const DEFAULT_CACHE_BYTES: u64 = 128 * 1024 * 1024;
@@ -202,25 +203,40 @@ impl Dal {
             index.add_update(&update, |generation, n| {
                 let Some(change) = &change else { return };
                 let weight = 4 * update.raw.len() as u64 + 256;
-                let base = if n == 1 {
-                    Some((None, 0))
-                } else {
-                    self.memo
-                        .get(&update.key)
-                        .filter(|m| m.generation == generation && m.n == n - 1)
-                        .map(|m| (m.state.clone(), m.weight))
-                };
-                if let Some((base, base_weight)) = base {
-                    let state = change::apply(base.map(|s| (*s).clone()), change).map(Arc::new);
-                    self.memo.insert(
-                        update.key.clone(),
-                        Arc::new(Memo {
-                            generation,
-                            n,
-                            state,
-                            weight: weight.max(base_weight),
-                        }),
-                    );
+                // Updated in place when no reader holds the memo or its state.
+                let found = self.memo.entry(&update.key, None, |_, memo| {
+                    if memo.generation != generation || memo.n + 1 != n {
+                        return EntryAction::Remove;
+                    }
+                    let owned = |s: Arc<State>| Arc::try_unwrap(s).unwrap_or_else(|s| (*s).clone());
+                    match Arc::get_mut(memo) {
+                        Some(m) => {
+                            let state = m.state.take().map(owned);
+                            m.state = change::apply(state, change).map(Arc::new);
+                            m.n = n;
+                            m.weight = m.weight.max(weight);
+                        }
+                        None => {
+                            let state = memo.state.clone().map(owned);
+                            *memo = Arc::new(Memo {
+                                generation,
+                                n,
+                                state: change::apply(state, change).map(Arc::new),
+                                weight: weight.max(memo.weight),
+                            });
+                        }
+                    }
+                    EntryAction::Retain(())
+                });
+                if let EntryResult::Vacant(guard) = found
+                    && n == 1
+                {
+                    let _ = guard.insert(Arc::new(Memo {
+                        generation,
+                        n,
+                        state: change::apply(None, change).map(Arc::new),
+                        weight,
+                    }));
                 }
             });
         }
