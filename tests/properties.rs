@@ -133,7 +133,8 @@ proptest! {
     ) {
         let events = build(&raw);
         let lines: Vec<_> = events.iter().map(ScriptEvent::line).collect();
-        for backend in backends() {
+        // With the default caches, and with none (every read folds from the store).
+        for (backend, cache) in [None, Some(0)].into_iter().flat_map(|c| backends().into_iter().map(move |b| (b, c))) {
             let store = Store::new(backend.store.clone());
             let source = SourceId::new("s").unwrap();
             run(async {
@@ -144,6 +145,10 @@ proptest! {
                     plain.ingest_batch(chunk).await.unwrap();
                 }
                 let dal = Dal::new(store.clone()).with_builder(Script).indexed();
+                let dal = match cache {
+                    Some(bytes) => dal.with_cache_bytes(bytes),
+                    None => dal,
+                };
                 let ing = Ingestor::new(store.clone(), source.clone(), Script, References::new()).with_dal(&dal);
                 let mut ingested = restart * split;
                 for chunk in &chunks[restart..] {
@@ -155,7 +160,7 @@ proptest! {
                         let key = RecordKey::new("m", &id).unwrap();
                         for at in [5, 20, 40] {
                             let got = dal.state_at(&key, Timestamp::from_micros(at)).await.unwrap().map(Value::Object);
-                            assert_eq!(got, expected_state(so_far, &id, at), "{} {id} at {at} after {ingested}", backend.name);
+                            assert_eq!(got, expected_state(so_far, &id, at), "{} cache {cache:?} {id} at {at} after {ingested}", backend.name);
                         }
                         let history = dal.history(&key, Timestamp::MAX).await.unwrap();
                         let mut want: Vec<_> = so_far.iter().filter(|e| e.id == id).map(|e| (e.t, e.pos)).collect();

@@ -628,3 +628,54 @@ async fn run_stops_gracefully_on_shutdown_even_with_a_live_source() {
     let overseer = done.unwrap().unwrap();
     assert_eq!(overseer.runner().stats().executions, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intake_ingests_from_other_tasks_while_the_runner_checks() {
+    let mut overseer = pipeline_for_run();
+    let intake = overseer.intake();
+    let unknown = intake.ingest("nope", &[]).await.unwrap_err().to_string();
+    assert!(
+        unknown.contains("unknown source") && unknown.contains("bank, core"),
+        "{unknown}"
+    );
+    // Each transfer, then its payment, in batches of ten, from another task.
+    let feeding = tokio::spawn(async move {
+        for batch in 0..20u64 {
+            let ids = batch * 10..batch * 10 + 10;
+            let transfers: Vec<_> = ids
+                .clone()
+                .map(|i| {
+                    bytes_of(ev(
+                        "transfers",
+                        &format!("t{i}"),
+                        i as i64,
+                        i + 1,
+                        json!({"amount": i}),
+                    ))
+                })
+                .collect();
+            intake.ingest("core", &transfers).await?;
+            let payments: Vec<_> = ids
+                .map(|i| {
+                    let data = json!({"transfer_id": format!("t{i}"), "amount": i});
+                    bytes_of(ev("payments", &format!("p{i}"), i as i64, i + 1, data))
+                })
+                .collect();
+            intake.ingest("bank", &payments).await?;
+            tokio::task::yield_now().await;
+        }
+        Ok::<_, overseer_core::pipeline::PipelineError>(())
+    });
+    while !feeding.is_finished() {
+        overseer.tick().await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    feeding.await.unwrap().unwrap();
+    overseer.drain().await.unwrap();
+    let stats = overseer.runner().stats();
+    assert_eq!(stats.notifications, 400, "{stats:?}");
+    // A transfer checked before its payment arrived failed, and passed once
+    // the payment was stored: every incident opened was resolved.
+    assert_eq!(overseer.runner().open_incidents().count(), 0, "{stats:?}");
+    assert_eq!(stats.incidents_opened, stats.incidents_resolved, "{stats:?}");
+}

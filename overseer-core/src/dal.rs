@@ -122,6 +122,26 @@ impl Dal {
     /// pipeline, the only consumer of its sources, sets this up itself.
     /// A DAL that is not indexed lists the store on every read and so also
     /// sees what other processes store.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> overseer_core::Result<()> {
+    /// use overseer_core::testing::LinesConsumer;
+    /// use overseer_core::{Dal, Ingestor, RecordKey, References, SourceId, Store, Timestamp};
+    ///
+    /// let store = Store::in_memory();
+    /// let dal = Dal::new(store.clone()).with_builder(LinesConsumer).indexed();
+    /// let ingestor = Ingestor::new(store, SourceId::new("app")?, LinesConsumer, References::new())
+    ///     .with_dal(&dal);
+    /// ingestor.ingest_batch(&["a 1".into(), "a 2".into()]).await?;
+    ///
+    /// let a = RecordKey::new("lines", "a")?;
+    /// let now = dal.shared_state_at(&a, Timestamp::MAX).await?;
+    /// assert_eq!(now.and_then(|s| s.get("n").cloned()), Some(2.into()));
+    /// let then = dal.shared_state_at(&a, Timestamp::from_secs(1)).await?;
+    /// assert_eq!(then.and_then(|s| s.get("n").cloned()), Some(1.into()));
+    /// # Ok(()) }
+    /// ```
     pub fn indexed(mut self) -> Self {
         self.index = Some(Arc::new(Index::new(self.store.clone())));
         self

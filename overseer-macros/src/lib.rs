@@ -18,8 +18,22 @@ use syn::{DeriveInput, parse_macro_input};
 
 /// Registers an `async fn` over a data view as a check.
 ///
-/// ```ignore
-/// use overseer_core::{check, Verdict};
+/// ```
+/// use overseer_core::{DataView, Record, Verdict, check};
+///
+/// # #[derive(serde::Deserialize, Record)]
+/// # #[record(model = "transfers")]
+/// # struct Transfer { status: String }
+/// # #[derive(serde::Deserialize, Record)]
+/// # #[record(model = "bank_payments")]
+/// # struct BankPayment { state: String }
+/// #[derive(DataView)]
+/// struct TransferView {
+///     #[root]
+///     transfer: Transfer,
+///     #[join(on = "transfer_id")]
+///     payment: Option<BankPayment>,
+/// }
 ///
 /// #[check(on = ["transfers"], delay = "10m", timeout = "5s", escalate = pagerduty)]
 /// async fn completed_transfers_are_paid(view: TransferView) -> Verdict {
@@ -28,6 +42,7 @@ use syn::{DeriveInput, parse_macro_input};
 ///     }
 ///     Verdict::pass()
 /// }
+/// # fn main() {}
 /// ```
 ///
 /// The function must be a non-generic `async fn` taking exactly one argument
@@ -59,9 +74,18 @@ pub fn check(args: TokenStream, item: TokenStream) -> TokenStream {
 /// Derives `DataView` for a struct: one `#[root]` field and any number of
 /// `#[join(..)]` fields.
 ///
-/// ```ignore
+/// ```
 /// use overseer_core::{DataView, Record};
 ///
+/// # #[derive(serde::Deserialize, Record)]
+/// # #[record(model = "transfers")]
+/// # struct Transfer { account_id: String }
+/// # #[derive(serde::Deserialize, Record)]
+/// # #[record(model = "ledger_entries")]
+/// # struct LedgerEntry { amount_minor: i64 }
+/// # #[derive(serde::Deserialize, Record)]
+/// # #[record(model = "bank_payments")]
+/// # struct BankPayment { state: String }
 /// #[derive(DataView)]
 /// struct TransferView {
 ///     /// The record the view is about (`Transfer: Record`).
@@ -78,6 +102,7 @@ pub fn check(args: TokenStream, item: TokenStream) -> TokenStream {
 ///     #[join(via = "account_id", model = "accounts")]
 ///     account: serde_json::Value,
 /// }
+/// # fn main() {}
 /// ```
 ///
 /// - `#[root]` loads the root record; its model is `<T as Record>::MODEL`,
@@ -99,7 +124,7 @@ pub fn derive_data_view(input: TokenStream) -> TokenStream {
 /// Derives `Record`, binding a type to the model whose records deserialize
 /// into it. The type must also derive (or implement) serde's `Deserialize`.
 ///
-/// ```ignore
+/// ```
 /// use overseer_core::Record;
 ///
 /// #[derive(serde::Deserialize, Record)]
@@ -108,6 +133,8 @@ pub fn derive_data_view(input: TokenStream) -> TokenStream {
 ///     status: String,
 ///     amount_minor: i64,
 /// }
+///
+/// assert_eq!(<Transfer as Record>::MODEL, "transfers");
 /// ```
 #[proc_macro_derive(Record, attributes(record))]
 pub fn derive_record(input: TokenStream) -> TokenStream {
