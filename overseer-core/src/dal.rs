@@ -147,10 +147,6 @@ impl Dal {
         self
     }
 
-    /// Whether this DAL keeps an index (see [`indexed`](Self::indexed)).
-    pub fn is_indexed(&self) -> bool {
-        self.index.is_some()
-    }
 
     fn make_cache(bytes: u64) -> quick_cache::sync::Cache<String, Arc<HistoryEntry>, Weigher> {
         quick_cache::sync::Cache::with_weighter((bytes / 1024).max(16) as usize, bytes.max(1), Weigher)
