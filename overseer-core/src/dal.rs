@@ -147,7 +147,6 @@ impl Dal {
         self
     }
 
-
     fn make_cache(bytes: u64) -> quick_cache::sync::Cache<String, Arc<HistoryEntry>, Weigher> {
         quick_cache::sync::Cache::with_weighter((bytes / 1024).max(16) as usize, bytes.max(1), Weigher)
     }
