@@ -511,3 +511,41 @@ async fn a_panicking_consumer_rejects_only_its_event() {
     assert!(letters[0].error.contains("panicked"), "{}", letters[0].error);
     assert_eq!(letters[0].raw, events[1234]);
 }
+
+#[tokio::test]
+async fn references_of_a_redelivered_batch_are_stored_even_if_the_first_attempt_stopped_before_them() {
+    for backend in backends() {
+        let store = Store::new(backend.store.clone());
+        let lines = [ev(
+            "ledger",
+            "e1",
+            20,
+            3,
+            "full",
+            json!({"transfer_id": "t1", "amount": -5}),
+        )
+        .line()];
+        // The first attempt stored the update, then stopped before its
+        // references (here: an ingestor that extracts none).
+        ingestor(&store, References::new())
+            .ingest_batch(&lines)
+            .await
+            .unwrap();
+        let t1 = RecordKey::new("transfers", "t1").unwrap();
+        assert!(store.referrers(&t1).await.unwrap().is_empty());
+        // The source delivers the unacknowledged batch again.
+        let refs = References::new().with(ReferenceSpec::parse("ledger.transfer_id -> transfers").unwrap());
+        let report = ingestor(&store, refs).ingest_batch(&lines).await.unwrap();
+        assert_eq!((report.stored, report.duplicates), (0, 1), "{}", backend.name);
+        let referrers: Vec<String> = store
+            .referrers(&t1)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.from.to_string())
+            .collect();
+        assert_eq!(referrers, ["ledger/e1"], "{}", backend.name);
+        let e1 = RecordKey::new("ledger", "e1").unwrap();
+        assert_eq!(store.references(&e1).await.unwrap().len(), 1, "{}", backend.name);
+    }
+}

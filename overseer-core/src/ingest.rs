@@ -240,6 +240,7 @@ impl Ingestor {
         let outcomes = self.store.put_updates(docs).await;
         let mut changes = changes.into_iter();
         let mut stored = Vec::new();
+        let mut redelivered = Vec::new();
         for (doc, path, outcome) in outcomes {
             let change = changes.next();
             match outcome {
@@ -249,7 +250,15 @@ impl Ingestor {
                     }
                     stored.push((doc, path))
                 }
-                Ok(PutOutcome::Duplicate) => report.duplicates += 1,
+                Ok(PutOutcome::Duplicate) => {
+                    report.duplicates += 1;
+                    // Stored before, perhaps by a run that stopped before
+                    // storing its references: they are stored again
+                    // (create-only, so at most once).
+                    if !doc.references.is_empty() {
+                        redelivered.push((doc.key, doc.references, doc.commit_time));
+                    }
+                }
                 Err(e @ Error::PositionConflict { .. }) => {
                     rejected.push((doc.raw.clone(), Some(doc.position.clone()), e.to_string()))
                 }
@@ -261,6 +270,7 @@ impl Ingestor {
             .map(|(d, _)| d)
             .filter(|d| !d.references.is_empty())
             .map(|d| (d.key.clone(), d.references.clone(), d.commit_time))
+            .chain(redelivered)
             .collect();
         let store = self.store.clone();
         let results: Vec<Result<usize>> = stream::iter(with_refs)
