@@ -119,19 +119,24 @@ async fn table_rows(c: &Client) -> BTreeMap<i64, Row> {
     .collect()
 }
 
-/// The flipped table is a normal table: its constraints and indexes have
-/// their names, the sequence still serves inserts, nothing is left behind.
-async fn assert_clean_flip(c: &Client) {
-    let indexes: Vec<String> = c
-        .query(
-            "SELECT indexname FROM pg_indexes WHERE tablename = 'ledger_entries' ORDER BY 1",
-            &[],
-        )
+/// The first column of every row of `sql`, as text.
+async fn first_column(c: &Client, sql: &str) -> Vec<String> {
+    c.query(sql, &[])
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
-        .collect();
+        .collect()
+}
+
+/// The flipped table is a normal table: its constraints and indexes have
+/// their names, the sequence still serves inserts, nothing is left behind.
+async fn assert_clean_flip(c: &Client) {
+    let indexes = first_column(
+        c,
+        "SELECT indexname FROM pg_indexes WHERE tablename = 'ledger_entries' ORDER BY 1",
+    )
+    .await;
     assert_eq!(
         indexes,
         [
@@ -140,17 +145,12 @@ async fn assert_clean_flip(c: &Client) {
             "ledger_entries_transfer_uq"
         ]
     );
-    let constraints: Vec<String> = c
-        .query(
-            "SELECT conname || ':' || contype::text FROM pg_constraint WHERE conrelid = 'ledger_entries'::regclass \
-             AND contype IN ('p', 'u', 'c') ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let constraints = first_column(
+        c,
+        "SELECT conname || ':' || contype::text FROM pg_constraint WHERE conrelid = 'ledger_entries'::regclass \
+         AND contype IN ('p', 'u', 'c') ORDER BY 1",
+    )
+    .await;
     assert_eq!(constraints.len(), 3, "{constraints:?}");
     assert!(
         constraints.contains(&"ledger_entries_pkey:p".to_owned()),

@@ -508,7 +508,11 @@ async fn a_panicking_consumer_rejects_only_its_event() {
     let r = ing.ingest_batch(&events).await.unwrap();
     assert_eq!((r.stored, r.dead_lettered), (1999, 1));
     let letters = store.dead_letters().await.unwrap();
-    assert!(letters[0].error.contains("panicked"), "{}", letters[0].error);
+    assert!(
+        letters[0].error.contains("panicked") && letters[0].error.contains("consumer bug"),
+        "{}",
+        letters[0].error
+    );
     assert_eq!(letters[0].raw, events[1234]);
 }
 
@@ -547,5 +551,48 @@ async fn references_of_a_redelivered_batch_are_stored_even_if_the_first_attempt_
         assert_eq!(referrers, ["ledger/e1"], "{}", backend.name);
         let e1 = RecordKey::new("ledger", "e1").unwrap();
         assert_eq!(store.references(&e1).await.unwrap().len(), 1, "{}", backend.name);
+    }
+}
+
+#[tokio::test]
+async fn an_indexed_dal_after_a_restart_lists_a_reference_stored_again_once() {
+    for backend in backends() {
+        let store = Store::new(backend.store.clone());
+        let refs = References::new().with(ReferenceSpec::parse("ledger.transfer_id -> transfers").unwrap());
+        let e1_at = |t, pos| {
+            ev(
+                "ledger",
+                "e1",
+                t,
+                pos,
+                "full",
+                json!({"transfer_id": "t1", "amount": t}),
+            )
+            .line()
+        };
+        ingestor(&store, refs.clone())
+            .ingest_batch(&[e1_at(10, 1)])
+            .await
+            .unwrap();
+        // A new process: the index reads t1's referrers from the store, then
+        // e1 is updated again, carrying the same reference.
+        let dal = dal(&store).indexed();
+        let t1 = RecordKey::new("transfers", "t1").unwrap();
+        assert_eq!(dal.referrer_entries(&t1, Timestamp::MAX).await.unwrap().len(), 1);
+        let ing = ingestor(&store, refs).with_dal(&dal);
+        ing.ingest_batch(&[e1_at(20, 2)]).await.unwrap();
+        let entries = dal.referrer_entries(&t1, Timestamp::MAX).await.unwrap();
+        let seen: Vec<(String, i64)> = entries
+            .iter()
+            .map(|e| (e.from.to_string(), e.first_seen.as_micros()))
+            .collect();
+        assert_eq!(seen, [("ledger/e1".to_owned(), 10)], "{}", backend.name);
+        let ledger = Model::new("ledger").unwrap();
+        let joined = dal
+            .referrers(&t1, &ledger, "transfer_id", Timestamp::MAX)
+            .await
+            .unwrap();
+        assert_eq!(joined.len(), 1, "{}", backend.name);
+        assert_eq!(joined[0].1.get("amount"), Some(&json!(20)), "{}", backend.name);
     }
 }

@@ -216,47 +216,54 @@ impl Dal {
             // Keep the record's latest state folded as updates arrive in
             // order: a check reading it then folds nothing.
             index.add_update(&update, |generation, n| {
-                let Some(change) = &change else { return };
-                let weight = 4 * update.raw.len() as u64 + 256;
-                // Updated in place when no reader holds the memo or its state.
-                let found = self.memo.entry(&update.key, None, |_, memo| {
-                    if memo.generation != generation || memo.n + 1 != n {
-                        return EntryAction::Remove;
-                    }
-                    let owned = |s: Arc<State>| Arc::try_unwrap(s).unwrap_or_else(|s| (*s).clone());
-                    match Arc::get_mut(memo) {
-                        Some(m) => {
-                            let state = m.state.take().map(owned);
-                            m.state = change::apply(state, change).map(Arc::new);
-                            m.n = n;
-                            m.weight = m.weight.max(weight);
-                        }
-                        None => {
-                            let state = memo.state.clone().map(owned);
-                            *memo = Arc::new(Memo {
-                                generation,
-                                n,
-                                state: change::apply(state, change).map(Arc::new),
-                                weight: weight.max(memo.weight),
-                            });
-                        }
-                    }
-                    EntryAction::Retain(())
-                });
-                if let EntryResult::Vacant(guard) = found
-                    && n == 1
-                {
-                    let _ = guard.insert(Arc::new(Memo {
-                        generation,
-                        n,
-                        state: change::apply(None, change).map(Arc::new),
-                        weight,
-                    }));
+                if let Some(change) = &change {
+                    self.extend_memo(&update, change, generation, n);
                 }
             });
         }
         if let Some(change) = change {
             self.cache.insert(path, Arc::new(HistoryEntry { update, change }));
+        }
+    }
+
+    /// Folds `change`, the `n`-th update of its record, into the memo of
+    /// the record's first `n - 1` updates (or starts it, for the first):
+    /// in place when no reader holds the memo or its state.
+    fn extend_memo(&self, update: &UpdateDocument, change: &Change, generation: u64, n: usize) {
+        let weight = 4 * update.raw.len() as u64 + 256;
+        let found = self.memo.entry(&update.key, None, |_, memo| {
+            if memo.generation != generation || memo.n + 1 != n {
+                return EntryAction::Remove;
+            }
+            let owned = |s: Arc<State>| Arc::try_unwrap(s).unwrap_or_else(|s| (*s).clone());
+            match Arc::get_mut(memo) {
+                Some(m) => {
+                    let state = m.state.take().map(owned);
+                    m.state = change::apply(state, change).map(Arc::new);
+                    m.n = n;
+                    m.weight = m.weight.max(weight);
+                }
+                None => {
+                    let state = memo.state.clone().map(owned);
+                    *memo = Arc::new(Memo {
+                        generation,
+                        n,
+                        state: change::apply(state, change).map(Arc::new),
+                        weight: weight.max(memo.weight),
+                    });
+                }
+            }
+            EntryAction::Retain(())
+        });
+        if let EntryResult::Vacant(guard) = found
+            && n == 1
+        {
+            let _ = guard.insert(Arc::new(Memo {
+                generation,
+                n,
+                state: change::apply(None, change).map(Arc::new),
+                weight,
+            }));
         }
     }
 
@@ -305,14 +312,12 @@ impl Dal {
         Ok(out)
     }
 
-    /// Reads a record's updates from the store into the index.
-    async fn seed(&self, index: &Index, key: &RecordKey) -> Result<()> {
+    /// Every update of `key` in the store (listed, so in no particular
+    /// order): what seeds the index for a record.
+    async fn stored_updates(&self, key: &RecordKey) -> Result<Vec<Arc<HistoryEntry>>> {
         let objects = self.store.list_updates(key, Timestamp::MAX).await?;
         let paths: Vec<String> = objects.into_iter().map(|o| o.path).collect();
-        let entries = self.load_all(&paths).await?;
-        let found: Vec<UpdateDocument> = entries.iter().map(|e| e.update.clone()).collect();
-        index.seed_updates(key, &found);
-        Ok(())
+        self.load_all(&paths).await
     }
 
     /// Time travel: the updates of a record committed at or before `up_to`,
@@ -320,12 +325,14 @@ impl Dal {
     pub async fn history(&self, key: &RecordKey, up_to: Timestamp) -> Result<Vec<Arc<HistoryEntry>>> {
         if let Some(index) = &self.index {
             index.start().await?;
-            if index.paths(key, up_to).is_none() {
-                self.seed(index, key).await?;
-            }
-            if let Some(paths) = index.paths(key, up_to) {
-                return self.load_all(&paths).await;
-            }
+            let paths = match index.paths(key, up_to) {
+                Some(paths) => paths,
+                None => {
+                    let found = self.stored_updates(key).await?;
+                    index.seed_then_paths(key, found.iter().map(|e| &e.update), up_to)
+                }
+            };
+            return self.load_all(&paths).await;
         }
         let objects = self.store.list_updates(key, up_to).await?;
         let paths: Vec<String> = objects.into_iter().map(|o| o.path).collect();
@@ -352,11 +359,11 @@ impl Dal {
         index.start().await?;
         let memo = self.memo.get(key);
         let plan = match index.plan(key, at, memo.as_deref()) {
-            Plan::Unseeded => {
-                self.seed(index, key).await?;
-                index.plan(key, at, memo.as_deref())
+            Some(plan) => plan,
+            None => {
+                let found = self.stored_updates(key).await?;
+                index.seed_then_plan(key, found.iter().map(|e| &e.update), at, memo.as_deref())
             }
-            plan => plan,
         };
         let (base, paths, generation, n, latest) = match plan {
             Plan::Hit(state) => return Ok(state),
@@ -367,12 +374,6 @@ impl Dal {
                 n,
                 latest,
             } => (base, paths, generation, n, latest),
-            // Seeded just above: only a store that keeps changing under an
-            // unseeded record gets here; read it without the index.
-            Plan::Unseeded => {
-                let history = self.history(key, at).await?;
-                return Ok(fold(&history).map(Arc::new));
-            }
         };
         let entries = self.load_all(&paths).await?;
         let state = match base {

@@ -111,10 +111,12 @@ impl Tracked {
 #[derive(Debug, Default)]
 struct Referrers {
     seeded: bool,
-    /// `other` is the referencing record. May hold a reference twice (once
-    /// from the store, once written through after a restart); readers
-    /// deduplicate.
+    /// `other` is the referencing record.
     entries: Vec<Ref>,
+    /// Whether a reference may be held twice (once from the store, once
+    /// written through after a restart): readers then deduplicate. Never set
+    /// on a fresh store.
+    maybe_twice: bool,
 }
 
 /// The folded state of a record's first `n` updates (of one generation).
@@ -128,8 +130,6 @@ pub(crate) struct Memo {
 
 /// What reading a record's state at a time needs.
 pub(crate) enum Plan {
-    /// The record is not seeded from the store yet.
-    Unseeded,
     /// The memo is exactly the state asked for.
     Hit(Option<Arc<State>>),
     /// Fold the updates at these object keys, on top of `base` when given
@@ -190,11 +190,6 @@ impl Index {
         f
     }
 
-    fn path(&self, key: &RecordKey, u: &Indexed) -> String {
-        self.store
-            .update_path_of(key, u.commit_time, u.source.as_str(), &u.position)
-    }
-
     /// Write-through: an update was stored. When it is the record's latest
     /// (and the record is seeded), `extend` is called, under the record's
     /// lock, with the record's generation and update count.
@@ -216,6 +211,7 @@ impl Index {
     pub(crate) fn add_references(&self, from: &RecordKey, references: &[Reference], first_seen: Timestamp) {
         let fresh = self.fresh();
         let mut added = Vec::new();
+        let known;
         {
             let mut tracked = self.records.entry(from.clone()).or_insert_with(|| Tracked {
                 seeded: fresh,
@@ -228,45 +224,62 @@ impl Index {
                     added.push((field, &reference.target));
                 }
             }
+            // Whether "new" is new to the store too, or only to the index.
+            known = tracked.refs_seeded;
         }
         for (field, target) in added {
-            self.referrers
-                .entry(target.clone())
-                .or_insert_with(|| Referrers {
-                    seeded: fresh,
-                    entries: Vec::new(),
-                })
-                .entries
-                .push(Ref {
-                    field,
-                    other: from.clone(),
-                    first_seen,
-                });
+            let mut list = self.referrers.entry(target.clone()).or_insert_with(|| Referrers {
+                seeded: fresh,
+                ..Referrers::default()
+            });
+            list.maybe_twice |= !known;
+            list.entries.push(Ref {
+                field,
+                other: from.clone(),
+                first_seen,
+            });
         }
     }
 
     /// Adds the updates of `key` found in the store; the record is seeded.
-    pub(crate) fn seed_updates(&self, key: &RecordKey, found: &[UpdateDocument]) {
+    fn seed<'a>(
+        &self,
+        key: &RecordKey,
+        found: impl IntoIterator<Item = &'a UpdateDocument>,
+    ) -> dashmap::mapref::one::RefMut<'_, RecordKey, Tracked> {
         let mut tracked = self.records.entry(key.clone()).or_default();
         for update in found {
             tracked.insert(Indexed::new(update));
         }
         tracked.seeded = true;
         tracked.generation += 1;
+        tracked
     }
 
-    /// The plan to read `key`'s state at `at`, given its memo.
-    pub(crate) fn plan(&self, key: &RecordKey, at: Timestamp, memo: Option<&Memo>) -> Plan {
-        let Some(tracked) = self.records.get(key) else {
-            return if self.fresh() {
-                Plan::Hit(None)
-            } else {
-                Plan::Unseeded
-            };
-        };
-        if !tracked.seeded {
-            return Plan::Unseeded;
+    /// The plan to read `key`'s state at `at`, given its memo; `None` if the
+    /// record is not seeded from the store yet.
+    pub(crate) fn plan(&self, key: &RecordKey, at: Timestamp, memo: Option<&Memo>) -> Option<Plan> {
+        match self.records.get(key) {
+            None => self.fresh().then_some(Plan::Hit(None)),
+            Some(t) if !t.seeded => None,
+            Some(t) => Some(self.plan_of(&t, key, at, memo)),
         }
+    }
+
+    /// Seeds `key` with the updates found in the store, then plans as
+    /// [`plan`](Self::plan).
+    pub(crate) fn seed_then_plan<'a>(
+        &self,
+        key: &RecordKey,
+        found: impl IntoIterator<Item = &'a UpdateDocument>,
+        at: Timestamp,
+        memo: Option<&Memo>,
+    ) -> Plan {
+        let tracked = self.seed(key, found);
+        self.plan_of(&tracked, key, at, memo)
+    }
+
+    fn plan_of(&self, tracked: &Tracked, key: &RecordKey, at: Timestamp, memo: Option<&Memo>) -> Plan {
         let n = tracked.updates.partition_point(|u| u.commit_time <= at);
         let latest = n == tracked.updates.len();
         let generation = tracked.generation;
@@ -278,10 +291,7 @@ impl Index {
         };
         Plan::Fold {
             base,
-            paths: tracked.updates[from..n]
-                .iter()
-                .map(|u| self.path(key, u))
-                .collect(),
+            paths: self.paths_of(tracked, key, from, n),
             generation,
             n,
             latest,
@@ -294,14 +304,35 @@ impl Index {
         match self.records.get(key) {
             None => self.fresh().then(Vec::new),
             Some(t) if !t.seeded => None,
-            Some(t) => Some(
-                t.updates
-                    .iter()
-                    .take_while(|u| u.commit_time <= up_to)
-                    .map(|u| self.path(key, u))
-                    .collect(),
-            ),
+            Some(t) => Some(self.paths_up_to(&t, key, up_to)),
         }
+    }
+
+    /// Seeds `key` with the updates found in the store, then answers as
+    /// [`paths`](Self::paths).
+    pub(crate) fn seed_then_paths<'a>(
+        &self,
+        key: &RecordKey,
+        found: impl IntoIterator<Item = &'a UpdateDocument>,
+        up_to: Timestamp,
+    ) -> Vec<String> {
+        let tracked = self.seed(key, found);
+        self.paths_up_to(&tracked, key, up_to)
+    }
+
+    fn paths_up_to(&self, tracked: &Tracked, key: &RecordKey, up_to: Timestamp) -> Vec<String> {
+        let n = tracked.updates.partition_point(|u| u.commit_time <= up_to);
+        self.paths_of(tracked, key, 0, n)
+    }
+
+    fn paths_of(&self, tracked: &Tracked, key: &RecordKey, from: usize, to: usize) -> Vec<String> {
+        tracked.updates[from..to]
+            .iter()
+            .map(|u| {
+                self.store
+                    .update_path_of(key, u.commit_time, u.source.as_str(), &u.position)
+            })
+            .collect()
     }
 
     /// The references of `key` (`forward`) or to `key` (not `forward`);
@@ -332,9 +363,12 @@ impl Index {
             Some(list) => list,
         };
         let mut entries: Vec<&Ref> = list.entries.iter().collect();
-        // The earliest of a reference stored twice (see `Referrers`).
-        entries.sort_by(|a, b| (&a.other, &a.field, a.first_seen).cmp(&(&b.other, &b.field, b.first_seen)));
-        entries.dedup_by(|b, a| a.other == b.other && a.field == b.field);
+        if list.maybe_twice {
+            // The earliest of a reference held twice.
+            entries
+                .sort_by(|a, b| (&a.other, &a.field, a.first_seen).cmp(&(&b.other, &b.field, b.first_seen)));
+            entries.dedup_by(|b, a| a.other == b.other && a.field == b.field);
+        }
         Some(
             entries
                 .into_iter()
@@ -372,6 +406,7 @@ impl Index {
             tracked.refs_seeded = true;
         } else {
             let mut list = self.referrers.entry(key.clone()).or_default();
+            list.maybe_twice |= !list.entries.is_empty();
             list.entries.extend(found.into_iter().map(|e| Ref {
                 field: self.field(&e.reference.field),
                 other: e.from,

@@ -176,10 +176,13 @@ impl Ingestor {
     /// rejects only that event.
     fn consume_isolated(&self, raw: &[u8]) -> Outcome {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.consume_one(raw))).unwrap_or_else(
-            |_| {
+            |payload| {
                 Outcome::Rejected(ConsumeError::new(
                     self.consumer.format().as_str(),
-                    "the consumer panicked on this event",
+                    format!(
+                        "the consumer panicked on this event: {}",
+                        crate::panic_message(&*payload)
+                    ),
                 ))
             },
         )

@@ -104,3 +104,15 @@ pub mod __private {
     pub use crate::check::CheckRegistration;
     pub use inventory;
 }
+
+/// The message of a caught panic (`panic!` with a literal or a formatted
+/// string), for an error that names it.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

@@ -270,16 +270,14 @@ impl OverseerBuilder {
             self.escalations,
             self.config,
         )?;
-        let topic = self.topic.unwrap_or_else(|| Arc::new(InProcessTopic::new()));
         Ok(Overseer {
             store,
             intake: Intake {
                 ingestors: Arc::new(ingestors),
-                topic: topic.clone(),
+                topic: self.topic.unwrap_or_else(|| Arc::new(InProcessTopic::new())),
             },
             runner,
             manual: self.manual,
-            topic,
         })
     }
 }
@@ -306,7 +304,6 @@ pub struct Overseer {
     intake: Intake,
     runner: Runner,
     manual: Option<Arc<ManualClock>>,
-    topic: Arc<dyn Topic>,
 }
 
 impl std::fmt::Debug for Overseer {
@@ -418,7 +415,12 @@ impl Overseer {
     /// check; returns the executions.
     pub async fn tick(&mut self) -> Result<Vec<Execution>, PipelineError> {
         loop {
-            let messages = self.topic.poll(POLL_MAX).await.map_err(PipelineError::Topic)?;
+            let messages = self
+                .intake
+                .topic
+                .poll(POLL_MAX)
+                .await
+                .map_err(PipelineError::Topic)?;
             if messages.is_empty() {
                 break;
             }
@@ -484,7 +486,7 @@ impl Overseer {
                 self.intake.ingestors.get(source.id()).cloned().ok_or_else(|| {
                     PipelineError::Config(format!("source {} is not configured", source.id()))
                 })?;
-            let topic = self.topic.clone();
+            let topic = self.intake.topic.clone();
             let done = done_tx.clone();
             let stop = stop.clone();
             handles.push(tokio::spawn(async move {
@@ -520,7 +522,7 @@ impl Overseer {
                         break;
                     }
                 }
-                _ = self.topic.wait() => {}
+                _ = self.intake.topic.wait() => {}
                 _ = tokio::time::sleep(nap) => {}
             }
             self.tick().await?;

@@ -798,7 +798,10 @@ async fn execute(check: Check, dal: Dal, root: RecordKey, as_of: Timestamp) -> (
             Outcome::Error(format!("check {name} timed out after {timeout:?}"))
         }
         Ok(Err(join)) => Outcome::Error(format!("check {name} could not complete: {join}")),
-        Ok(Ok(Err(panic))) => Outcome::Error(format!("check {name} panicked: {}", panic_message(&panic))),
+        Ok(Ok(Err(panic))) => Outcome::Error(format!(
+            "check {name} panicked: {}",
+            crate::panic_message(&*panic)
+        )),
         Ok(Ok(Ok(Ok(verdict)))) => Outcome::Verdict(verdict),
         Ok(Ok(Ok(Err(e @ (ViewError::Missing { .. } | ViewError::Cardinality { .. }))))) => {
             Outcome::Indeterminate(e.to_string())
@@ -806,14 +809,4 @@ async fn execute(check: Check, dal: Dal, root: RecordKey, as_of: Timestamp) -> (
         Ok(Ok(Ok(Err(e)))) => Outcome::Indeterminate(e.to_string()),
     };
     (outcome, start.elapsed())
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
 }

@@ -110,16 +110,6 @@ impl<T, E: fmt::Display> NewOutcome<T, E> {
     }
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(non-string panic payload)".to_owned()
-    }
-}
-
 /// What calls share: the phase, the queues, the counters.
 struct Shared {
     phase: PhaseSwitch,
@@ -387,7 +377,7 @@ impl DualRouter {
                             {
                                 Ok(result) => Side::of(&result),
                                 Err(payload) => {
-                                    Side::Failed(format!("panicked: {}", panic_message(&*payload)))
+                                    Side::Failed(format!("panicked: {}", crate::panic_message(&*payload)))
                                 }
                             };
                             task.compare_later(op, k, Access::Read, phase, legacy_side, new_side);
@@ -552,7 +542,7 @@ impl Shared {
             Err(payload) => {
                 Counters::bump(&self.counters.new_errors);
                 Counters::bump(&self.counters.new_panics);
-                let message = panic_message(&*payload);
+                let message = crate::panic_message(&*payload);
                 tracing::warn!(%message, "the new side panicked (contained)");
                 NewOutcome::Panicked(message)
             }
@@ -673,7 +663,7 @@ impl Worker {
                 std::panic::catch_unwind(AssertUnwindSafe(|| self.compare_one(job))).unwrap_or_else(
                     |payload| {
                         Counters::bump(&self.counters.comparator_panics);
-                        tracing::warn!(message = %panic_message(&*payload), "a comparison panicked (contained)");
+                        tracing::warn!(message = %crate::panic_message(&*payload), "a comparison panicked (contained)");
                         None
                     },
                 )
