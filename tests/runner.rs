@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use overseer_core::check::{Check, Verdict};
 use overseer_core::escalation::{FnEscalation, Incident, IncidentChange};
+use futures::StreamExt;
+use object_store::ObjectStore;
 use overseer_core::runner::Outcome;
 use overseer_core::store::OutcomeKind;
 use overseer_core::strategy::{ExecutionStrategy, FixedDelay, Freshness, Immediate};
@@ -307,6 +309,40 @@ async fn incidents_open_once_update_then_resolve_and_are_audited() {
     let kinds: Vec<OutcomeKind> = audit.iter().map(|a| a.outcome).collect();
     assert_eq!(kinds, [OutcomeKind::Fail, OutcomeKind::Fail, OutcomeKind::Pass]);
     assert_eq!(audit[1].trigger_key, RecordKey::new("payments", "p1").unwrap());
+}
+
+#[tokio::test]
+async fn a_round_audits_each_check_in_one_object_and_reads_back_by_record() {
+    let checks = Registry::new()
+        .add(Check::new("paid", paid_in_full).with_strategy(Immediate))
+        .add(Check::new("positive", positive_payment).with_strategy(Immediate));
+    let (mut s, _log) = scenario(checks);
+    let transfers: Vec<Vec<u8>> = (1..=3)
+        .map(|i| ev("transfers", &format!("t{i}"), 1, i, json!({"amount": 10})))
+        .collect();
+    s.feed("core", transfers).await.unwrap();
+    assert_eq!(s.executions().len(), 6, "{:?}", s.executions());
+    let store = s.overseer().store();
+    let objects = store
+        .object_store()
+        .list(Some(&"audit".into()))
+        .count()
+        .await;
+    assert_eq!(objects, 2, "one object per check for the round");
+    let t2 = RecordKey::new("transfers", "t2").unwrap();
+    let of_t2 = store.audit(None, Some(&t2)).await.unwrap();
+    let checks: Vec<&str> = of_t2.iter().map(|a| a.check.as_str()).collect();
+    assert_eq!(of_t2.len(), 2, "{of_t2:?}");
+    assert!(checks.contains(&"paid") && checks.contains(&"positive"), "{checks:?}");
+    assert!(of_t2.iter().all(|a| a.root == t2));
+    let paid = store.audit(Some("paid"), None).await.unwrap();
+    assert_eq!(paid.len(), 3);
+    assert!(paid.iter().all(|a| a.outcome == OutcomeKind::Fail), "{paid:?}");
+    let positive = store.audit(Some("positive"), None).await.unwrap();
+    assert!(
+        positive.iter().all(|a| a.outcome == OutcomeKind::Indeterminate),
+        "{positive:?}"
+    );
 }
 
 async fn panics(_v: Paid) -> Verdict {

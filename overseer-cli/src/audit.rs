@@ -20,11 +20,6 @@ pub(crate) async fn run(store: Store, args: &AuditArgs, out: &mut dyn Write) -> 
             ));
         }
     };
-    if root.is_some() && args.check.is_none() && !args.incidents {
-        return Err(Error::Usage(
-            "--model/--id filter the executions of one check: add --check NAME (or use --incidents)".into(),
-        ));
-    }
     if args.incidents {
         let incidents: Vec<IncidentEntry> = store
             .incidents()

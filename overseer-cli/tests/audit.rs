@@ -118,7 +118,13 @@ async fn audit_lists_executions_and_incidents_with_filters() {
     let b = all.iter().find(|i| i["root"]["id"] == "b").unwrap();
     assert_eq!(b["resolved_at"], "1970-01-01T00:33:20Z");
 
-    let (code, _, err) = overseer(&["audit", "--store", store, "--model", "lines", "--id", "b"]);
+    // A record's executions across every check.
+    let (code, out, _) = overseer(&["audit", "--store", store, "--model", "lines", "--id", "b"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.lines().all(|l| l.contains("lines/b\t")), "{out}");
+
+    let (code, _, err) = overseer(&["audit", "--store", store, "--model", "lines"]);
     assert_eq!(code, 2);
-    assert!(err.contains("--check"), "{err}");
+    assert!(err.contains("--id"), "{err}");
 }

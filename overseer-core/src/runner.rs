@@ -566,8 +566,13 @@ impl Runner {
                 .buffer_unordered(self.config.concurrency.max(1))
                 .collect()
                 .await;
+            let mut audit = Vec::new();
             for (ready, outcome, duration) in results {
-                all.push(self.conclude(ready, outcome, duration, now).await?);
+                all.push(self.conclude(ready, outcome, duration, now, &mut audit).await?);
+            }
+            if !audit.is_empty() {
+                // One object per check and round, not one per execution.
+                self.dal.store().put_audit_batch(&audit).await?;
             }
         }
     }
@@ -578,6 +583,7 @@ impl Runner {
         outcome: Outcome,
         duration: Duration,
         now: Timestamp,
+        audit: &mut Vec<AuditEntry>,
     ) -> Result<Execution> {
         self.stats.executions += 1;
         if !r.lagging.is_empty() {
@@ -619,24 +625,21 @@ impl Runner {
             Outcome::Verdict(_) => (String::new(), Value::Null),
         };
         if self.config.audit {
-            self.dal
-                .store()
-                .put_audit(&AuditEntry {
-                    check: check_name.clone(),
-                    root: r.root.clone(),
-                    trigger_key: r.pending.trigger.updated.clone(),
-                    trigger_source: r.pending.trigger.source.clone(),
-                    trigger_commit_time: r.pending.trigger.commit_time,
-                    as_of: r.as_of,
-                    executed_at: now,
-                    outcome: outcome.kind(),
-                    message,
-                    details,
-                    duration,
-                    lagging_sources: r.lagging.iter().map(ToString::to_string).collect(),
-                    coalesced: r.pending.coalesced,
-                })
-                .await?;
+            audit.push(AuditEntry {
+                check: check_name.clone(),
+                root: r.root.clone(),
+                trigger_key: r.pending.trigger.updated.clone(),
+                trigger_source: r.pending.trigger.source.clone(),
+                trigger_commit_time: r.pending.trigger.commit_time,
+                as_of: r.as_of,
+                executed_at: now,
+                outcome: outcome.kind(),
+                message,
+                details,
+                duration,
+                lagging_sources: r.lagging.iter().map(ToString::to_string).collect(),
+                coalesced: r.pending.coalesced,
+            });
         }
         Ok(Execution {
             check: check_name,

@@ -121,80 +121,103 @@ fn parse_details(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or(Value::Null)
 }
 
+impl AuditEntry {
+    fn to_proto(&self) -> proto::AuditRecord {
+        proto::AuditRecord {
+            check: self.check.clone(),
+            root: Some(codec::key_to_proto(&self.root)),
+            trigger_key: Some(codec::key_to_proto(&self.trigger_key)),
+            trigger_source: self.trigger_source.to_string(),
+            trigger_commit_time_micros: self.trigger_commit_time.as_micros(),
+            as_of_micros: self.as_of.as_micros(),
+            executed_at_micros: self.executed_at.as_micros(),
+            verdict: self.outcome.to_proto().into(),
+            message: self.message.clone(),
+            details_json: details_json(&self.details),
+            duration_micros: i64::try_from(self.duration.as_micros()).unwrap_or(i64::MAX),
+            lagging_sources: self.lagging_sources.clone(),
+            coalesced: self.coalesced,
+        }
+    }
+
+    fn from_proto(r: proto::AuditRecord, path: &str) -> Result<Self> {
+        const M: &str = "AuditBatch";
+        let corrupt = |reason: String| Error::Corrupt {
+            path: path.to_owned(),
+            message: M,
+            reason,
+        };
+        Ok(AuditEntry {
+            check: r.check,
+            root: codec::key_from_proto(r.root, path, M)?,
+            trigger_key: codec::key_from_proto(r.trigger_key, path, M)?,
+            trigger_source: SourceId::new(&r.trigger_source).map_err(|e| corrupt(e.to_string()))?,
+            trigger_commit_time: Timestamp::from_micros(r.trigger_commit_time_micros),
+            as_of: Timestamp::from_micros(r.as_of_micros),
+            executed_at: Timestamp::from_micros(r.executed_at_micros),
+            outcome: OutcomeKind::from_proto(r.verdict)
+                .ok_or_else(|| corrupt(format!("unknown verdict {}", r.verdict)))?,
+            message: r.message,
+            details: parse_details(&r.details_json),
+            duration: std::time::Duration::from_micros(r.duration_micros.max(0).unsigned_abs()),
+            lagging_sources: r.lagging_sources,
+            coalesced: r.coalesced,
+        })
+    }
+}
+
 impl Store {
-    fn audit_prefix(&self, check: Option<&str>, root: Option<&RecordKey>) -> Path {
+    fn audit_prefix(&self, check: Option<&str>) -> Path {
         let mut p = self.path(&["audit"]);
         if let Some(check) = check {
             p = p.join(layout::encode_segment(check));
-            if let Some(root) = root {
-                p = p
-                    .join(layout::encode_segment(root.model.as_str()))
-                    .join(layout::encode_segment(root.id.as_str()));
-            }
         }
         p
     }
 
-    /// Writes one execution's audit record (create-only; its key is derived
-    /// from the execution, so writing the same execution twice is a no-op).
+    /// Writes one execution's audit record: a batch of one (see
+    /// [`put_audit_batch`](Self::put_audit_batch)).
     pub async fn put_audit(&self, entry: &AuditEntry) -> Result<()> {
-        let message = proto::AuditRecord {
-            check: entry.check.clone(),
-            root: Some(codec::key_to_proto(&entry.root)),
-            trigger_key: Some(codec::key_to_proto(&entry.trigger_key)),
-            trigger_source: entry.trigger_source.to_string(),
-            trigger_commit_time_micros: entry.trigger_commit_time.as_micros(),
-            as_of_micros: entry.as_of.as_micros(),
-            executed_at_micros: entry.executed_at.as_micros(),
-            verdict: entry.outcome.to_proto().into(),
-            message: entry.message.clone(),
-            details_json: details_json(&entry.details),
-            duration_micros: i64::try_from(entry.duration.as_micros()).unwrap_or(i64::MAX),
-            lagging_sources: entry.lagging_sources.clone(),
-            coalesced: entry.coalesced,
-        };
-        let bytes = message.encode_to_vec();
-        let name = format!(
-            "{:020}-{}.pb",
-            entry.executed_at.as_micros().max(0),
-            layout::short_digest(&bytes)
-        );
-        let path = self
-            .audit_prefix(Some(&entry.check), Some(&entry.root))
-            .join(name);
-        self.put_create(&path, Bytes::from(bytes)).await?;
+        self.put_audit_batch(std::slice::from_ref(entry)).await
+    }
+
+    /// Writes the audit records of a runner round: one create-only object
+    /// per check, holding every execution of that check in `entries`. Its
+    /// key is derived from the first execution's time and the batch's
+    /// content, so writing the same batch twice is a no-op. Batching keeps
+    /// the store at one object per check and round, not one per execution.
+    pub async fn put_audit_batch(&self, entries: &[AuditEntry]) -> Result<()> {
+        let mut by_check: std::collections::BTreeMap<&str, Vec<proto::AuditRecord>> = Default::default();
+        for entry in entries {
+            by_check.entry(&entry.check).or_default().push(entry.to_proto());
+        }
+        for (check, records) in by_check {
+            let first = records.iter().map(|r| r.executed_at_micros).min().unwrap_or(0);
+            let bytes = proto::AuditBatch { records }.encode_to_vec();
+            let name = format!("{:020}-{}.pb", first.max(0), layout::short_digest(&bytes));
+            let path = self.audit_prefix(Some(check)).join(name);
+            self.put_create(&path, Bytes::from(bytes)).await?;
+        }
         Ok(())
     }
 
     /// Audit records, optionally of one check and one root record, ordered
     /// by execution time, then as-of time, then trigger commit time.
+    ///
+    /// Filtering by check lists that check's batches only; filtering by
+    /// record reads them and keeps the record's executions.
     pub async fn audit(&self, check: Option<&str>, root: Option<&RecordKey>) -> Result<Vec<AuditEntry>> {
-        const M: &str = "AuditRecord";
-        let prefix = self.audit_prefix(check, root);
+        const M: &str = "AuditBatch";
+        let prefix = self.audit_prefix(check);
         let mut out = Vec::new();
         for path in self.list_paths(&prefix).await? {
-            let r: proto::AuditRecord = codec::decode(path.as_ref(), M, self.get_bytes(&path).await?)?;
-            let corrupt = |reason: String| Error::Corrupt {
-                path: path.to_string(),
-                message: M,
-                reason,
-            };
-            out.push(AuditEntry {
-                check: r.check,
-                root: codec::key_from_proto(r.root, path.as_ref(), M)?,
-                trigger_key: codec::key_from_proto(r.trigger_key, path.as_ref(), M)?,
-                trigger_source: SourceId::new(&r.trigger_source).map_err(|e| corrupt(e.to_string()))?,
-                trigger_commit_time: Timestamp::from_micros(r.trigger_commit_time_micros),
-                as_of: Timestamp::from_micros(r.as_of_micros),
-                executed_at: Timestamp::from_micros(r.executed_at_micros),
-                outcome: OutcomeKind::from_proto(r.verdict)
-                    .ok_or_else(|| corrupt(format!("unknown verdict {}", r.verdict)))?,
-                message: r.message,
-                details: parse_details(&r.details_json),
-                duration: std::time::Duration::from_micros(r.duration_micros.max(0).unsigned_abs()),
-                lagging_sources: r.lagging_sources,
-                coalesced: r.coalesced,
-            });
+            let batch: proto::AuditBatch = codec::decode(path.as_ref(), M, self.get_bytes(&path).await?)?;
+            for record in batch.records {
+                let entry = AuditEntry::from_proto(record, path.as_ref())?;
+                if root.is_none_or(|r| *r == entry.root) {
+                    out.push(entry);
+                }
+            }
         }
         out.sort_by(|a, b| {
             (a.executed_at, a.as_of, a.trigger_commit_time, &a.check, &a.root).cmp(&(
