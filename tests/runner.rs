@@ -6,10 +6,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
 use overseer_core::check::{Check, Verdict};
 use overseer_core::escalation::{FnEscalation, Incident, IncidentChange};
-use futures::StreamExt;
-use object_store::ObjectStore;
 use overseer_core::runner::Outcome;
 use overseer_core::store::OutcomeKind;
 use overseer_core::strategy::{ExecutionStrategy, FixedDelay, Freshness, Immediate};
@@ -323,17 +323,25 @@ async fn a_round_audits_each_check_in_one_object_and_reads_back_by_record() {
     s.feed("core", transfers).await.unwrap();
     assert_eq!(s.executions().len(), 6, "{:?}", s.executions());
     let store = s.overseer().store();
-    let objects = store
-        .object_store()
-        .list(Some(&"audit".into()))
-        .count()
-        .await;
+    let objects = store.object_store().list(Some(&"audit".into())).count().await;
     assert_eq!(objects, 2, "one object per check for the round");
+    // A per-execution object of an earlier layout is skipped, not misread.
+    store
+        .object_store()
+        .put(
+            &"audit/paid/transfers/t2/00000000000001000000-old.pb".into(),
+            bytes::Bytes::from_static(b"\x0a\x04paid").into(),
+        )
+        .await
+        .unwrap();
     let t2 = RecordKey::new("transfers", "t2").unwrap();
     let of_t2 = store.audit(None, Some(&t2)).await.unwrap();
     let checks: Vec<&str> = of_t2.iter().map(|a| a.check.as_str()).collect();
     assert_eq!(of_t2.len(), 2, "{of_t2:?}");
-    assert!(checks.contains(&"paid") && checks.contains(&"positive"), "{checks:?}");
+    assert!(
+        checks.contains(&"paid") && checks.contains(&"positive"),
+        "{checks:?}"
+    );
     assert!(of_t2.iter().all(|a| a.root == t2));
     let paid = store.audit(Some("paid"), None).await.unwrap();
     assert_eq!(paid.len(), 3);

@@ -209,8 +209,14 @@ impl Store {
     pub async fn audit(&self, check: Option<&str>, root: Option<&RecordKey>) -> Result<Vec<AuditEntry>> {
         const M: &str = "AuditBatch";
         let prefix = self.audit_prefix(check);
+        // Batches are `audit/<check>/<file>`; deeper keys are the
+        // per-execution objects of earlier versions, which are skipped.
+        let depth = self.audit_prefix(None).parts().count() + 2;
         let mut out = Vec::new();
         for path in self.list_paths(&prefix).await? {
+            if path.parts().count() != depth {
+                continue;
+            }
             let batch: proto::AuditBatch = codec::decode(path.as_ref(), M, self.get_bytes(&path).await?)?;
             for record in batch.records {
                 let entry = AuditEntry::from_proto(record, path.as_ref())?;
