@@ -22,6 +22,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
+// A fast, randomly seeded hasher: record ids come from the outside world.
+use foldhash::fast::RandomState;
 
 use crate::change::State;
 use crate::error::Result;
@@ -148,8 +150,8 @@ pub(crate) enum Plan {
 #[derive(Debug)]
 pub(crate) struct Index {
     store: Store,
-    records: DashMap<RecordKey, Tracked>,
-    referrers: DashMap<RecordKey, Referrers>,
+    records: DashMap<RecordKey, Tracked, RandomState>,
+    referrers: DashMap<RecordKey, Referrers, RandomState>,
     fields: Mutex<HashSet<Arc<str>>>,
     fresh: tokio::sync::OnceCell<bool>,
 }
@@ -158,8 +160,8 @@ impl Index {
     pub(crate) fn new(store: Store) -> Self {
         Self {
             store,
-            records: DashMap::new(),
-            referrers: DashMap::new(),
+            records: DashMap::default(),
+            referrers: DashMap::default(),
             fields: Mutex::default(),
             fresh: tokio::sync::OnceCell::new(),
         }

@@ -16,6 +16,9 @@
 //!   runner's clock, and returns what happened.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+// A fast, randomly seeded hasher: record ids come from the outside world.
+use foldhash::fast::RandomState;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -169,7 +172,7 @@ struct CheckSlot {
     sources: Vec<SourceId>,
     timed: BTreeMap<(Timestamp, u64), RecordKey>,
     fresh: BTreeMap<(Timestamp, u64), RecordKey>,
-    pending: HashMap<RecordKey, Pending>,
+    pending: HashMap<RecordKey, Pending, RandomState>,
 }
 
 struct Ready {
@@ -195,11 +198,11 @@ pub struct Runner {
     clock: Arc<dyn Clock>,
     config: RunnerConfig,
     checks: Vec<CheckSlot>,
-    selection: HashMap<Model, Vec<(usize, Role)>>,
-    watermarks: HashMap<SourceId, Timestamp>,
+    selection: HashMap<Model, Vec<(usize, Role)>, RandomState>,
+    watermarks: HashMap<SourceId, Timestamp, RandomState>,
     escalations: HashMap<String, Dispatcher>,
     escalation_errors: Arc<std::sync::atomic::AtomicU64>,
-    incidents: HashMap<(usize, RecordKey), Incident>,
+    incidents: HashMap<(usize, RecordKey), Incident, RandomState>,
     stats: RunnerStats,
     seq: u64,
 }
@@ -244,7 +247,7 @@ impl Runner {
 
         let escalation_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut checks = Vec::new();
-        let mut selection: HashMap<Model, Vec<(usize, Role)>> = HashMap::new();
+        let mut selection: HashMap<Model, Vec<(usize, Role)>, RandomState> = HashMap::default();
         for (i, check) in registry.checks().iter().enumerate() {
             let spec = check.spec();
             let triggers: HashSet<&str> = check.models().into_iter().collect();
@@ -280,7 +283,7 @@ impl Runner {
                 sources,
                 timed: BTreeMap::new(),
                 fresh: BTreeMap::new(),
-                pending: HashMap::new(),
+                pending: HashMap::default(),
             });
         }
         Ok(Self {
@@ -289,13 +292,13 @@ impl Runner {
             config,
             checks,
             selection,
-            watermarks: HashMap::new(),
+            watermarks: HashMap::default(),
             escalations: escalations
                 .into_iter()
                 .map(|(name, e)| (name.clone(), Dispatcher::new(name, e, escalation_errors.clone())))
                 .collect(),
             escalation_errors,
-            incidents: HashMap::new(),
+            incidents: HashMap::default(),
             stats: RunnerStats::default(),
             seq: 0,
         })
