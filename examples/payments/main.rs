@@ -99,7 +99,7 @@ struct Args {
     no_audit: bool,
     /// Memory budget of each of the DAL's two caches (decoded updates,
     /// records' latest states), in MiB.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 64)]
     cache_mb: u64,
     /// No progress or detections on stderr, even on a terminal.
     #[arg(long)]

@@ -27,6 +27,52 @@ pub enum Change {
     Delete,
 }
 
+/// An estimate of the heap memory a state takes, in bytes: what the DAL's
+/// caches weigh entries by.
+///
+/// It counts the map itself, a slot per field (key, value and index: about
+/// 80 bytes with `preserve_order`), the bytes of every key and string, and
+/// the elements of arrays, recursively.
+pub(crate) fn approx_size(state: &State) -> usize {
+    const MAP: usize = 64;
+    const SLOT: usize = 80;
+    MAP + state
+        .iter()
+        .map(|(k, v)| SLOT + k.len() + value_size(v))
+        .sum::<usize>()
+}
+
+/// The heap memory a value holds beyond its own 32 bytes.
+fn value_size(v: &Value) -> usize {
+    const VALUE: usize = 32;
+    match v {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(|i| VALUE + value_size(i)).sum(),
+        Value::Object(map) => approx_size(map),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+    }
+}
+
+impl Change {
+    /// An estimate of the heap memory the change takes, in bytes (see
+    /// [`approx_size`]).
+    pub(crate) fn approx_size(&self) -> usize {
+        let path = |f: &FieldPath| 24 + f.0.iter().map(|s| 24 + s.len()).sum::<usize>();
+        match self {
+            Change::Full(s) | Change::Merge(s) => approx_size(s),
+            Change::Patch(p) => {
+                p.truncated.iter().map(|(f, _)| path(f) + 8).sum::<usize>()
+                    + p.removed.iter().map(path).sum::<usize>()
+                    + p.updated
+                        .iter()
+                        .map(|(f, v)| path(f) + 32 + value_size(v))
+                        .sum::<usize>()
+            }
+            Change::Delete => 0,
+        }
+    }
+}
+
 /// Field-level edits, applied in the order: truncate arrays, remove fields,
 /// set fields (the order in which MongoDB reports a delta).
 #[derive(Clone, PartialEq, Debug, Default)]
@@ -274,6 +320,23 @@ impl Change {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_size_estimate_grows_with_every_field_string_and_element() {
+        let small = json!({"id": 1, "account": "a"});
+        let base = approx_size(small.as_object().unwrap());
+        let long = json!({"id": 1, "account": "a".repeat(1000)});
+        assert!(approx_size(long.as_object().unwrap()) >= base + 999);
+        let nested = json!({"id": 1, "account": "a", "meta": {"tags": ["x", "y", "z"]}});
+        let with_nested = approx_size(nested.as_object().unwrap());
+        assert!(with_nested > base + 3 * 32, "{with_nested} vs {base}");
+        let patch = Change::Patch(Patch {
+            updated: vec![(FieldPath::parse("meta.note"), json!("n".repeat(500)))],
+            ..Patch::default()
+        });
+        assert!(patch.approx_size() >= 500);
+        assert_eq!(Change::Delete.approx_size(), 0);
+    }
     use serde_json::json;
 
     fn obj(v: Value) -> State {

@@ -16,8 +16,9 @@ use crate::store::{ReferenceEntry, Store};
 use crate::time::Timestamp;
 use quick_cache::sync::{EntryAction, EntryResult};
 
-/// Default size of the decoded-update cache, in estimated bytes of memory.
-pub const DEFAULT_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+/// Default budget of each of the DAL's caches (decoded updates, latest
+/// folded states), in estimated bytes of memory.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// One stored update, decoded by its format's builder.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,11 +44,10 @@ pub struct TimelineEntry {
 struct Weigher;
 
 impl quick_cache::Weighter<String, Arc<HistoryEntry>> for Weigher {
-    /// An estimate of the memory an entry holds: its raw bytes, plus the
-    /// decoded change (a `serde_json::Value` tree takes about three times the
-    /// size of its JSON text), plus the key and fixed overhead.
+    /// An estimate of the memory an entry holds: its raw bytes, its
+    /// decoded change, the key and a fixed overhead for the metadata.
     fn weight(&self, key: &String, value: &Arc<HistoryEntry>) -> u64 {
-        (key.len() + 4 * value.update.raw.len() + 256) as u64
+        (key.len() + value.update.raw.len() + value.change.approx_size() + 256) as u64
     }
 }
 
@@ -55,8 +55,11 @@ impl quick_cache::Weighter<String, Arc<HistoryEntry>> for Weigher {
 struct MemoWeigher;
 
 impl quick_cache::Weighter<RecordKey, Arc<Memo>> for MemoWeigher {
-    fn weight(&self, _key: &RecordKey, value: &Arc<Memo>) -> u64 {
-        value.weight
+    /// An estimate of the memory a memo holds: its folded state, the key
+    /// and a fixed overhead.
+    fn weight(&self, key: &RecordKey, value: &Arc<Memo>) -> u64 {
+        let state = value.state.as_deref().map_or(0, change::approx_size);
+        (key.model.as_str().len() + key.id.as_str().len() + state + 128) as u64
     }
 }
 
@@ -230,7 +233,6 @@ impl Dal {
     /// the record's first `n - 1` updates (or starts it, for the first):
     /// in place when no reader holds the memo or its state.
     fn extend_memo(&self, update: &UpdateDocument, change: &Change, generation: u64, n: usize) {
-        let weight = 4 * update.raw.len() as u64 + 256;
         let found = self.memo.entry(&update.key, None, |_, memo| {
             if memo.generation != generation || memo.n + 1 != n {
                 return EntryAction::Remove;
@@ -241,7 +243,6 @@ impl Dal {
                     let state = m.state.take().map(owned);
                     m.state = change::apply(state, change).map(Arc::new);
                     m.n = n;
-                    m.weight = m.weight.max(weight);
                 }
                 None => {
                     let state = memo.state.clone().map(owned);
@@ -249,7 +250,6 @@ impl Dal {
                         generation,
                         n,
                         state: change::apply(state, change).map(Arc::new),
-                        weight: weight.max(memo.weight),
                     });
                 }
             }
@@ -262,7 +262,6 @@ impl Dal {
                 generation,
                 n,
                 state: change::apply(None, change).map(Arc::new),
-                weight,
             }));
         }
     }
@@ -384,19 +383,12 @@ impl Dal {
         }
         .map(Arc::new);
         if latest {
-            let weight = entries
-                .iter()
-                .map(|e| 4 * e.update.raw.len() as u64 + 256)
-                .max()
-                .unwrap_or(64)
-                .max(memo.map_or(0, |m| m.weight));
             self.memo.insert(
                 key.clone(),
                 Arc::new(Memo {
                     generation,
                     n,
                     state: state.clone(),
-                    weight,
                 }),
             );
         }

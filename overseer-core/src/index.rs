@@ -127,7 +127,6 @@ pub(crate) struct Memo {
     pub(crate) generation: u64,
     pub(crate) n: usize,
     pub(crate) state: Option<Arc<State>>,
-    pub(crate) weight: u64,
 }
 
 /// What reading a record's state at a time needs.
