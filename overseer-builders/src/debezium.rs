@@ -38,7 +38,9 @@ use overseer_core::{
     Change, ConsumeError, Consumed, ConsumedRecord, Consumer, Format, Operation, SourcePosition, State,
     StateBuilder, Timestamp, UpdateDocument,
 };
+use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 use crate::FormatOptions;
 use crate::relational::{self, json_kind};
@@ -139,6 +141,7 @@ fn reject(reason: String) -> ConsumeError {
     ConsumeError::new(FORMAT, reason)
 }
 
+#[derive(Debug, PartialEq)]
 enum Event {
     Row(Box<RowEvent>),
     Control {
@@ -147,6 +150,7 @@ enum Event {
     },
 }
 
+#[derive(Debug, PartialEq)]
 struct RowEvent {
     table: Option<String>,
     operation: Operation,
@@ -156,26 +160,61 @@ struct RowEvent {
     position: SourcePosition,
 }
 
+/// The fields of a change event that Overseer reads (others are ignored).
+#[derive(Deserialize, Debug, PartialEq)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    op: Option<Cow<'a, str>>,
+    #[serde(default)]
+    before: Option<State>,
+    #[serde(default)]
+    after: Option<State>,
+    #[serde(borrow, default)]
+    source: Option<SourceFields<'a>>,
+}
+
 /// `source` fields as read: the table, the commit time and the LSN.
-struct Source {
-    table: Option<String>,
-    commit_time: Option<Timestamp>,
+#[derive(Deserialize, Debug, PartialEq, Default)]
+struct SourceFields<'a> {
+    #[serde(borrow, default)]
+    table: Option<Cow<'a, str>>,
+    #[serde(default)]
     ts_ms: Option<i64>,
-    lsn: Option<u64>,
+    #[serde(default)]
+    ts_us: Option<i64>,
+    #[serde(default)]
+    ts_usec: Option<i64>,
+    #[serde(default)]
+    lsn: Option<i64>,
 }
 
 fn parse(raw: &[u8]) -> Result<Event, String> {
-    let tombstone = Event::Control {
-        commit_time: None,
-        position: None,
-    };
+    // The common case, a well-formed change event, is read straight into
+    // its fields; anything else (tombstones, the JSON converter's
+    // `payload` wrapping, mistakes) is read again as a JSON value, whose
+    // checks say precisely what is wrong.
+    match serde_json::from_slice::<Envelope<'_>>(raw) {
+        Ok(envelope) if envelope.op.is_some() => interpret(envelope, raw),
+        _ => match envelope_of(raw)? {
+            Some(envelope) => interpret(envelope, raw),
+            None => Ok(Event::Control {
+                commit_time: None,
+                position: None,
+            }),
+        },
+    }
+}
+
+/// The fields of an event read through a JSON value, with an error that
+/// names what is wrong; `None` for a tombstone.
+fn envelope_of(raw: &[u8]) -> Result<Option<Envelope<'static>>, String> {
     // A Kafka tombstone has a null value: `null`, or nothing at all.
     if raw.iter().all(u8::is_ascii_whitespace) {
-        return Ok(tombstone);
+        return Ok(None);
     }
     let value: Value = serde_json::from_slice(raw).map_err(|e| format!("not valid JSON: {e}"))?;
     let mut envelope = match value {
-        Value::Null => return Ok(tombstone),
+        Value::Null => return Ok(None),
         Value::Object(map) => map,
         other => return Err(format!("expected a JSON object, got {}", json_kind(&other))),
     };
@@ -183,7 +222,7 @@ fn parse(raw: &[u8]) -> Result<Event, String> {
     if !envelope.contains_key("op") && envelope.contains_key("payload") {
         envelope = match envelope.remove("payload") {
             Some(Value::Object(map)) => map,
-            Some(Value::Null) | None => return Ok(tombstone),
+            Some(Value::Null) | None => return Ok(None),
             Some(other) => {
                 return Err(format!(
                     "\"payload\" is {}, expected an object",
@@ -193,13 +232,48 @@ fn parse(raw: &[u8]) -> Result<Event, String> {
         };
     }
     let op = match envelope.get("op") {
-        Some(Value::String(op)) => op.as_str(),
+        Some(Value::String(op)) => op.clone(),
         Some(other) => return Err(format!("\"op\" is {}, expected a string", json_kind(other))),
         None => {
             return Err("no \"op\": not a change event (a heartbeat or another message?)".into());
         }
     };
     let source = source(&envelope)?;
+    // Rows are read only for row changes (and after the commit time is
+    // known to be there: that error comes first).
+    let rows = matches!(op.as_str(), "c" | "u" | "d" | "r")
+        && source.ts_ms.or(source.ts_us).or(source.ts_usec).is_some();
+    let (before, after) = if rows {
+        (row(&envelope, "before")?, row(&envelope, "after")?)
+    } else {
+        (None, None)
+    };
+    Ok(Some(Envelope {
+        op: Some(Cow::Owned(op)),
+        before,
+        after,
+        source: Some(source),
+    }))
+}
+
+fn interpret(envelope: Envelope<'_>, raw: &[u8]) -> Result<Event, String> {
+    let Envelope {
+        op,
+        before,
+        after,
+        source,
+    } = envelope;
+    let op = op.as_deref().unwrap_or_default();
+    let source = source.unwrap_or_default();
+    let commit_time = match (source.ts_us, source.ts_usec, source.ts_ms) {
+        (Some(us), _, _) | (None, Some(us), _) => Some(Timestamp::from_micros(us)),
+        (None, None, Some(ms)) => Some(Timestamp::from_millis(ms)),
+        (None, None, None) => None,
+    };
+    let lsn = source
+        .lsn
+        .map(|l| u64::try_from(l).map_err(|_| format!("\"source.lsn\" is negative ({l})")))
+        .transpose()?;
     let operation = match op {
         "c" => Operation::Insert,
         "u" => Operation::Update,
@@ -207,19 +281,16 @@ fn parse(raw: &[u8]) -> Result<Event, String> {
         "r" => Operation::Snapshot,
         "t" | "m" => {
             return Ok(Event::Control {
-                commit_time: source.commit_time,
-                position: source.lsn.map(|l| SourcePosition::from_numbers(&[l])),
+                commit_time,
+                position: lsn.map(|l| SourcePosition::from_numbers(&[l])),
             });
         }
         other => {
             return Err(format!("unknown op {other:?}; expected one of c, u, d, r, t, m"));
         }
     };
-    let commit_time = source
-        .commit_time
-        .ok_or_else(|| format!("op {op:?} has no \"source.ts_ms\" (commit time)"))?;
-    let before = row(&envelope, "before")?;
-    let after = row(&envelope, "after")?;
+    let commit_time =
+        commit_time.ok_or_else(|| format!("op {op:?} has no \"source.ts_ms\" (commit time)"))?;
     let (change, key_rows) = match operation {
         Operation::Delete => {
             let before = before
@@ -242,7 +313,7 @@ fn parse(raw: &[u8]) -> Result<Event, String> {
             (Change::Full(after.clone()), [Some(after), before])
         }
     };
-    let sequence = match (source.lsn, source.ts_ms) {
+    let sequence = match (lsn, source.ts_ms) {
         (Some(lsn), _) => SourcePosition::from_numbers(&[lsn]),
         (None, Some(ms)) => SourcePosition::from_numbers(&[u64::try_from(ms).unwrap_or(0)]),
         (None, None) => {
@@ -250,7 +321,7 @@ fn parse(raw: &[u8]) -> Result<Event, String> {
         }
     };
     Ok(Event::Row(Box::new(RowEvent {
-        table: source.table,
+        table: source.table.filter(|t| !t.is_empty()).map(Cow::into_owned),
         operation,
         change,
         key_rows,
@@ -259,16 +330,9 @@ fn parse(raw: &[u8]) -> Result<Event, String> {
     })))
 }
 
-fn source(envelope: &Map<String, Value>) -> Result<Source, String> {
+fn source(envelope: &Map<String, Value>) -> Result<SourceFields<'static>, String> {
     let source = match envelope.get("source") {
-        None | Some(Value::Null) => {
-            return Ok(Source {
-                table: None,
-                commit_time: None,
-                ts_ms: None,
-                lsn: None,
-            });
-        }
+        None | Some(Value::Null) => return Ok(SourceFields::default()),
         Some(Value::Object(map)) => map,
         Some(other) => return Err(format!("\"source\" is {}, expected an object", json_kind(other))),
     };
@@ -286,18 +350,15 @@ fn source(envelope: &Map<String, Value>) -> Result<Source, String> {
         }
     };
     let ts_ms = integer("ts_ms")?;
-    let commit_time = match (integer("ts_us")?, integer("ts_usec")?, ts_ms) {
-        (Some(us), _, _) | (None, Some(us), _) => Some(Timestamp::from_micros(us)),
-        (None, None, Some(ms)) => Some(Timestamp::from_millis(ms)),
-        (None, None, None) => None,
-    };
-    let lsn = integer("lsn")?
-        .map(|l| u64::try_from(l).map_err(|_| format!("\"source.lsn\" is negative ({l})")))
-        .transpose()?;
+    let ts_us = integer("ts_us")?;
+    let ts_usec = integer("ts_usec")?;
+    let lsn = integer("lsn")?;
+    if let Some(l) = lsn.filter(|l| *l < 0) {
+        return Err(format!("\"source.lsn\" is negative ({l})"));
+    }
     let table = match source.get("table") {
         None | Some(Value::Null) => None,
-        Some(Value::String(t)) if t.is_empty() => None,
-        Some(Value::String(t)) => Some(t.clone()),
+        Some(Value::String(t)) => Some(Cow::Owned(t.clone())),
         Some(other) => {
             return Err(format!(
                 "\"source.table\" is {}, expected a string",
@@ -305,10 +366,11 @@ fn source(envelope: &Map<String, Value>) -> Result<Source, String> {
             ));
         }
     };
-    Ok(Source {
+    Ok(SourceFields {
         table,
-        commit_time,
         ts_ms,
+        ts_us,
+        ts_usec,
         lsn,
     })
 }
@@ -335,6 +397,50 @@ fn is_unavailable(value: &Value) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The event as read through a JSON value only (the path that explains
+    /// mistakes).
+    fn through_value(raw: &[u8]) -> Result<Event, String> {
+        match envelope_of(raw)? {
+            Some(envelope) => interpret(envelope, raw),
+            None => Ok(Event::Control {
+                commit_time: None,
+                position: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn events_read_the_same_directly_and_through_a_json_value() {
+        let fixtures = concat!(
+            include_str!("../tests/fixtures/debezium/cross.jsonl"),
+            include_str!("../tests/fixtures/debezium/events.jsonl"),
+            include_str!("../tests/fixtures/debezium/key_columns.jsonl"),
+            include_str!("../tests/fixtures/debezium/malformed.jsonl"),
+        );
+        let extra = [
+            r#"{"op":"t","before":5,"source":{"ts_ms":1,"lsn":7}}"#,
+            r#"{"op":"c","after":{"id":1},"source":{"ts_ms":1,"lsn":-1}}"#,
+            r#"{"op":"c","after":{"id":1},"source":{"ts_ms":1.5}}"#,
+            r#"{"op":"c","after":{"id":1},"source":{"table":""}}"#,
+            r#"{"op":"c","op":"d","before":{"id":1},"source":{"ts_us":5}}"#,
+            r#"{"op":"u","after":{"id":1,"b":"__debezium_unavailable_value"},"source":{"ts_usec":5,"table":"t"}}"#,
+            r#"{"schema":{},"payload":{"op":"r","after":{"id":2},"source":{"ts_ms":3}}}"#,
+            r#"{"schema":{},"payload":null}"#,
+            "null",
+            "",
+            r#"{"op":"x","source":{"ts_ms":1}}"#,
+            r#"{"op":"c","after":[1],"source":{"ts_ms":1}}"#,
+        ];
+        let mut rows = 0;
+        for line in fixtures.lines().chain(extra) {
+            let raw = line.as_bytes();
+            let event = parse(raw);
+            assert_eq!(event, through_value(raw), "{line}");
+            rows += usize::from(matches!(event, Ok(Event::Row(_))));
+        }
+        assert!(rows > 10, "{rows} row events read");
+    }
 
     /// Standard base64 with padding, for checking the constant.
     fn base64(bytes: &[u8]) -> String {

@@ -53,6 +53,8 @@ use overseer_core::{
     Change, ConsumeError, Consumed, ConsumedRecord, Consumer, Format, Operation, SourcePosition, State,
     StateBuilder, Timestamp, UpdateDocument,
 };
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 
@@ -66,6 +68,7 @@ pub const PGOUTPUT_FORMAT: &str = "pgoutput";
 
 /// What one event of either format is, before its record key is resolved
 /// (the builder needs only the change; the consumer also needs the key).
+#[derive(Debug, PartialEq)]
 enum Event {
     Row(Box<RowEvent>),
     Control {
@@ -75,6 +78,7 @@ enum Event {
 }
 
 /// One row change.
+#[derive(Debug, PartialEq)]
 struct RowEvent {
     table: String,
     /// The key columns the event names itself (empty if none).
@@ -212,19 +216,109 @@ fn opt_str<'a>(event: &'a Map<String, Value>, field: &str) -> Result<Option<&'a 
 }
 
 fn parse_wal2json(raw: &[u8]) -> Result<Event, String> {
+    // The common case, a well-formed event, is read straight into its
+    // fields; anything else is read again as a JSON value, whose checks say
+    // precisely what is wrong.
+    match serde_json::from_slice::<Wal2JsonFields<'_>>(raw) {
+        Ok(fields) if fields.action.is_some() => interpret_wal2json(fields, raw),
+        _ => interpret_wal2json(wal2json_fields_of(raw)?, raw),
+    }
+}
+
+/// The fields of a wal2json v2 event that Overseer reads (others are
+/// ignored).
+#[derive(Deserialize, Debug, PartialEq)]
+struct Wal2JsonFields<'a> {
+    #[serde(borrow, default)]
+    action: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    lsn: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    table: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "wal2json_state")]
+    columns: Option<State>,
+    #[serde(default, deserialize_with = "wal2json_state")]
+    identity: Option<State>,
+    #[serde(default, deserialize_with = "wal2json_pk_names")]
+    pk: Vec<String>,
+    /// Whether the event has format-version 1's `change` array (only read
+    /// from the JSON value, to explain a missing `action`).
+    #[serde(skip)]
+    v1: bool,
+}
+
+/// One `{"name", "type", "value"}` column (the type is not needed).
+#[derive(Deserialize)]
+struct Wal2JsonColumn<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    value: Value,
+}
+
+#[derive(Deserialize)]
+struct Wal2JsonPk {
+    name: String,
+}
+
+fn wal2json_state<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<State>, D::Error> {
+    let columns: Option<Vec<Wal2JsonColumn<'de>>> = Option::deserialize(d)?;
+    Ok(columns.map(|columns| {
+        columns
+            .into_iter()
+            .map(|c| (c.name.into_owned(), c.value))
+            .collect()
+    }))
+}
+
+fn wal2json_pk_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let pk: Option<Vec<Wal2JsonPk>> = Option::deserialize(d)?;
+    Ok(pk.unwrap_or_default().into_iter().map(|c| c.name).collect())
+}
+
+/// The fields of a wal2json event read through a JSON value, with an error
+/// that names what is wrong.
+fn wal2json_fields_of(raw: &[u8]) -> Result<Wal2JsonFields<'_>, String> {
     let event = parse_object(raw)?;
-    let Some(action) = opt_str(&event, "action")? else {
-        return Err(if event.contains_key("change") {
+    let text = |field: &str| opt_str(&event, field).map(|s| s.map(|s| Cow::Owned(s.to_owned())));
+    let action = text("action")?;
+    let mut fields = Wal2JsonFields {
+        timestamp: text("timestamp")?,
+        lsn: text("lsn")?,
+        table: None,
+        columns: None,
+        identity: None,
+        pk: Vec::new(),
+        v1: event.contains_key("change"),
+        action,
+    };
+    // Transaction records and messages carry no row: their other fields
+    // are not read.
+    if matches!(fields.action.as_deref(), Some("I" | "U" | "D")) {
+        fields.table = text("table")?;
+        fields.columns = wal2json_columns(&event, "columns")?;
+        fields.identity = wal2json_columns(&event, "identity")?;
+        fields.pk = wal2json_pk(&event)?;
+    }
+    Ok(fields)
+}
+
+fn interpret_wal2json(event: Wal2JsonFields<'_>, raw: &[u8]) -> Result<Event, String> {
+    let Some(action) = event.action.as_deref() else {
+        return Err(if event.v1 {
             "this is wal2json format-version 1 output (a \"change\" array); start the slot with format-version=2"
                 .into()
         } else {
             "no \"action\"; expected wal2json format-version 2 output".into()
         });
     };
-    let commit_time = opt_str(&event, "timestamp")?
+    let commit_time = event
+        .timestamp
+        .as_deref()
         .map(relational::parse_pg_timestamp)
         .transpose()?;
-    let lsn = opt_str(&event, "lsn")?.map(relational::parse_lsn).transpose()?;
+    let lsn = event.lsn.as_deref().map(relational::parse_lsn).transpose()?;
     let operation = match action {
         "I" => Operation::Insert,
         "U" => Operation::Update,
@@ -243,27 +337,27 @@ fn parse_wal2json(raw: &[u8]) -> Result<Event, String> {
             ));
         }
     };
-    let table = opt_str(&event, "table")?
+    let table = event
+        .table
+        .as_deref()
         .filter(|t| !t.is_empty())
         .ok_or_else(|| format!("action {action} has no \"table\""))?
         .to_owned();
     let commit_time = commit_time.ok_or_else(|| {
         format!("action {action} has no \"timestamp\"; start the slot with include-timestamp=1")
     })?;
-    let columns = wal2json_columns(&event, "columns")?;
-    let identity = wal2json_columns(&event, "identity")?;
-    let key_columns = wal2json_pk(&event)?;
     let (change, key_rows) = match operation {
         Operation::Insert => {
-            let columns = columns.ok_or("action I has no \"columns\"")?;
-            (Change::Full(columns.clone()), [Some(columns), identity])
+            let columns = event.columns.ok_or("action I has no \"columns\"")?;
+            (Change::Full(columns.clone()), [Some(columns), event.identity])
         }
         Operation::Update => {
-            let columns = columns.ok_or("action U has no \"columns\"")?;
-            (Change::Merge(columns.clone()), [Some(columns), identity])
+            let columns = event.columns.ok_or("action U has no \"columns\"")?;
+            (Change::Merge(columns.clone()), [Some(columns), event.identity])
         }
         _ => {
-            let identity = identity
+            let identity = event
+                .identity
                 .ok_or("action D has no \"identity\" (the table's REPLICA IDENTITY gives no old key)")?;
             (Change::Delete, [Some(identity), None])
         }
@@ -273,7 +367,7 @@ fn parse_wal2json(raw: &[u8]) -> Result<Event, String> {
         .with_digest_of(raw);
     Ok(Event::Row(Box::new(RowEvent {
         table,
-        key_columns,
+        key_columns: event.pk,
         operation,
         change,
         key_rows,
@@ -737,6 +831,35 @@ impl StateBuilder for PgOutput {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn wal2json_events_read_the_same_directly_and_through_a_json_value() {
+        let fixtures = concat!(
+            include_str!("../tests/fixtures/wal2json/accounts.jsonl"),
+            include_str!("../tests/fixtures/wal2json/composite.jsonl"),
+            include_str!("../tests/fixtures/wal2json/cross.jsonl"),
+            include_str!("../tests/fixtures/wal2json/key_columns.jsonl"),
+            include_str!("../tests/fixtures/wal2json/malformed.jsonl"),
+            include_str!("../tests/fixtures/wal2json/no_pk.jsonl"),
+        );
+        let extra = [
+            r#"{"action":"B","xid":1,"table":5,"columns":"x","timestamp":"2024-03-01 12:00:00+00"}"#,
+            r#"{"action":"I","table":"t","timestamp":"2024-03-01 12:00:00+00","columns":[{"name":"id","value":1},{"name":"id","value":2}]}"#,
+            r#"{"action":"I","action":"D","table":"t","timestamp":"2024-03-01 12:00:00+00","identity":[{"name":"id","value":1}]}"#,
+            r#"{"action":"I","table":"t","timestamp":"2024-03-01 12:00:00+00","columns":[{"name":"n\u00e9","value":"\"q\""}],"pk":[{"name":"id","type":"int"}]}"#,
+            r#"{"action":"U","table":"t","timestamp":"2024-03-01 12:00:00+00","columns":[{"name":"id"}]}"#,
+            r#"{"action":null,"change":[]}"#,
+        ];
+        let mut rows = 0;
+        for line in fixtures.lines().chain(extra).filter(|l| !l.trim().is_empty()) {
+            let raw = line.as_bytes();
+            let through_value = wal2json_fields_of(raw).and_then(|f| interpret_wal2json(f, raw));
+            let event = parse_wal2json(raw);
+            assert_eq!(event, through_value, "{line}");
+            rows += usize::from(matches!(event, Ok(Event::Row(_))));
+        }
+        assert!(rows > 20, "{rows} row events read");
+    }
 
     #[test]
     fn text_values_convert_by_type_oid() {
