@@ -213,26 +213,33 @@ impl Dal {
     }
 
     /// Write-through from ingestion: an update was stored at `path`. Its
-    /// already decoded change, when given, goes to the cache.
+    /// already decoded change, when given, is folded into the record's
+    /// latest state; when it cannot be (it arrived out of order, or the DAL
+    /// is not indexed), it goes to the cache of decoded updates instead.
     pub(crate) fn prime(&self, path: String, update: UpdateDocument, change: Option<Change>) {
+        let mut folded = false;
         if let Some(index) = &self.index {
             // Keep the record's latest state folded as updates arrive in
             // order: a check reading it then folds nothing.
             index.add_update(&update, |generation, n| {
                 if let Some(change) = &change {
-                    self.extend_memo(&update, change, generation, n);
+                    folded = self.extend_memo(&update, change, generation, n);
                 }
             });
         }
-        if let Some(change) = change {
+        // A folded update is read again only by a read of an earlier point
+        // of the record's history (or after its memo is evicted): caching
+        // it as well costs more than loading it then.
+        if let Some(change) = change.filter(|_| !folded) {
             self.cache.insert(path, Arc::new(HistoryEntry { update, change }));
         }
     }
 
     /// Folds `change`, the `n`-th update of its record, into the memo of
     /// the record's first `n - 1` updates (or starts it, for the first):
-    /// in place when no reader holds the memo or its state.
-    fn extend_memo(&self, update: &UpdateDocument, change: &Change, generation: u64, n: usize) {
+    /// in place when no reader holds the memo or its state. Returns whether
+    /// the memo now holds the state after this update.
+    fn extend_memo(&self, update: &UpdateDocument, change: &Change, generation: u64, n: usize) -> bool {
         let found = self.memo.entry(&update.key, None, |_, memo| {
             if memo.generation != generation || memo.n + 1 != n {
                 return EntryAction::Remove;
@@ -255,14 +262,16 @@ impl Dal {
             }
             EntryAction::Retain(())
         });
-        if let EntryResult::Vacant(guard) = found
-            && n == 1
-        {
-            let _ = guard.insert(Arc::new(Memo {
-                generation,
-                n,
-                state: change::apply(None, change).map(Arc::new),
-            }));
+        match found {
+            EntryResult::Retained(()) => true,
+            EntryResult::Vacant(guard) if n == 1 => guard
+                .insert(Arc::new(Memo {
+                    generation,
+                    n,
+                    state: change::apply(None, change).map(Arc::new),
+                }))
+                .is_ok(),
+            _ => false,
         }
     }
 
