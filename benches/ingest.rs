@@ -4,6 +4,7 @@
 //! cargo bench -p overseer-benches --bench ingest -- memory [EVENTS]   # default 1,000,000
 //! cargo bench -p overseer-benches --bench ingest -- local  [EVENTS]   # default 100,000; raw put rate in the same run
 //! cargo bench -p overseer-benches --bench ingest -- state  [UPDATES]  # default 1,000
+//! cargo bench -p overseer-benches --bench ingest -- objects [OBJECTS] # default 500,000; InMemory's memory per object
 //! ```
 #![allow(clippy::print_stdout, clippy::unwrap_used, missing_docs)]
 
@@ -216,6 +217,47 @@ async fn state(updates: usize) {
     );
 }
 
+/// Resident memory of this process now, in MiB (Linux `VmRSS`).
+fn rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// What `object_store`'s `InMemory` costs per object beyond its payload:
+/// `objects` create-only puts of 1-byte objects under keys shaped like an
+/// Overseer reference's, measured as the growth of resident memory.
+async fn objects(objects: usize) {
+    let store = InMemory::new();
+    let before = rss_mib().unwrap_or(0.0);
+    for i in 0..objects {
+        let path = Path::from(format!(
+            "referrers/transfers/tr-{:08}/ledger_entries/{i}/transfer_id",
+            i / 3
+        ));
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        store
+            .put_opts(&path, PutPayload::from(vec![7u8]), opts)
+            .await
+            .unwrap();
+    }
+    let grown = rss_mib().unwrap_or(0.0) - before;
+    println!(
+        "{}",
+        json!({
+            "mode": "objects",
+            "objects": objects,
+            "payload_bytes": 1,
+            "rss_growth_mib": grown,
+            "bytes_per_object": grown * 1024.0 * 1024.0 / objects as f64,
+        })
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -233,6 +275,7 @@ fn main() {
             "memory" => memory(n(1_000_000)).await,
             "local" => local(n(100_000)).await,
             "state" => state(n(1000)).await,
+            "objects" => objects(n(500_000)).await,
             _ => {
                 memory(n(1_000_000)).await;
                 local(100_000).await;
