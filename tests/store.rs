@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use futures::TryStreamExt;
-use overseer_core::object_store::ObjectStore;
+use overseer_core::object_store::{ObjectStore, ObjectStoreExt};
 use overseer_core::{
     Dal, Ingestor, Model, RecordKey, Reference, ReferenceSpec, References, SourceId, Store, Timestamp,
 };
@@ -594,5 +594,77 @@ async fn an_indexed_dal_after_a_restart_lists_a_reference_stored_again_once() {
             .unwrap();
         assert_eq!(joined.len(), 1, "{}", backend.name);
         assert_eq!(joined[0].1.get("amount"), Some(&json!(20)), "{}", backend.name);
+    }
+}
+
+#[tokio::test]
+async fn an_update_s_references_are_one_master_document_object_read_once_each() {
+    for backend in backends() {
+        let e1 = RecordKey::new("ledger", "e1").unwrap();
+        let to = |field: &str, model: &str, id: &str| Reference {
+            field: field.into(),
+            target: RecordKey::new(model, id).unwrap(),
+        };
+        let refs = [
+            to("transfer_id", "transfers", "t1"),
+            to("account", "accounts", "a1"),
+        ];
+        let store = Store::new(backend.store.clone());
+        let added = store
+            .add_references(&e1, &refs, Timestamp::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(added, 2, "{}", backend.name);
+        let keys = all_keys(backend.store.as_ref()).await;
+        let forward = keys.iter().filter(|k| k.starts_with("refs/")).count();
+        let reverse = keys.iter().filter(|k| k.starts_with("referrers/")).count();
+        assert_eq!((forward, reverse), (1, 2), "{}: {keys:?}", backend.name);
+
+        // After a restart (a new handle remembers nothing), the same
+        // reference stored with an earlier update is listed once, as first
+        // seen at the earlier time.
+        let restarted = Store::new(backend.store.clone());
+        restarted
+            .add_references(&e1, &refs[..1], Timestamp::from_secs(3))
+            .await
+            .unwrap();
+        // A master-document entry of the layout before lists (one object
+        // per reference, the same bytes as its reverse entry) is read too.
+        let scratch = std::sync::Arc::new(overseer_core::object_store::memory::InMemory::new());
+        Store::new(scratch.clone())
+            .add_references(&e1, &[to("note", "notes", "n1")], Timestamp::from_secs(9))
+            .await
+            .unwrap();
+        let bytes = scratch
+            .get(&"referrers/notes/n1/ledger/e1/note".into())
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let legacy = "refs/ledger/e1/note/notes/n1".into();
+        backend.store.put(&legacy, bytes.into()).await.unwrap();
+
+        let master = restarted.references(&e1).await.unwrap();
+        let listed: Vec<(String, String, i64)> = master
+            .iter()
+            .map(|e| {
+                (
+                    e.reference.field.clone(),
+                    e.reference.target.to_string(),
+                    e.first_seen.as_micros() / 1_000_000,
+                )
+            })
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("account".to_owned(), "accounts/a1".to_owned(), 5),
+                ("note".to_owned(), "notes/n1".to_owned(), 9),
+                ("transfer_id".to_owned(), "transfers/t1".to_owned(), 3),
+            ],
+            "{}",
+            backend.name
+        );
     }
 }

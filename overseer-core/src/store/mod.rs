@@ -408,94 +408,133 @@ impl Store {
     }
 
     /// Records the references of `from` found in an update committed at
-    /// `commit_time`: one create-only object per reference in the master
-    /// document (`refs/`) and one in the reverse index (`referrers/`), so
-    /// concurrent writers can never lose each other's references.
-    /// Returns how many references were new.
+    /// `commit_time`: one create-only object per reference in the reverse
+    /// index (`referrers/`), then one create-only object in the master
+    /// document (`refs/`) holding the references that are new to this
+    /// process. No object is ever rewritten, so concurrent writers can never
+    /// lose each other's references. Returns how many references the
+    /// master-document object held (0 if it was already stored).
     pub async fn add_references(
         &self,
         from: &RecordKey,
         references: &[Reference],
         commit_time: Timestamp,
     ) -> Result<usize> {
-        let mut added = 0;
-        for reference in references {
-            let cache_key = (from.clone(), reference.clone());
-            if self
-                .known_refs
+        let known = |reference: &Reference| {
+            self.known_refs
                 .lock()
-                .map(|k| k.contains(&cache_key))
+                .map(|k| k.contains(&(from.clone(), reference.clone())))
                 .unwrap_or(false)
-            {
-                continue;
-            }
-            let entry = proto::ReferenceEntry {
+        };
+        let mut fresh: Vec<&Reference> = references.iter().filter(|r| !known(r)).collect();
+        fresh.sort_by(|a, b| (&a.field, &a.target).cmp(&(&b.field, &b.target)));
+        fresh.dedup();
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        let entries: Vec<proto::ReferenceEntry> = fresh
+            .iter()
+            .map(|reference| proto::ReferenceEntry {
                 from: Some(codec::key_to_proto(from)),
                 reference: Some(codec::reference_to_proto(reference)),
                 first_seen_micros: commit_time.as_micros(),
-            };
-            let bytes = Bytes::from(entry.encode_to_vec());
-            let field = encode_segment(&reference.field);
-            let target_model = encode_segment(reference.target.model.as_str());
-            let target_id = encode_segment(reference.target.id.as_str());
-            // Reverse index first: a master-document entry is only ever
-            // visible once its reverse entry exists.
+            })
+            .collect();
+        // Reverse index first: a master-document entry is only ever
+        // visible once its reverse entry exists.
+        for (reference, entry) in fresh.iter().zip(&entries) {
             let reverse = self
                 .record_prefix("referrers", &reference.target)
                 .join(encode_segment(from.model.as_str()))
                 .join(encode_segment(from.id.as_str()))
-                .join(field.as_str());
-            self.put_create(&reverse, bytes.clone()).await?;
-            let forward = self
-                .record_prefix("refs", from)
-                .join(field.as_str())
-                .join(target_model.as_str())
-                .join(target_id.as_str());
-            if self.put_create(&forward, bytes).await? == PutOutcome::Created {
-                added += 1;
-            }
-            if let Ok(mut known) = self.known_refs.lock() {
-                if known.len() >= KNOWN_REFS_CAPACITY {
-                    known.clear();
-                }
-                known.insert(cache_key);
-            }
+                .join(encode_segment(&reference.field));
+            self.put_create(&reverse, Bytes::from(entry.encode_to_vec()))
+                .await?;
         }
-        Ok(added)
+        let count = entries.len();
+        let bytes = proto::ReferenceList { entries }.encode_to_vec();
+        let name = format!(
+            "{:020}-{}.pb",
+            commit_time.as_micros().max(0),
+            layout::short_digest(&bytes)
+        );
+        let forward = self.record_prefix("refs", from).join(name);
+        let outcome = self.put_create(&forward, Bytes::from(bytes)).await?;
+        if let Ok(mut known) = self.known_refs.lock() {
+            if known.len() + fresh.len() > KNOWN_REFS_CAPACITY {
+                known.clear();
+            }
+            known.extend(fresh.into_iter().map(|r| (from.clone(), r.clone())));
+        }
+        Ok(if outcome == PutOutcome::Created { count } else { 0 })
     }
 
-    async fn read_entries(&self, prefix: &Path) -> Result<Vec<ReferenceEntry>> {
+    fn reference_entry(path: &Path, e: proto::ReferenceEntry) -> Result<ReferenceEntry> {
+        const M: &str = "ReferenceEntry";
+        let reference = e.reference.ok_or_else(|| Error::Corrupt {
+            path: path.to_string(),
+            message: M,
+            reason: "reference missing".into(),
+        })?;
+        Ok(ReferenceEntry {
+            from: codec::key_from_proto(e.from, path.as_ref(), M)?,
+            reference: codec::reference_from_proto(reference, path.as_ref(), M)?,
+            first_seen: Timestamp::from_micros(e.first_seen_micros),
+        })
+    }
+
+    /// The reference entries under `prefix`: a `ReferenceList` in each
+    /// object `lists_at` segments below it, a single `ReferenceEntry` in any
+    /// other.
+    async fn read_entries(&self, prefix: &Path, lists_at: Option<usize>) -> Result<Vec<ReferenceEntry>> {
+        let depth = prefix.parts().count();
         let paths = self.list_paths(prefix).await?;
-        let entries: Vec<ReferenceEntry> = stream::iter(paths)
+        let batches: Vec<Vec<ReferenceEntry>> = stream::iter(paths)
             .map(|path| async move {
-                const M: &str = "ReferenceEntry";
-                let e: proto::ReferenceEntry = codec::decode(path.as_ref(), M, self.get_bytes(&path).await?)?;
-                let reference = e.reference.ok_or_else(|| Error::Corrupt {
-                    path: path.to_string(),
-                    message: M,
-                    reason: "reference missing".into(),
-                })?;
-                Ok::<_, Error>(ReferenceEntry {
-                    from: codec::key_from_proto(e.from, path.as_ref(), M)?,
-                    reference: codec::reference_from_proto(reference, path.as_ref(), M)?,
-                    first_seen: Timestamp::from_micros(e.first_seen_micros),
-                })
+                let bytes = self.get_bytes(&path).await?;
+                if lists_at.is_some_and(|d| path.parts().count() == depth + d) {
+                    let list: proto::ReferenceList = codec::decode(path.as_ref(), "ReferenceList", bytes)?;
+                    list.entries
+                        .into_iter()
+                        .map(|e| Self::reference_entry(&path, e))
+                        .collect()
+                } else {
+                    let e: proto::ReferenceEntry = codec::decode(path.as_ref(), "ReferenceEntry", bytes)?;
+                    Ok(vec![Self::reference_entry(&path, e)?])
+                }
             })
             .buffered(self.concurrency)
             .try_collect()
             .await?;
-        Ok(entries)
+        Ok(batches.into_iter().flatten().collect())
     }
 
-    /// The master document of a record: every reference it was ever stored with.
+    /// The master document of a record: every reference it was ever stored
+    /// with, once each (with the earliest commit time it was stored at),
+    /// ordered by field and target.
     pub async fn references(&self, key: &RecordKey) -> Result<Vec<ReferenceEntry>> {
-        self.read_entries(&self.record_prefix("refs", key)).await
+        // Lists sit right under the record's prefix; a deeper object is a
+        // single entry (`<field>/<target-model>/<target-id>`, the layout
+        // before lists).
+        let mut entries = self
+            .read_entries(&self.record_prefix("refs", key), Some(1))
+            .await?;
+        entries.sort_by(|a, b| {
+            (&a.reference.field, &a.reference.target, a.first_seen).cmp(&(
+                &b.reference.field,
+                &b.reference.target,
+                b.first_seen,
+            ))
+        });
+        entries.dedup_by(|later, first| later.reference == first.reference);
+        Ok(entries)
     }
 
     /// The reverse index: every record that was ever stored with a reference
     /// to `target`.
     pub async fn referrers(&self, target: &RecordKey) -> Result<Vec<ReferenceEntry>> {
-        self.read_entries(&self.record_prefix("referrers", target)).await
+        self.read_entries(&self.record_prefix("referrers", target), None)
+            .await
     }
 
     /// Keeps an event that could not be consumed. Its key is derived from the
