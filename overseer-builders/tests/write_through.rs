@@ -87,19 +87,15 @@ fn consumed_changes_equal_decoded_changes_for_every_fixture() {
     assert!(compared > 50, "only {compared} events compared");
 }
 
-/// A DAL primed by write-through ingestion answers exactly what a cold DAL
-/// over the same store answers, without fetching a single update.
-#[tokio::test]
-async fn write_through_reads_equal_cold_reads() {
-    use std::sync::Arc;
-
-    use overseer_core::object_store::memory::InMemory;
-    use overseer_core::store::CountingStore;
-    use overseer_core::{Ingestor, RecordKey, References};
+/// Ingests the Mongo fixtures `files` into `store` through `dal`
+/// (write-through); returns the keys of the records stored.
+async fn ingest_mongo_fixtures(
+    store: &Store,
+    dal: &overseer_core::Dal,
+    files: &[&str],
+) -> Vec<overseer_core::RecordKey> {
+    use overseer_core::{Ingestor, References};
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mongo");
-    let counting = Arc::new(CountingStore::new(InMemory::new()));
-    let store = Store::new(counting.clone());
-    let primed = overseer_builders::dal(store.clone());
     let consumer = overseer_builders::consumer(FormatName::Mongo, FormatOptions::default()).unwrap();
     let ingestor = Ingestor::new(
         store.clone(),
@@ -107,9 +103,9 @@ async fn write_through_reads_equal_cold_reads() {
         consumer,
         References::new(),
     )
-    .with_dal(&primed);
+    .with_dal(dal);
     let mut keys = Vec::new();
-    for file in ["relaxed.jsonl", "canonical.jsonl"] {
+    for file in files {
         let lines: Vec<Bytes> = std::fs::read_to_string(root.join(file))
             .unwrap()
             .lines()
@@ -122,12 +118,32 @@ async fn write_through_reads_equal_cold_reads() {
     keys.sort();
     keys.dedup();
     assert!(!keys.is_empty());
-    let states =
-        |t: Vec<overseer_core::dal::TimelineEntry>| t.into_iter().map(|t| t.state).collect::<Vec<_>>();
+    keys
+}
+
+type Counting = overseer_core::store::CountingStore<overseer_core::object_store::memory::InMemory>;
+
+/// An in-memory store that counts its requests.
+fn counting_store() -> (std::sync::Arc<Counting>, Store) {
+    let counting = std::sync::Arc::new(Counting::new(overseer_core::object_store::memory::InMemory::new()));
+    let store = Store::new(counting.clone());
+    (counting, store)
+}
+
+fn states(t: Vec<overseer_core::dal::TimelineEntry>) -> Vec<Option<overseer_core::State>> {
+    t.into_iter().map(|t| t.state).collect()
+}
+
+/// A DAL primed by write-through ingestion answers exactly what a cold DAL
+/// over the same store answers, without fetching a single update.
+#[tokio::test]
+async fn write_through_reads_equal_cold_reads() {
+    let (counting, store) = counting_store();
+    let primed = overseer_builders::dal(store.clone());
+    let keys = ingest_mongo_fixtures(&store, &primed, &["relaxed.jsonl", "canonical.jsonl"]).await;
     let mut primed_states = Vec::new();
     counting.reset();
     for key in &keys {
-        let key: &RecordKey = key;
         primed_states.push(states(primed.timeline(key).await.unwrap()));
     }
     assert_eq!(counting.counts().gets, 0, "the primed DAL fetched updates");
@@ -138,36 +154,14 @@ async fn write_through_reads_equal_cold_reads() {
     assert!(counting.counts().gets > 0, "the cold DAL fetches updates");
 }
 
+/// An indexed DAL keeps the latest states folded as write-through feeds
+/// it: reading them makes no store request, and earlier points of the
+/// history (read from the store) agree with a cold DAL.
 #[tokio::test]
 async fn an_indexed_dal_reads_latest_states_fed_by_write_through_without_the_store() {
-    use std::sync::Arc;
-
-    use overseer_core::object_store::memory::InMemory;
-    use overseer_core::store::CountingStore;
-    use overseer_core::{Ingestor, References, Timestamp};
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mongo");
-    let counting = Arc::new(CountingStore::new(InMemory::new()));
-    let store = Store::new(counting.clone());
+    let (counting, store) = counting_store();
     let indexed = overseer_builders::dal(store.clone()).indexed();
-    let consumer = overseer_builders::consumer(FormatName::Mongo, FormatOptions::default()).unwrap();
-    let ingestor = Ingestor::new(
-        store.clone(),
-        SourceId::new("m").unwrap(),
-        consumer,
-        References::new(),
-    )
-    .with_dal(&indexed);
-    let lines: Vec<Bytes> = std::fs::read_to_string(root.join("relaxed.jsonl"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| Bytes::from(l.to_owned()))
-        .collect();
-    let report = ingestor.ingest_batch(&lines).await.unwrap();
-    let mut keys: Vec<_> = report.notifications.iter().map(|n| n.key.clone()).collect();
-    keys.sort();
-    keys.dedup();
-    assert!(!keys.is_empty());
+    let keys = ingest_mongo_fixtures(&store, &indexed, &["relaxed.jsonl"]).await;
     counting.reset();
     let mut latest = Vec::new();
     for key in &keys {
@@ -179,15 +173,13 @@ async fn an_indexed_dal_reads_latest_states_fed_by_write_through_without_the_sto
         (0, 0),
         "latest states came from the store"
     );
-    // Earlier points of the history are read from the store, and agree
-    // with a DAL that never saw the write-through.
     let cold = overseer_builders::dal(store.clone());
     for (key, state) in keys.iter().zip(latest) {
         assert_eq!(state, cold.state_at(key, Timestamp::MAX).await.unwrap(), "{key}");
-        let timeline = indexed.timeline(key).await.unwrap();
-        let cold_timeline = cold.timeline(key).await.unwrap();
-        let states =
-            |t: &[overseer_core::dal::TimelineEntry]| t.iter().map(|e| e.state.clone()).collect::<Vec<_>>();
-        assert_eq!(states(&timeline), states(&cold_timeline), "{key}");
+        assert_eq!(
+            states(indexed.timeline(key).await.unwrap()),
+            states(cold.timeline(key).await.unwrap()),
+            "{key}"
+        );
     }
 }
