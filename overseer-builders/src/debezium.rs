@@ -188,6 +188,17 @@ struct SourceFields<'a> {
     lsn: Option<i64>,
 }
 
+impl SourceFields<'_> {
+    /// The commit time: `ts_us` (or the older `ts_usec`), else `ts_ms`.
+    fn commit_time(&self) -> Option<Timestamp> {
+        match (self.ts_us, self.ts_usec, self.ts_ms) {
+            (Some(us), _, _) | (None, Some(us), _) => Some(Timestamp::from_micros(us)),
+            (None, None, Some(ms)) => Some(Timestamp::from_millis(ms)),
+            (None, None, None) => None,
+        }
+    }
+}
+
 fn parse(raw: &[u8]) -> Result<Event, String> {
     // The common case, a well-formed change event, is read straight into
     // its fields; anything else (tombstones, the JSON converter's
@@ -241,8 +252,7 @@ fn envelope_of(raw: &[u8]) -> Result<Option<Envelope<'static>>, String> {
     let source = source(&envelope)?;
     // Rows are read only for row changes (and after the commit time is
     // known to be there: that error comes first).
-    let rows = matches!(op.as_str(), "c" | "u" | "d" | "r")
-        && source.ts_ms.or(source.ts_us).or(source.ts_usec).is_some();
+    let rows = matches!(op.as_str(), "c" | "u" | "d" | "r") && source.commit_time().is_some();
     let (before, after) = if rows {
         (row(&envelope, "before")?, row(&envelope, "after")?)
     } else {
@@ -265,11 +275,7 @@ fn interpret(envelope: Envelope<'_>, raw: &[u8]) -> Result<Event, String> {
     } = envelope;
     let op = op.as_deref().unwrap_or_default();
     let source = source.unwrap_or_default();
-    let commit_time = match (source.ts_us, source.ts_usec, source.ts_ms) {
-        (Some(us), _, _) | (None, Some(us), _) => Some(Timestamp::from_micros(us)),
-        (None, None, Some(ms)) => Some(Timestamp::from_millis(ms)),
-        (None, None, None) => None,
-    };
+    let commit_time = source.commit_time();
     let lsn = source
         .lsn
         .map(|l| u64::try_from(l).map_err(|_| format!("\"source.lsn\" is negative ({l})")))

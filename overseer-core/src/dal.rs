@@ -216,14 +216,14 @@ impl Dal {
     /// already decoded change, when given, is folded into the record's
     /// latest state; when it cannot be (it arrived out of order, or the DAL
     /// is not indexed), it goes to the cache of decoded updates instead.
-    pub(crate) fn prime(&self, path: String, update: UpdateDocument, change: Option<Change>) {
+    pub(crate) fn prime(&self, path: &str, update: &UpdateDocument, change: Option<Change>) {
         let mut folded = false;
         if let Some(index) = &self.index {
             // Keep the record's latest state folded as updates arrive in
             // order: a check reading it then folds nothing.
-            index.add_update(&update, |generation, n| {
+            index.add_update(update, |generation, n| {
                 if let Some(change) = &change {
-                    folded = self.extend_memo(&update, change, generation, n);
+                    folded = self.extend_memo(update, change, generation, n);
                 }
             });
         }
@@ -231,7 +231,11 @@ impl Dal {
         // of the record's history (or after its memo is evicted): caching
         // it as well costs more than loading it then.
         if let Some(change) = change.filter(|_| !folded) {
-            self.cache.insert(path, Arc::new(HistoryEntry { update, change }));
+            let entry = HistoryEntry {
+                update: update.clone(),
+                change,
+            };
+            self.cache.insert(path.to_owned(), Arc::new(entry));
         }
     }
 
@@ -444,7 +448,16 @@ impl Dal {
     /// The master document: the references of `key` first stored at or
     /// before `at`.
     pub async fn references(&self, key: &RecordKey, at: Timestamp) -> Result<Vec<ReferenceEntry>> {
-        let mut refs = self.reference_entries(key, true).await?;
+        let mut refs = match &self.index {
+            None => self.store.references(key).await?,
+            Some(index) => {
+                index.start().await?;
+                match index.references(key) {
+                    Some(refs) => refs,
+                    None => index.seed_references(key, self.store.references(key).await?),
+                }
+            }
+        };
         refs.retain(|r| r.first_seen <= at);
         Ok(refs)
     }
@@ -453,29 +466,18 @@ impl Dal {
     /// first stored at or before `at` (candidates: a reference may have
     /// changed since; [`referrers`](Self::referrers) confirms them).
     pub async fn referrer_entries(&self, target: &RecordKey, at: Timestamp) -> Result<Vec<ReferenceEntry>> {
-        let mut refs = self.reference_entries(target, false).await?;
-        refs.retain(|r| r.first_seen <= at);
-        Ok(refs)
-    }
-
-    async fn reference_entries(&self, key: &RecordKey, forward: bool) -> Result<Vec<ReferenceEntry>> {
-        let from_store = || async {
-            if forward {
-                self.store.references(key).await
-            } else {
-                self.store.referrers(key).await
+        let mut refs = match &self.index {
+            None => self.store.referrers(target).await?,
+            Some(index) => {
+                index.start().await?;
+                match index.referrers(target) {
+                    Some(refs) => refs,
+                    None => index.seed_referrers(target, self.store.referrers(target).await?),
+                }
             }
         };
-        let Some(index) = &self.index else {
-            return from_store().await;
-        };
-        index.start().await?;
-        if let Some(found) = index.references(key, forward) {
-            return Ok(found);
-        }
-        let found = from_store().await?;
-        index.seed_references(key, forward, found.clone());
-        Ok(index.references(key, forward).unwrap_or(found))
+        refs.retain(|r| r.first_seen <= at);
+        Ok(refs)
     }
 
     /// Joins: the records of `model` whose `field` points at `target` in

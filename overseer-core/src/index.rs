@@ -336,33 +336,78 @@ impl Index {
             .collect()
     }
 
-    /// The references of `key` (`forward`) or to `key` (not `forward`);
-    /// `None` if not seeded yet.
-    pub(crate) fn references(&self, key: &RecordKey, forward: bool) -> Option<Vec<ReferenceEntry>> {
-        if forward {
-            return match self.records.get(key) {
-                None => self.fresh().then(Vec::new),
-                Some(t) if !t.refs_seeded => None,
-                Some(t) => Some(
-                    t.refs
-                        .iter()
-                        .map(|r| ReferenceEntry {
-                            from: key.clone(),
-                            reference: Reference {
-                                field: r.field.to_string(),
-                                target: r.other.clone(),
-                            },
-                            first_seen: r.first_seen,
-                        })
-                        .collect(),
-                ),
-            };
+    /// The references of `key` (its master document); `None` if not seeded
+    /// from the store yet.
+    pub(crate) fn references(&self, key: &RecordKey) -> Option<Vec<ReferenceEntry>> {
+        match self.records.get(key) {
+            None => self.fresh().then(Vec::new),
+            Some(t) if !t.refs_seeded => None,
+            Some(t) => Some(Self::reference_entries(key, &t)),
         }
-        let list = match self.referrers.get(key) {
-            None => return self.fresh().then(Vec::new),
-            Some(list) if !list.seeded => return None,
-            Some(list) => list,
-        };
+    }
+
+    /// Adds the references of `key` found in the store (the truth: the
+    /// first stored wins there) and returns its master document.
+    pub(crate) fn seed_references(&self, key: &RecordKey, found: Vec<ReferenceEntry>) -> Vec<ReferenceEntry> {
+        let mut tracked = self.records.entry(key.clone()).or_default();
+        let mut refs: Vec<Ref> = found
+            .into_iter()
+            .map(|e| Ref {
+                field: self.field(&e.reference.field),
+                other: e.reference.target,
+                first_seen: e.first_seen,
+            })
+            .collect();
+        for r in std::mem::take(&mut tracked.refs) {
+            if !refs.iter().any(|s| s.field == r.field && s.other == r.other) {
+                refs.push(r);
+            }
+        }
+        tracked.refs = refs;
+        tracked.refs_seeded = true;
+        Self::reference_entries(key, &tracked)
+    }
+
+    fn reference_entries(key: &RecordKey, tracked: &Tracked) -> Vec<ReferenceEntry> {
+        tracked
+            .refs
+            .iter()
+            .map(|r| ReferenceEntry {
+                from: key.clone(),
+                reference: Reference {
+                    field: r.field.to_string(),
+                    target: r.other.clone(),
+                },
+                first_seen: r.first_seen,
+            })
+            .collect()
+    }
+
+    /// The records that reference `key` (the reverse index); `None` if not
+    /// seeded from the store yet.
+    pub(crate) fn referrers(&self, key: &RecordKey) -> Option<Vec<ReferenceEntry>> {
+        match self.referrers.get(key) {
+            None => self.fresh().then(Vec::new),
+            Some(list) if !list.seeded => None,
+            Some(list) => Some(Self::referrer_entries(key, &list)),
+        }
+    }
+
+    /// Adds the reverse-index entries of `key` found in the store and
+    /// returns the records that reference it.
+    pub(crate) fn seed_referrers(&self, key: &RecordKey, found: Vec<ReferenceEntry>) -> Vec<ReferenceEntry> {
+        let mut list = self.referrers.entry(key.clone()).or_default();
+        list.maybe_twice |= !list.entries.is_empty();
+        list.entries.extend(found.into_iter().map(|e| Ref {
+            field: self.field(&e.reference.field),
+            other: e.from,
+            first_seen: e.first_seen,
+        }));
+        list.seeded = true;
+        Self::referrer_entries(key, &list)
+    }
+
+    fn referrer_entries(key: &RecordKey, list: &Referrers) -> Vec<ReferenceEntry> {
         let mut entries: Vec<&Ref> = list.entries.iter().collect();
         if list.maybe_twice {
             // The earliest of a reference held twice.
@@ -370,50 +415,16 @@ impl Index {
                 .sort_by(|a, b| (&a.other, &a.field, a.first_seen).cmp(&(&b.other, &b.field, b.first_seen)));
             entries.dedup_by(|b, a| a.other == b.other && a.field == b.field);
         }
-        Some(
-            entries
-                .into_iter()
-                .map(|r| ReferenceEntry {
-                    from: r.other.clone(),
-                    reference: Reference {
-                        field: r.field.to_string(),
-                        target: key.clone(),
-                    },
-                    first_seen: r.first_seen,
-                })
-                .collect(),
-        )
-    }
-
-    /// Adds the references found in the store; the list is seeded. The
-    /// store's entries are the truth (the first stored wins there).
-    pub(crate) fn seed_references(&self, key: &RecordKey, forward: bool, found: Vec<ReferenceEntry>) {
-        if forward {
-            let mut tracked = self.records.entry(key.clone()).or_default();
-            let mut refs: Vec<Ref> = found
-                .into_iter()
-                .map(|e| Ref {
-                    field: self.field(&e.reference.field),
-                    other: e.reference.target,
-                    first_seen: e.first_seen,
-                })
-                .collect();
-            for r in std::mem::take(&mut tracked.refs) {
-                if !refs.iter().any(|s| s.field == r.field && s.other == r.other) {
-                    refs.push(r);
-                }
-            }
-            tracked.refs = refs;
-            tracked.refs_seeded = true;
-        } else {
-            let mut list = self.referrers.entry(key.clone()).or_default();
-            list.maybe_twice |= !list.entries.is_empty();
-            list.entries.extend(found.into_iter().map(|e| Ref {
-                field: self.field(&e.reference.field),
-                other: e.from,
-                first_seen: e.first_seen,
-            }));
-            list.seeded = true;
-        }
+        entries
+            .into_iter()
+            .map(|r| ReferenceEntry {
+                from: r.other.clone(),
+                reference: Reference {
+                    field: r.field.to_string(),
+                    target: key.clone(),
+                },
+                first_seen: r.first_seen,
+            })
+            .collect()
     }
 }

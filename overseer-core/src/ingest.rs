@@ -249,7 +249,7 @@ impl Ingestor {
             match outcome {
                 Ok(PutOutcome::Created) => {
                     if let Some(dal) = &self.dal {
-                        dal.prime(path.clone(), doc.clone(), change);
+                        dal.prime(&path, &doc, change);
                     }
                     stored.push((doc, path))
                 }
