@@ -13,7 +13,7 @@ use overseer_core::escalation::{FnEscalation, Incident, IncidentChange};
 use overseer_core::pipeline::{Intake, Overseer, SourceConfig};
 use overseer_core::runner::{RunnerConfig, RunnerStats};
 use overseer_core::strategy::{FixedDelay, Immediate};
-use overseer_core::{BoxError, ReferenceSpec, Registry, Store, Timestamp};
+use overseer_core::{BoxError, Compression, ReferenceSpec, Registry, Store, Timestamp};
 
 use crate::payments::checks::{self, ESCALATION};
 use crate::payments::delivery::{self, Delivery, Lag, LagCurve, SOURCES, Stall};
@@ -89,6 +89,8 @@ pub struct Config {
     pub audit: bool,
     /// Memory budget of each of the DAL's caches.
     pub cache_bytes: u64,
+    /// How the store keeps raw events (the store's default: zstd).
+    pub compression: Compression,
 }
 
 impl Default for Config {
@@ -109,6 +111,7 @@ impl Default for Config {
             heartbeat: Duration::from_secs(2),
             audit: true,
             cache_bytes: overseer_core::dal::DEFAULT_CACHE_BYTES,
+            compression: Compression::default(),
         }
     }
 }
@@ -287,7 +290,8 @@ pub async fn run(cfg: &Config) -> Result<RunReport, BoxError> {
     let store = match &cfg.store {
         StoreKind::Memory => Store::in_memory(),
         StoreKind::Dir(dir) => Store::local(dir)?,
-    };
+    }
+    .with_compression(cfg.compression);
     let pb = if cfg.progress {
         let pb = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
         pb.set_style(

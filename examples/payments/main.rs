@@ -28,6 +28,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use overseer_core::Compression;
 use overseer_examples::payments::delivery::{Lag, SOURCES, source_index};
 use overseer_examples::payments::{Config, RunReport, StallSpec, StoreKind, StrategyMode, run};
 
@@ -101,6 +102,10 @@ struct Args {
     /// records' latest states), in MiB.
     #[arg(long, default_value_t = 64)]
     cache_mb: u64,
+    /// Store raw events as received instead of compressing them (to
+    /// measure what compression saves and costs).
+    #[arg(long)]
+    no_compression: bool,
     /// No progress or detections on stderr, even on a terminal.
     #[arg(long)]
     quiet: bool,
@@ -141,6 +146,11 @@ fn config(args: Args) -> Result<Config, String> {
         heartbeat: args.heartbeat,
         audit: !args.no_audit,
         cache_bytes: args.cache_mb * 1024 * 1024,
+        compression: if args.no_compression {
+            Compression::None
+        } else {
+            Compression::default()
+        },
         ..Config::default()
     };
     for text in &args.lag {

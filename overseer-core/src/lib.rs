@@ -31,7 +31,7 @@ pub use model::{
     Format, Model, Notification, Operation, RecordId, RecordKey, Reference, SourceId, SourcePosition,
     UpdateDocument,
 };
-pub use store::Store;
+pub use store::{Compression, Store, ZstdOptions};
 pub use time::Timestamp;
 pub use view::{DataView, Record, ViewContext, ViewError};
 

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use prost::Message;
 
+use super::compression::Encoder;
 use crate::error::{Error, Result};
 use crate::model::{
     Format, Model, Operation, RecordId, RecordKey, Reference, SourceId, SourcePosition, UpdateDocument,
@@ -10,7 +11,10 @@ use crate::model::{
 use crate::proto;
 use crate::time::Timestamp;
 
+/// The envelope version of an update whose raw event is stored as received.
 pub(crate) const ENVELOPE_VERSION: u32 = 1;
+/// The envelope version of an update whose raw event is compressed.
+pub(crate) const ENVELOPE_VERSION_COMPRESSED: u32 = 2;
 
 pub(crate) fn operation_to_proto(op: Operation) -> proto::Operation {
     match op {
@@ -40,7 +44,7 @@ pub(crate) fn key_to_proto(key: &RecordKey) -> proto::RecordKey {
     }
 }
 
-fn corrupt(path: &str, message: &'static str, reason: impl Into<String>) -> Error {
+pub(crate) fn corrupt(path: &str, message: &'static str, reason: impl Into<String>) -> Error {
     Error::Corrupt {
         path: path.to_owned(),
         message,
@@ -78,9 +82,16 @@ pub(crate) fn reference_from_proto(
     })
 }
 
-pub(crate) fn encode_update(doc: &UpdateDocument) -> Bytes {
+/// Encodes an update, its raw event compressed against `encoder` when
+/// given and when that makes it smaller.
+pub(crate) fn encode_update(doc: &UpdateDocument, encoder: Option<&Encoder>) -> Bytes {
+    let compressed = encoder.and_then(|e| Some((e.id, e.compress(&doc.raw)?)));
+    let (version, raw, raw_dictionary) = match compressed {
+        Some((id, frame)) => (ENVELOPE_VERSION_COMPRESSED, Bytes::from(frame), id),
+        None => (ENVELOPE_VERSION, doc.raw.clone(), 0),
+    };
     let envelope = proto::UpdateEnvelope {
-        version: ENVELOPE_VERSION,
+        version,
         key: Some(key_to_proto(&doc.key)),
         source: doc.source.to_string(),
         position: doc.position.as_str().to_owned(),
@@ -88,25 +99,45 @@ pub(crate) fn encode_update(doc: &UpdateDocument) -> Bytes {
         ingested_at_micros: doc.ingested_at.as_micros(),
         operation: operation_to_proto(doc.operation).into(),
         format: doc.format.to_string(),
-        raw: doc.raw.clone(),
+        raw,
         references: doc.references.iter().map(reference_to_proto).collect(),
+        raw_dictionary,
     };
     Bytes::from(envelope.encode_to_vec())
 }
 
-pub(crate) fn decode_update(path: &str, bytes: Bytes) -> Result<UpdateDocument> {
-    const M: &str = "UpdateEnvelope";
+/// The name of an update envelope in errors.
+pub(crate) const UPDATE_ENVELOPE: &str = "UpdateEnvelope";
+
+/// Decodes an update envelope. The raw event is returned as stored, with
+/// the id of the dictionary it is compressed against (0: as received).
+pub(crate) fn decode_update(path: &str, bytes: Bytes) -> Result<(UpdateDocument, u32)> {
+    const M: &str = UPDATE_ENVELOPE;
     let e = proto::UpdateEnvelope::decode(bytes).map_err(|e| corrupt(path, M, e.to_string()))?;
-    if e.version != ENVELOPE_VERSION {
-        return Err(corrupt(
-            path,
-            M,
-            format!("unsupported envelope version {}", e.version),
-        ));
+    match (e.version, e.raw_dictionary) {
+        (ENVELOPE_VERSION, 0) | (ENVELOPE_VERSION_COMPRESSED, 1..) => {}
+        (ENVELOPE_VERSION | ENVELOPE_VERSION_COMPRESSED, _) => {
+            return Err(corrupt(
+                path,
+                M,
+                format!(
+                    "envelope version {} does not match raw_dictionary {}",
+                    e.version, e.raw_dictionary
+                ),
+            ));
+        }
+        (version, _) => {
+            return Err(corrupt(
+                path,
+                M,
+                format!("unsupported envelope version {version}"),
+            ));
+        }
     }
     let operation = operation_from_proto(e.operation)
         .ok_or_else(|| corrupt(path, M, format!("unknown operation {}", e.operation)))?;
-    Ok(UpdateDocument {
+    let dictionary = e.raw_dictionary;
+    let doc = UpdateDocument {
         key: key_from_proto(e.key, path, M)?,
         source: SourceId::new(&e.source).map_err(|err| corrupt(path, M, err.to_string()))?,
         position: SourcePosition::new(e.position),
@@ -120,7 +151,8 @@ pub(crate) fn decode_update(path: &str, bytes: Bytes) -> Result<UpdateDocument> 
             .into_iter()
             .map(|r| reference_from_proto(r, path, M))
             .collect::<Result<_>>()?,
-    })
+    };
+    Ok((doc, dictionary))
 }
 
 /// Decodes any message, naming it in the error.

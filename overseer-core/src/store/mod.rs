@@ -5,13 +5,15 @@
 
 mod audit;
 pub(crate) mod codec;
+mod compression;
 mod counting;
 pub mod layout;
 
 pub use audit::{AuditEntry, IncidentEntry, OutcomeKind};
+pub use compression::{Compression, ZstdOptions};
 pub use counting::{CountingStore, RequestCounts};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -25,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::model::{RecordKey, Reference, SourceId, SourcePosition, UpdateDocument};
 use crate::proto;
 use crate::time::Timestamp;
+use compression::{Decoder, Dictionaries, Encoder, Step};
 use layout::encode_segment;
 
 /// How many store requests one call keeps in flight by default.
@@ -99,6 +102,9 @@ pub struct Checkpoint {
 /// ([`PutMode::Create`], supported by InMemory, LocalFileSystem and S3),
 /// except checkpoints, which one ingester per source overwrites.
 ///
+/// Raw events are compressed at rest by default (see [`Compression`]);
+/// reads return them exactly as received either way.
+///
 /// ```
 /// # async fn demo() -> overseer_core::Result<()> {
 /// use overseer_core::Store;
@@ -114,7 +120,13 @@ pub struct Store {
     /// References known to be stored (a derived cache that saves requests).
     known_refs: Arc<Mutex<HashSet<(RecordKey, Reference)>>>,
     concurrency: usize,
+    compression: Compression,
+    /// Each source's compression dictionary, and those read back.
+    dictionaries: Arc<Dictionaries>,
 }
+
+/// The dictionary each source's updates of one batch are compressed against.
+type Encoders = HashMap<SourceId, Option<Arc<Encoder>>>;
 
 impl Store {
     /// A store over any object store, at its root.
@@ -124,6 +136,8 @@ impl Store {
             root: Path::default(),
             known_refs: Arc::default(),
             concurrency: DEFAULT_CONCURRENCY,
+            compression: Compression::default(),
+            dictionaries: Arc::default(),
         }
     }
 
@@ -166,6 +180,14 @@ impl Store {
     /// [`DEFAULT_CONCURRENCY`]).
     pub fn with_concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// How raw events are stored from now on (default: zstd against a
+    /// dictionary trained per source, see [`Compression`]). Updates stored
+    /// either way are read back alike.
+    pub fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
         self
     }
 
@@ -281,14 +303,23 @@ impl Store {
     /// [`Error::PositionConflict`].
     pub async fn put_update(&self, doc: &UpdateDocument) -> Result<PutOutcome> {
         let path = Path::from(self.update_path(doc));
-        self.put_update_at(doc, path).await
+        let encoders = self.encoders(std::slice::from_ref(doc)).await;
+        self.put_update_at(doc, path, &encoders).await
     }
 
-    async fn put_update_at(&self, doc: &UpdateDocument, path: Path) -> Result<PutOutcome> {
-        match self.put_create(&path, codec::encode_update(doc)).await? {
+    async fn put_update_at(
+        &self,
+        doc: &UpdateDocument,
+        path: Path,
+        encoders: &Encoders,
+    ) -> Result<PutOutcome> {
+        let encoder = encoders.get(&doc.source).and_then(Option::as_deref);
+        match self.put_create(&path, codec::encode_update(doc, encoder)).await? {
             PutOutcome::Created => Ok(PutOutcome::Created),
             PutOutcome::Duplicate => {
-                let existing = codec::decode_update(path.as_ref(), self.get_bytes(&path).await?)?;
+                let existing = self
+                    .open_update(path.as_ref(), self.get_bytes(&path).await?)
+                    .await?;
                 if existing.raw == doc.raw && existing.key == doc.key {
                     Ok(PutOutcome::Duplicate)
                 } else {
@@ -311,9 +342,10 @@ impl Store {
         &self,
         docs: Vec<UpdateDocument>,
     ) -> Vec<(UpdateDocument, String, Result<PutOutcome>)> {
+        let encoders = Arc::new(self.encoders(&docs).await);
         let parallelism = crate::parallelism();
         if docs.len() < 256 || parallelism < 2 || tokio::runtime::Handle::try_current().is_err() {
-            return self.put_chunk(docs, self.concurrency).await;
+            return self.put_chunk(docs, self.concurrency, encoders).await;
         }
         let chunk_len = docs.len().div_ceil(parallelism);
         let per_chunk = self.concurrency.div_ceil(parallelism).max(1);
@@ -327,7 +359,8 @@ impl Store {
             .into_iter()
             .map(|chunk| {
                 let store = self.clone();
-                tokio::spawn(async move { store.put_chunk(chunk, per_chunk).await })
+                let encoders = encoders.clone();
+                tokio::spawn(async move { store.put_chunk(chunk, per_chunk, encoders).await })
             })
             .collect();
         let mut out = Vec::new();
@@ -346,14 +379,16 @@ impl Store {
         &self,
         docs: Vec<UpdateDocument>,
         concurrency: usize,
+        encoders: Arc<Encoders>,
     ) -> Vec<(UpdateDocument, String, Result<PutOutcome>)> {
         let store = self.clone();
         stream::iter(docs)
             .map(move |d| {
                 let store = store.clone();
+                let encoders = encoders.clone();
                 async move {
                     let key = store.update_path(&d);
-                    let outcome = store.put_update_at(&d, Path::from(key.as_str())).await;
+                    let outcome = store.put_update_at(&d, Path::from(key.as_str()), &encoders).await;
                     (d, key, outcome)
                 }
             })
@@ -404,7 +439,161 @@ impl Store {
     /// Fetches and decodes one update object.
     pub async fn get_update(&self, path: &str) -> Result<UpdateDocument> {
         let p = Path::from(path);
-        codec::decode_update(path, self.get_bytes(&p).await?)
+        self.open_update(path, self.get_bytes(&p).await?).await
+    }
+
+    /// Decodes an update object, decompressing its raw event.
+    async fn open_update(&self, path: &str, bytes: Bytes) -> Result<UpdateDocument> {
+        let (mut doc, dictionary) = codec::decode_update(path, bytes)?;
+        if dictionary != 0 {
+            let decoder = self.decoder(&doc.source, dictionary, path).await?;
+            doc.raw = decoder
+                .decompress(&doc.raw)
+                .map(Bytes::from)
+                .map_err(|reason| codec::corrupt(path, codec::UPDATE_ENVELOPE, reason))?;
+        }
+        Ok(doc)
+    }
+
+    fn dictionary_path(&self, source: &SourceId, id: u32) -> Path {
+        self.path(&[
+            "dictionaries",
+            &encode_segment(source.as_str()),
+            &format!("{id:010}.zdict"),
+        ])
+    }
+
+    /// The dictionary `id` of `source`, read from the store the first time.
+    async fn decoder(&self, source: &SourceId, id: u32, update: &str) -> Result<Arc<Decoder>> {
+        if let Some(decoder) = self.dictionaries.decoder(source, id) {
+            return Ok(decoder);
+        }
+        let path = self.dictionary_path(source, id);
+        let bytes = self.get_bytes(&path).await?;
+        let decoder = Decoder::new(&bytes, id).map_err(|reason| {
+            codec::corrupt(
+                update,
+                codec::UPDATE_ENVELOPE,
+                format!("its zstd dictionary {path} cannot be used: {reason}"),
+            )
+        })?;
+        let decoder = Arc::new(decoder);
+        self.dictionaries.add_decoder(source, id, decoder.clone());
+        Ok(decoder)
+    }
+
+    /// The dictionary to compress each source's updates of a batch
+    /// against: loaded from the store, or trained once enough of the
+    /// source's events were seen. Compression never fails a write: any
+    /// trouble stores the events as received (and is logged).
+    async fn encoders(&self, docs: &[UpdateDocument]) -> Encoders {
+        let Compression::Zstd(options) = self.compression else {
+            return Encoders::new();
+        };
+        let mut by_source: HashMap<&SourceId, Vec<&UpdateDocument>> = HashMap::new();
+        for doc in docs {
+            by_source.entry(&doc.source).or_default().push(doc);
+        }
+        let mut out = Encoders::with_capacity(by_source.len());
+        for (source, docs) in by_source {
+            let mut step = self.dictionaries.step(source, &docs, &options);
+            if let Step::Load = step {
+                match self.load_dictionary(source, options.level).await {
+                    Some(encoder) => {
+                        self.dictionaries.settle(source, Some(encoder.clone()), false);
+                        step = Step::Use(Some(encoder));
+                    }
+                    None => step = self.dictionaries.step(source, &docs, &options),
+                }
+            }
+            let encoder = match step {
+                Step::Use(encoder) => encoder,
+                Step::Load => None,
+                Step::Train { data, sizes } => {
+                    let encoder = self.train_dictionary(source, data, sizes, &options).await;
+                    self.dictionaries.settle(source, encoder.clone(), true);
+                    encoder
+                }
+            };
+            out.insert(source.clone(), encoder);
+        }
+        out
+    }
+
+    /// A dictionary an earlier run stored for `source`, if any.
+    async fn load_dictionary(&self, source: &SourceId, level: i32) -> Option<Arc<Encoder>> {
+        let prefix = self.path(&["dictionaries", &encode_segment(source.as_str())]);
+        let paths = match self.list_paths(&prefix).await {
+            Ok(paths) => paths,
+            Err(error) => {
+                tracing::warn!(%source, %error, "cannot look for a compression dictionary; sampling anew");
+                return None;
+            }
+        };
+        // The newest, if several runs trained one.
+        let path = paths.last()?;
+        match self.get_bytes(path).await {
+            Ok(bytes) => self.prepare(source, &bytes, level),
+            Err(error) => {
+                tracing::warn!(%source, %error, "cannot read a compression dictionary; sampling anew");
+                None
+            }
+        }
+    }
+
+    /// Prepares stored dictionary bytes for writing and reading.
+    fn prepare(&self, source: &SourceId, bytes: &[u8], level: i32) -> Option<Arc<Encoder>> {
+        let encoder = Encoder::new(bytes, level)?;
+        if let Ok(decoder) = Decoder::new(bytes, encoder.id) {
+            self.dictionaries
+                .add_decoder(source, encoder.id, Arc::new(decoder));
+        }
+        Some(Arc::new(encoder))
+    }
+
+    /// Trains `source`'s dictionary (on a blocking thread) and stores it,
+    /// create-only, before any update uses it.
+    async fn train_dictionary(
+        &self,
+        source: &SourceId,
+        data: Vec<u8>,
+        sizes: Vec<usize>,
+        options: &ZstdOptions,
+    ) -> Option<Arc<Encoder>> {
+        let max = options.dictionary_bytes;
+        let trained = if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::task::spawn_blocking(move || compression::train(&data, &sizes, max))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+        } else {
+            compression::train(&data, &sizes, max)
+        };
+        let dictionary = match trained {
+            Ok(d) => d,
+            Err(error) => {
+                tracing::warn!(%source, %error, "compression dictionary training failed; storing events as received");
+                return None;
+            }
+        };
+        let id = Encoder::new(&dictionary, options.level)?.id;
+        let path = self.dictionary_path(source, id);
+        let stored = match self.put_create(&path, Bytes::from(dictionary.clone())).await {
+            Ok(PutOutcome::Created) => Ok(dictionary),
+            // Another writer stored a dictionary with this id: that one is
+            // what readers will find, so it is the one to use.
+            Ok(PutOutcome::Duplicate) => self.get_bytes(&path).await.map(|b| b.to_vec()),
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(bytes) => {
+                tracing::info!(%source, id, bytes = bytes.len(), "compression dictionary trained");
+                self.prepare(source, &bytes, options.level)
+            }
+            Err(error) => {
+                tracing::warn!(%source, %error, "cannot store the compression dictionary; storing events as received");
+                None
+            }
+        }
     }
 
     /// Records the references of `from` found in an update committed at
