@@ -863,3 +863,37 @@ async fn without_compression_raw_events_are_stored_as_received() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_source_whose_events_cannot_train_a_dictionary_is_stored_as_received() {
+    use overseer_core::{Compression, ZstdOptions};
+    // Two samples are too few for zstd to train on: training fails, and the
+    // events are stored (and read) as received.
+    let zstd = Compression::Zstd(ZstdOptions {
+        training_bytes: 64,
+        ..ZstdOptions::default()
+    });
+    for backend in backends() {
+        let store = Store::new(backend.store.clone()).with_compression(zstd);
+        let events: Vec<_> = (0..40u64)
+            .map(|i| ev("m", &format!("r{i}"), i as i64, i, "full", json!({"i": i})).line())
+            .collect();
+        let ing = ingestor(&store, References::new());
+        let first = ing.ingest_batch(&events[..2]).await.unwrap();
+        let rest = ing.ingest_batch(&events[2..]).await.unwrap();
+        assert_eq!(first.stored + rest.stored, 40, "{}", backend.name);
+        let keys = all_keys(backend.store.as_ref()).await;
+        assert!(
+            !keys.iter().any(|k| k.starts_with("dictionaries/")),
+            "{}",
+            backend.name
+        );
+        for (key, e) in update_objects(backend.store.as_ref()).await {
+            assert_eq!(e.raw_dictionary, 0);
+            assert_eq!(
+                store.get_update(&key).await.unwrap().raw,
+                events[pos(&e.position)]
+            );
+        }
+    }
+}

@@ -329,6 +329,14 @@ mod tests {
     }
 
     #[test]
+    fn too_few_samples_are_a_training_error_not_a_panic() {
+        let (data, sizes) = samples(1);
+        assert!(train(&data, &sizes, 4096).is_err());
+        assert!(train(&[], &[], 4096).is_err());
+        assert!(train(&data, &[sizes[0] + 1], 4096).is_err());
+    }
+
+    #[test]
     fn incompressible_events_are_kept_as_received() {
         let (data, sizes) = samples(2000);
         let dictionary = train(&data, &sizes, 4096).expect("enough samples to train");
