@@ -811,13 +811,25 @@ async fn raw_events_are_compressed_after_training_and_read_back_exactly_by_any_l
                 .unwrap()
         );
 
-        // Without its dictionary, a compressed update is a clear error.
+        // With a broken dictionary, or without it, a compressed update is a
+        // clear error.
+        let (key, _) = compressed[0];
+        let dictionary_path = dictionaries[0].as_str().into();
         backend
             .store
-            .delete(&dictionaries[0].as_str().into())
+            .put(
+                &dictionary_path,
+                bytes::Bytes::from_static(b"not a dictionary").into(),
+            )
             .await
             .unwrap();
-        let (key, _) = compressed[0];
+        let err = Store::new(backend.store.clone())
+            .get_update(key)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("not a zstd dictionary"), "{err}");
+        backend.store.delete(&dictionary_path).await.unwrap();
         let err = Store::new(backend.store.clone())
             .get_update(key)
             .await

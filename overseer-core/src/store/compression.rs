@@ -63,6 +63,8 @@ pub struct ZstdOptions {
     pub dictionary_bytes: usize,
     /// How many bytes of a source's events are collected to train its
     /// dictionary (default 1 MiB); those events are stored as received.
+    /// Too few samples for zstd (a handful of events) make training fail:
+    /// the source's events are then stored as received until the next run.
     pub training_bytes: usize,
 }
 

@@ -530,10 +530,20 @@ impl Store {
                 return None;
             }
         };
-        // The newest, if several runs trained one.
-        let path = paths.last()?;
+        // Several runs may each have trained one (a run that could not
+        // read them); any will do, and the last in key order is chosen.
+        let path = paths
+            .iter()
+            .rev()
+            .find(|p| p.filename().is_some_and(|f| f.ends_with(".zdict")))?;
         match self.get_bytes(path).await {
-            Ok(bytes) => self.prepare(source, &bytes, level),
+            Ok(bytes) => {
+                let encoder = self.prepare(source, &bytes, level);
+                if encoder.is_none() {
+                    tracing::warn!(%source, %path, "stored compression dictionary is not a zstd dictionary; sampling anew");
+                }
+                encoder
+            }
             Err(error) => {
                 tracing::warn!(%source, %error, "cannot read a compression dictionary; sampling anew");
                 None
