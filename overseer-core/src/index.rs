@@ -211,6 +211,17 @@ impl Index {
     /// `references` (stored).
     pub(crate) fn add_references(&self, from: &RecordKey, references: &[Reference], first_seen: Timestamp) {
         let fresh = self.fresh();
+        // A target already indexed is referred to through the key the index
+        // holds, so that each record's key is allocated once however many
+        // records point at it (an account, by every ledger entry).
+        let targets: Vec<RecordKey> = references
+            .iter()
+            .map(|r| {
+                self.referrers
+                    .get(&r.target)
+                    .map_or_else(|| r.target.clone(), |e| e.key().clone())
+            })
+            .collect();
         let mut added = Vec::new();
         let known;
         {
@@ -219,10 +230,10 @@ impl Index {
                 refs_seeded: fresh,
                 ..Tracked::default()
             });
-            for reference in references {
+            for (reference, target) in references.iter().zip(&targets) {
                 let field = self.field(&reference.field);
-                if tracked.add_ref(&field, &reference.target, first_seen) {
-                    added.push((field, &reference.target));
+                if tracked.add_ref(&field, target, first_seen) {
+                    added.push((field, target));
                 }
             }
             // Whether "new" is new to the store too, or only to the index.

@@ -1,16 +1,67 @@
 //! The data model: records, sources, time, operations, update documents and
 //! notifications.
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
 use crate::time::Timestamp;
 
+/// A table of shared names. Models, sources and formats are few while every
+/// record key, update and notification carries one, so each distinct name
+/// is allocated once and shared. The table is bounded: names beyond
+/// [`MAX_INTERNED`] (a hostile stream inventing collection names) are
+/// allocated on their own instead of growing it.
+struct Interner(OnceLock<RwLock<HashSet<Arc<str>>>>);
+
+/// How many distinct names one [`Interner`] keeps.
+const MAX_INTERNED: usize = 4096;
+
+impl Interner {
+    const fn new() -> Self {
+        Self(OnceLock::new())
+    }
+
+    fn get(&self, value: &str) -> Arc<str> {
+        let table = self.0.get_or_init(RwLock::default);
+        if let Ok(names) = table.read()
+            && let Some(name) = names.get(value)
+        {
+            return name.clone();
+        }
+        let Ok(mut names) = table.write() else {
+            return Arc::from(value);
+        };
+        if let Some(name) = names.get(value) {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(value);
+        if names.len() < MAX_INTERNED {
+            names.insert(name.clone());
+        }
+        name
+    }
+}
+
+/// Allocates a name of a type whose values are not shared.
+fn allocate(value: &str) -> Arc<str> {
+    Arc::from(value)
+}
+
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        name_type!($(#[$doc])* $name, $what, allocate);
+    };
+    ($(#[$doc:meta])* $name:ident, $what:literal, interned) => {
+        name_type!($(#[$doc])* $name, $what, {
+            static NAMES: Interner = Interner::new();
+            |value: &str| NAMES.get(value)
+        });
+    };
+    ($(#[$doc:meta])* $name:ident, $what:literal, $make:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(Arc<str>);
@@ -25,7 +76,7 @@ macro_rules! name_type {
                         reason: "it is empty".into(),
                     });
                 }
-                Ok(Self(Arc::from(value)))
+                Ok(Self(($make)(value)))
             }
 
             /// The text of this name.
@@ -72,7 +123,8 @@ name_type!(
     /// The name of a model: a MongoDB collection, a Postgres table, an
     /// application entity. Any non-empty UTF-8 text.
     Model,
-    "model name"
+    "model name",
+    interned
 );
 name_type!(
     /// The id of a record within its model, as text: a MongoDB `_id`
@@ -88,14 +140,16 @@ name_type!(
     /// The name of a source: one database or change stream that delivers
     /// events, with its own positions and its own watermark.
     SourceId,
-    "source id"
+    "source id",
+    interned
 );
 name_type!(
     /// The name of an event format (`mongo`, `wal2json`, `debezium`,
     /// `pgoutput`, `json`, or your own), which selects the
     /// [`StateBuilder`](crate::StateBuilder) that folds its updates.
     Format,
-    "format name"
+    "format name",
+    interned
 );
 
 /// The identity of a record: its model and its id.
@@ -281,4 +335,37 @@ pub struct Notification {
     pub object: String,
     /// References the update carries.
     pub references: Vec<Reference>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn models_sources_and_formats_share_one_allocation_per_name_record_ids_do_not() {
+        let a = RecordKey::new("interned_model", "1").unwrap();
+        let b = RecordKey::new(String::from("interned_model"), "1").unwrap();
+        assert!(Arc::ptr_eq(&a.model.0, &b.model.0));
+        assert!(!Arc::ptr_eq(&a.id.0, &b.id.0));
+        let s = SourceId::new("interned_source").unwrap();
+        assert!(Arc::ptr_eq(&s.0, &SourceId::new("interned_source").unwrap().0));
+        let f = Format::new("interned_format").unwrap();
+        assert!(Arc::ptr_eq(&f.0, &Format::new("interned_format").unwrap().0));
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_stream_of_new_names_does_not_grow_the_table_without_bound() {
+        let table = Interner::new();
+        for i in 0..MAX_INTERNED + 100 {
+            assert_eq!(&*table.get(&format!("m{i}")), format!("m{i}"));
+        }
+        let len = table.0.get().and_then(|t| t.read().ok().map(|t| t.len()));
+        assert_eq!(len, Some(MAX_INTERNED));
+        // Names past the bound are still right, just not shared.
+        let late = format!("m{}", MAX_INTERNED + 50);
+        assert_eq!(&*table.get(&late), late);
+        assert!(!Arc::ptr_eq(&table.get(&late), &table.get(&late)));
+        assert!(Arc::ptr_eq(&table.get("m1"), &table.get("m1")));
+    }
 }
