@@ -18,7 +18,7 @@ use crate::{Error, output};
 #[derive(Debug, Clone, clap::Args)]
 pub struct BackfillConfigArgs {
     /// The backfill configuration file: TOML, or JSON when it ends in
-    /// `.json` (legacy_url, target_url, data_dir, [[tables]] name,
+    /// `.json` (legacy_url, target_url, data_dir, `[[tables]]` name,
     /// transform, chunk_rows, throttle_ms).
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,

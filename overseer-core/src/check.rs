@@ -1,4 +1,4 @@
-//! Checks: plain async functions over a [`DataView`](crate::DataView) that
+//! Checks: plain async functions over a [`DataView`] that
 //! return a [`Verdict`], erased into [`Check`]s the runner can call.
 
 use std::borrow::Cow;

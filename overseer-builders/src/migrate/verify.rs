@@ -13,7 +13,7 @@
 //!     ([`UnbalancedTransaction`]).
 //! * **Completeness and correctness** against the legacy store, through the
 //!   user's mapping ([`LegacySource`]), by checksums of key ranges descending
-//!   only where they differ ([`compare`], see [`super::diff`]).
+//!   only where they differ ([`compare`], see `migrate::diff`).
 
 use std::fmt;
 use std::time::Instant;
