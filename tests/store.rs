@@ -823,17 +823,18 @@ async fn raw_events_are_compressed_after_training_and_read_back_exactly_by_any_l
             )
             .await
             .unwrap();
-        let err = Store::new(backend.store.clone())
-            .get_update(key)
-            .await
-            .unwrap_err();
+        // A new store, which has to fetch the dictionary.
+        let cold_read = || async {
+            Store::new(backend.store.clone())
+                .get_update(key)
+                .await
+                .unwrap_err()
+        };
+        let err = cold_read().await;
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("not a zstd dictionary"), "{err}");
         backend.store.delete(&dictionary_path).await.unwrap();
-        let err = Store::new(backend.store.clone())
-            .get_update(key)
-            .await
-            .unwrap_err();
+        let err = cold_read().await;
         assert!(matches!(err, Error::Store { .. }), "{err}");
         assert!(err.to_string().contains("dictionaries/src/"), "{err}");
     }
