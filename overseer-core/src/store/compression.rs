@@ -5,7 +5,8 @@
 //! one they shrink little, but against a dictionary trained on their
 //! siblings they shrink several times. A source's first events are kept as
 //! received while the store collects them as training samples; then the
-//! dictionary is trained (once, on a blocking thread), stored create-only
+//! dictionary is trained (once, in the background, on a blocking thread:
+//! events keep being stored as received meanwhile), stored create-only
 //! under `dictionaries/<source>/`, and every later event of the source is
 //! stored as a zstd frame against it. A store opened later finds the
 //! dictionary there: writers reuse it, readers fetch it by the id that each
@@ -190,6 +191,8 @@ pub(crate) enum Step {
 pub(crate) struct Dictionaries {
     writers: Mutex<HashMap<SourceId, Writer>>,
     readers: RwLock<HashMap<(SourceId, u32), Arc<Decoder>>>,
+    /// Trainings running in the background.
+    training: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl fmt::Debug for Dictionaries {
@@ -253,6 +256,22 @@ impl Dictionaries {
             };
             writers.insert(source.clone(), next);
         }
+    }
+
+    /// Keeps a background training, so that it can be waited for.
+    pub(crate) fn add_training(&self, training: tokio::task::JoinHandle<()>) {
+        if let Ok(mut running) = self.training.lock() {
+            running.retain(|t| !t.is_finished());
+            running.push(training);
+        }
+    }
+
+    /// The background trainings not waited for yet.
+    pub(crate) fn take_training(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        self.training
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default()
     }
 
     /// A dictionary read before.

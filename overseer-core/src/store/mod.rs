@@ -191,6 +191,23 @@ impl Store {
         self
     }
 
+    /// Waits until every compression dictionary being trained is trained
+    /// and stored (or has failed). Training runs in the background, and
+    /// events are stored as received meanwhile, so nothing depends on this
+    /// for correctness; it makes a test, a benchmark or a shutdown see the
+    /// dictionaries settled.
+    pub async fn settle_compression(&self) {
+        for training in self.dictionaries.take_training() {
+            // A training task cannot panic on input (errors are logged and
+            // leave the source uncompressed); a panic is a bug in zstd.
+            if let Err(e) = training.await
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
+
     /// The underlying object store.
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.inner
@@ -510,9 +527,24 @@ impl Store {
                 Step::Use(encoder) => encoder,
                 Step::Load => None,
                 Step::Train { data, sizes } => {
-                    let encoder = self.train_dictionary(source, data, sizes, &options).await;
-                    self.dictionaries.settle(source, encoder.clone(), true);
-                    encoder
+                    if tokio::runtime::Handle::try_current().is_ok() {
+                        // In the background: this batch, and those stored
+                        // until the dictionary is ready, go as received, so
+                        // training never holds up ingestion (and the checks
+                        // waiting for it).
+                        let store = self.clone();
+                        let source = source.clone();
+                        let training = tokio::spawn(async move {
+                            let encoder = store.train_dictionary(&source, data, sizes, &options).await;
+                            store.dictionaries.settle(&source, encoder, true);
+                        });
+                        self.dictionaries.add_training(training);
+                        None
+                    } else {
+                        let encoder = self.train_dictionary(source, data, sizes, &options).await;
+                        self.dictionaries.settle(source, encoder.clone(), true);
+                        encoder
+                    }
                 }
             };
             out.insert(source.clone(), encoder);
@@ -572,6 +604,7 @@ impl Store {
     ) -> Option<Arc<Encoder>> {
         let max = options.dictionary_bytes;
         let trained = if tokio::runtime::Handle::try_current().is_ok() {
+            // Training takes a fraction of a second of CPU: off the runtime's workers.
             tokio::task::spawn_blocking(move || compression::train(&data, &sizes, max))
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()))
