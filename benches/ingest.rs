@@ -1,7 +1,7 @@
 //! Ingestion and time-travel benchmarks, printing one JSON object per mode.
 //!
 //! ```text
-//! cargo bench -p overseer-benches --bench ingest -- memory [EVENTS]   # default 1,000,000
+//! cargo bench -p overseer-benches --bench ingest -- memory [EVENTS]   # default 1,000,000; also stored as received, in the same run
 //! cargo bench -p overseer-benches --bench ingest -- local  [EVENTS]   # default 100,000; raw put rate in the same run
 //! cargo bench -p overseer-benches --bench ingest -- state  [UPDATES]  # default 1,000
 //! cargo bench -p overseer-benches --bench ingest -- objects [OBJECTS] # default 500,000; InMemory's memory per object
@@ -19,9 +19,9 @@ use overseer_core::object_store::local::LocalFileSystem;
 use overseer_core::object_store::memory::InMemory;
 use overseer_core::object_store::path::Path;
 use overseer_core::object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
-use overseer_core::store::CountingStore;
+use overseer_core::store::{CountingStore, RequestCounts};
 use overseer_core::{
-    BatchReport, Ingestor, RecordKey, ReferenceSpec, References, SourceId, Store, Timestamp,
+    BatchReport, Compression, Ingestor, RecordKey, ReferenceSpec, References, SourceId, Store, Timestamp,
 };
 use serde_json::json;
 
@@ -76,12 +76,29 @@ fn parse_baseline(events: usize) -> f64 {
     events as f64 / elapsed
 }
 
+/// Ingests `events` into a fresh counting in-memory store; returns the
+/// seconds taken and the store's request counts.
+async fn ingest_fresh(events: usize, compression: Compression) -> (f64, RequestCounts) {
+    let counting = Arc::new(CountingStore::new(InMemory::new()));
+    let store = Store::new(counting.clone()).with_compression(compression);
+    let (report, secs) = ingest(&ingestor(store), events).await;
+    assert_eq!(report.stored, events, "every event stored: {report:?}");
+    (secs, counting.counts())
+}
+
 async fn memory(events: usize) {
     let baseline = parse_baseline(events);
-    let counting = Arc::new(CountingStore::new(InMemory::new()));
-    let ing = ingestor(Store::new(counting.clone()));
-    let (report, secs) = ingest(&ing, events).await;
-    assert_eq!(report.stored, events, "every event stored: {report:?}");
+    let default = Compression::default();
+    let (first_secs, totals) = ingest_fresh(events, default).await;
+    // Read now: the runs below hold stores of their own.
+    let peak_rss = peak_rss_mib();
+    // The same events stored as received: what compression at rest costs
+    // in time and saves in bytes. Each is run twice, alternated, and the
+    // second runs are compared: the first run of a process also pays for
+    // the memory it takes from the system.
+    let (_, plain) = ingest_fresh(events, Compression::None).await;
+    let (secs, _) = ingest_fresh(events, default).await;
+    let (plain_secs, _) = ingest_fresh(events, Compression::None).await;
     // Request cost of 1,000 events, measured on a fresh store.
     let counting_1k = Arc::new(CountingStore::new(InMemory::new()));
     let (r1k, _) = ingest(&ingestor(Store::new(counting_1k.clone())), 1000).await;
@@ -93,11 +110,17 @@ async fn memory(events: usize) {
             "events": events,
             "seconds": secs,
             "events_per_sec": events as f64 / secs,
+            "first_run_events_per_sec": events as f64 / first_secs,
             "parse_only_events_per_sec": baseline,
             "ratio_to_parse_only": events as f64 / secs / baseline,
             "requests_per_1000_events": {"puts": c.puts, "gets": c.gets, "lists": c.lists, "other": c.other, "stored": r1k.stored},
-            "requests_total": {"puts": counting.counts().puts, "gets": counting.counts().gets, "lists": counting.counts().lists},
-            "peak_rss_mib": peak_rss_mib(),
+            "requests_total": {"puts": totals.puts, "gets": totals.gets, "lists": totals.lists},
+            "put_bytes_per_event": totals.put_bytes as f64 / events as f64,
+            "uncompressed_events_per_sec": events as f64 / plain_secs,
+            "uncompressed_put_bytes_per_event": plain.put_bytes as f64 / events as f64,
+            "speed_ratio_to_uncompressed": plain_secs / secs,
+            "bytes_ratio_to_uncompressed": totals.put_bytes as f64 / plain.put_bytes as f64,
+            "peak_rss_mib": peak_rss,
         })
     );
 }

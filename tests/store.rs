@@ -914,3 +914,58 @@ async fn a_source_whose_events_cannot_train_a_dictionary_is_stored_as_received()
         }
     }
 }
+
+#[tokio::test]
+async fn compression_cuts_the_bytes_sent_to_the_store() {
+    use overseer_core::object_store::memory::InMemory;
+    use overseer_core::store::CountingStore;
+    use overseer_core::{Compression, ZstdOptions};
+    use std::sync::Arc;
+    let events: Vec<_> = (0..2000u64)
+        .map(|i| {
+            let state = ["pending", "settled", "rejected"][i as usize % 3];
+            ev(
+                "payments",
+                &format!("p{i}"),
+                i as i64,
+                i,
+                "full",
+                json!({"state": state, "amount_minor": i * 7}),
+            )
+            .line()
+        })
+        .collect();
+    let raw: u64 = events.iter().map(|e| e.len() as u64).sum();
+    let mut sent = Vec::new();
+    for compression in [
+        Compression::None,
+        Compression::Zstd(ZstdOptions {
+            training_bytes: 16 * 1024,
+            dictionary_bytes: 2 * 1024,
+            ..ZstdOptions::default()
+        }),
+    ] {
+        let counting = Arc::new(CountingStore::new(InMemory::new()));
+        let store = Store::new(counting.clone()).with_compression(compression);
+        let ing = ingestor(&store, References::new());
+        for chunk in events.chunks(200) {
+            ing.ingest_batch(chunk).await.unwrap();
+            store.settle_compression().await;
+        }
+        sent.push(counting.counts().put_bytes);
+    }
+    assert!(
+        sent[0] > raw,
+        "every envelope holds its raw event: {} vs {raw}",
+        sent[0]
+    );
+    // The metadata of each envelope stays as it is; the raw events, after
+    // the training samples, shrink to well under half.
+    let saved = sent[0] - sent[1];
+    assert!(
+        saved * 2 > raw,
+        "saved {saved} of {raw} raw bytes ({} vs {})",
+        sent[1],
+        sent[0]
+    );
+}

@@ -27,6 +27,8 @@ pub struct RequestCounts {
     pub lists: u64,
     /// Deletes, copies, renames and multipart uploads.
     pub other: u64,
+    /// Bytes sent by puts (the payloads, whether or not the object was new).
+    pub put_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -35,6 +37,7 @@ struct Counters {
     gets: AtomicU64,
     lists: AtomicU64,
     other: AtomicU64,
+    put_bytes: AtomicU64,
 }
 
 /// Wraps an object store and counts the requests made through it.
@@ -49,6 +52,9 @@ struct Counters {
 /// let store = Store::new(counting.clone());
 /// assert_eq!(counting.counts().puts, 0);
 /// ```
+///
+/// Counts are per request, and [`RequestCounts::put_bytes`] sums the
+/// payloads sent: the two cost figures of an object store.
 #[derive(Debug)]
 pub struct CountingStore<S> {
     inner: S,
@@ -71,6 +77,7 @@ impl<S: ObjectStore> CountingStore<S> {
             gets: self.counters.gets.load(Ordering::Relaxed),
             lists: self.counters.lists.load(Ordering::Relaxed),
             other: self.counters.other.load(Ordering::Relaxed),
+            put_bytes: self.counters.put_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -81,6 +88,7 @@ impl<S: ObjectStore> CountingStore<S> {
             &self.counters.gets,
             &self.counters.lists,
             &self.counters.other,
+            &self.counters.put_bytes,
         ] {
             c.store(0, Ordering::Relaxed);
         }
@@ -101,6 +109,8 @@ fn bump(c: &AtomicU64) {
 impl<S: ObjectStore> ObjectStore for CountingStore<S> {
     async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
         bump(&self.counters.puts);
+        let bytes = u64::try_from(payload.content_length()).unwrap_or(u64::MAX);
+        self.counters.put_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.inner.put_opts(location, payload, opts).await
     }
 
