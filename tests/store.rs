@@ -969,3 +969,69 @@ async fn compression_cuts_the_bytes_sent_to_the_store() {
         sent[0]
     );
 }
+
+#[tokio::test]
+async fn a_store_under_a_prefix_keeps_its_own_references_and_dictionaries() {
+    use overseer_core::{Compression, ZstdOptions};
+    let zstd = Compression::Zstd(ZstdOptions {
+        training_bytes: 8 * 1024,
+        dictionary_bytes: 2 * 1024,
+        ..ZstdOptions::default()
+    });
+    let refs = References::new().with(ReferenceSpec::parse("child.parent -> parent").unwrap());
+    let events: Vec<_> = (0..600u64)
+        .map(|i| {
+            ev(
+                "child",
+                &format!("c{i}"),
+                i as i64,
+                i,
+                "full",
+                json!({"parent": "p1", "n": i}),
+            )
+            .line()
+        })
+        .collect();
+    for backend in backends() {
+        let root = Store::new(backend.store.clone()).with_compression(zstd);
+        let ing = ingestor(&root, refs.clone());
+        for chunk in events.chunks(100) {
+            ing.ingest_batch(chunk).await.unwrap();
+            root.settle_compression().await;
+        }
+        // The same events under a prefix, through a clone of the same store.
+        let tenant = root.clone().with_prefix("tenant");
+        let ing = ingestor(&tenant, refs.clone());
+        for chunk in events.chunks(100) {
+            ing.ingest_batch(chunk).await.unwrap();
+            tenant.settle_compression().await;
+        }
+        let keys = all_keys(backend.store.as_ref()).await;
+        let tenant_keys: Vec<&String> = keys.iter().filter(|k| k.starts_with("tenant/")).collect();
+        assert!(
+            tenant_keys
+                .iter()
+                .any(|k| k.starts_with("tenant/dictionaries/src/")),
+            "{}: the prefixed store stores its own dictionary",
+            backend.name
+        );
+        assert!(
+            tenant_keys
+                .iter()
+                .any(|k| k.starts_with("tenant/referrers/parent/p1/"))
+        );
+        // A reader that only knows the prefix reads every event and reference.
+        let reader = Store::new(backend.store.clone()).with_prefix("tenant");
+        for key in tenant_keys.iter().filter(|k| k.starts_with("tenant/updates/")) {
+            let doc = reader.get_update(key).await.unwrap();
+            assert_eq!(doc.raw, events[pos(doc.position.as_str())], "{key}");
+        }
+        let parent = RecordKey::new("parent", "p1").unwrap();
+        assert_eq!(
+            reader.referrers(&parent).await.unwrap().len(),
+            600,
+            "{}",
+            backend.name
+        );
+    }
+}

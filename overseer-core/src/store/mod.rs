@@ -169,10 +169,16 @@ impl Store {
     }
 
     /// The same store under a key prefix (several Overseer stores in one bucket).
+    ///
+    /// The store under the prefix is another store: what this one knows
+    /// about its own objects (references stored, compression dictionaries)
+    /// is not carried over.
     pub fn with_prefix(mut self, prefix: &str) -> Self {
         for part in prefix.split('/').filter(|p| !p.is_empty()) {
             self.root = self.root.clone().join(encode_segment(part));
         }
+        self.known_refs = Arc::default();
+        self.dictionaries = Arc::default();
         self
     }
 
