@@ -66,6 +66,8 @@ pub struct ZstdOptions {
     /// dictionary (default 1 MiB); those events are stored as received.
     /// Too few samples for zstd (a handful of events) make training fail:
     /// the source's events are then stored as received until the next run.
+    /// Each source holds its samples in memory until it trains, so with
+    /// many quiet sources, budget up to this much per source.
     pub training_bytes: usize,
 }
 
