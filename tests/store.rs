@@ -1035,3 +1035,63 @@ async fn a_store_under_a_prefix_keeps_its_own_references_and_dictionaries() {
         );
     }
 }
+
+#[tokio::test]
+async fn audit_batches_are_compressed_and_read_back_with_older_uncompressed_ones() {
+    use overseer_core::store::{AuditEntry, OutcomeKind};
+    let entry = |check: &str, i: u64| AuditEntry {
+        check: check.into(),
+        root: RecordKey::new("transfers", format!("t{i}")).unwrap(),
+        trigger_key: RecordKey::new("ledger_entries", format!("l{i}")).unwrap(),
+        trigger_source: SourceId::new("ledger").unwrap(),
+        trigger_commit_time: Timestamp::from_micros(1_000 + i as i64),
+        as_of: Timestamp::from_micros(2_000 + i as i64),
+        executed_at: Timestamp::from_micros(3_000),
+        outcome: OutcomeKind::Pass,
+        message: String::new(),
+        details: Value::Null,
+        duration: std::time::Duration::from_micros(40 + i),
+        lagging_sources: Vec::new(),
+        coalesced: 1,
+    };
+    for backend in backends() {
+        let store = Store::new(backend.store.clone());
+        let batch: Vec<AuditEntry> = (0..50).map(|i| entry("paid", i)).collect();
+        store.put_audit_batch(&batch).await.unwrap();
+        // A batch written as received (compression off, or an older version).
+        let plain = Store::new(backend.store.clone()).with_compression(overseer_core::Compression::None);
+        let older: Vec<AuditEntry> = (50..60).map(|i| entry("paid", i)).collect();
+        plain.put_audit_batch(&older).await.unwrap();
+        let keys: Vec<String> = all_keys(backend.store.as_ref()).await.into_iter().collect();
+        assert_eq!(
+            keys.iter().filter(|k| k.ends_with(".pb.zst")).count(),
+            1,
+            "{keys:?}"
+        );
+        assert_eq!(keys.iter().filter(|k| k.ends_with(".pb")).count(), 1, "{keys:?}");
+        let read = Store::new(backend.store.clone())
+            .audit(Some("paid"), None)
+            .await
+            .unwrap();
+        assert_eq!(read.len(), 60, "{}", backend.name);
+        let mut expected = batch.clone();
+        expected.extend(older.clone());
+        let key = |e: &AuditEntry| e.root.clone();
+        let mut read_roots: Vec<_> = read.iter().map(key).collect();
+        let mut expected_roots: Vec<_> = expected.iter().map(key).collect();
+        read_roots.sort();
+        expected_roots.sort();
+        assert_eq!(read_roots, expected_roots);
+        assert!(read.iter().all(|e| expected.contains(e)));
+        // A broken compressed batch is a clear error, naming the object.
+        let zst = keys.iter().find(|k| k.ends_with(".pb.zst")).unwrap();
+        backend
+            .store
+            .put(&zst.as_str().into(), bytes::Bytes::from_static(b"garbage").into())
+            .await
+            .unwrap();
+        let err = store.audit(Some("paid"), None).await.unwrap_err();
+        assert!(matches!(err, overseer_core::Error::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains(".pb.zst"), "{err}");
+    }
+}

@@ -6,7 +6,7 @@ use object_store::path::Path;
 use prost::Message;
 use serde_json::Value;
 
-use super::{Store, codec, layout};
+use super::{Compression, Store, codec, compression, layout};
 use crate::error::{Error, Result};
 use crate::model::{RecordKey, SourceId};
 use crate::proto;
@@ -194,7 +194,17 @@ impl Store {
         for (check, records) in by_check {
             let first = records.iter().map(|r| r.executed_at_micros).min().unwrap_or(0);
             let bytes = proto::AuditBatch { records }.encode_to_vec();
-            let name = format!("{:020}-{}.pb", first.max(0), layout::short_digest(&bytes));
+            let stem = format!("{:020}-{}", first.max(0), layout::short_digest(&bytes));
+            // Batches repeat check names, records and messages: compressed
+            // with zstd (no dictionary) under `.pb.zst` unless disabled.
+            let compressed = match self.compression {
+                Compression::Zstd(options) => compression::compress(&bytes, options.level),
+                Compression::None => None,
+            };
+            let (name, bytes) = match compressed {
+                Some(frame) => (format!("{stem}.pb.zst"), frame),
+                None => (format!("{stem}.pb"), bytes),
+            };
             let path = self.audit_prefix(Some(check)).join(name);
             self.put_create(&path, Bytes::from(bytes)).await?;
         }
@@ -217,7 +227,13 @@ impl Store {
             if path.parts().count() != depth {
                 continue;
             }
-            let batch: proto::AuditBatch = codec::decode(path.as_ref(), M, self.get_bytes(&path).await?)?;
+            let mut bytes = self.get_bytes(&path).await?;
+            if path.as_ref().ends_with(".zst") {
+                bytes = compression::decompress(&bytes)
+                    .map(Bytes::from)
+                    .map_err(|reason| codec::corrupt(path.as_ref(), M, reason))?;
+            }
+            let batch: proto::AuditBatch = codec::decode(path.as_ref(), M, bytes)?;
             for record in batch.records {
                 let entry = AuditEntry::from_proto(record, path.as_ref())?;
                 if root.is_none_or(|r| *r == entry.root) {

@@ -141,26 +141,60 @@ impl Decoder {
 
     /// The raw event held by `frame`.
     pub(crate) fn decompress(&self, frame: &[u8]) -> Result<Vec<u8>, String> {
-        let size = zstd_safe::get_frame_content_size(frame)
-            .map_err(|_| "raw is not a zstd frame".to_owned())?
-            .ok_or_else(|| "the zstd frame does not state its size".to_owned())?;
-        if size > MAX_RAW {
-            return Err(format!("the zstd frame claims {size} bytes"));
-        }
-        let mut out = Vec::with_capacity(size as usize);
+        let size = frame_size(frame).map_err(|e| format!("raw: {e}"))?;
+        let mut out = Vec::with_capacity(size);
         let result = DCTX.with(|dctx| {
             let mut dctx = dctx.borrow_mut();
             dctx.as_mut()
                 .map(|dctx| dctx.decompress_using_ddict(&mut out, frame, &self.0))
         });
-        match result {
-            Some(Ok(n)) if n as u64 == size => Ok(out),
-            Some(Ok(n)) => Err(format!(
-                "the zstd frame holds {n} bytes, not the {size} it states"
-            )),
-            Some(Err(code)) => Err(format!("zstd: {}", zstd_safe::get_error_name(code))),
-            None => Err("zstd could not allocate a decompression context".to_owned()),
-        }
+        check_decompressed(result, size).map(|()| out)
+    }
+}
+
+/// `bytes` as one zstd frame (no dictionary), if that is smaller.
+pub(crate) fn compress(bytes: &[u8], level: i32) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(zstd_safe::compress_bound(bytes.len()));
+    let written = CCTX.with(|cctx| {
+        let mut cctx = cctx.borrow_mut();
+        cctx.as_mut().map(|cctx| cctx.compress(&mut out, bytes, level))
+    });
+    match written {
+        Some(Ok(_)) if out.len() < bytes.len() => Some(out),
+        _ => None,
+    }
+}
+
+/// The content of one zstd frame made by [`compress`].
+pub(crate) fn decompress(frame: &[u8]) -> Result<Vec<u8>, String> {
+    let size = frame_size(frame)?;
+    let mut out = Vec::with_capacity(size);
+    let result = DCTX.with(|dctx| {
+        let mut dctx = dctx.borrow_mut();
+        dctx.as_mut().map(|dctx| dctx.decompress(&mut out, frame))
+    });
+    check_decompressed(result, size).map(|()| out)
+}
+
+/// The content size a frame states, bounded.
+fn frame_size(frame: &[u8]) -> Result<usize, String> {
+    let size = zstd_safe::get_frame_content_size(frame)
+        .map_err(|_| "not a zstd frame".to_owned())?
+        .ok_or_else(|| "the zstd frame does not state its size".to_owned())?;
+    if size > MAX_RAW {
+        return Err(format!("the zstd frame claims {size} bytes"));
+    }
+    Ok(size as usize)
+}
+
+fn check_decompressed(result: Option<Result<usize, usize>>, size: usize) -> Result<(), String> {
+    match result {
+        Some(Ok(n)) if n == size => Ok(()),
+        Some(Ok(n)) => Err(format!(
+            "the zstd frame holds {n} bytes, not the {size} it states"
+        )),
+        Some(Err(code)) => Err(format!("zstd: {}", zstd_safe::get_error_name(code))),
+        None => Err("zstd could not allocate a decompression context".to_owned()),
     }
 }
 
