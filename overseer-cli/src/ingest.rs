@@ -121,11 +121,11 @@ impl RefPlan {
         }
         let mut new = false;
         for raw in batch {
-            if let Ok(Consumed::Record(r)) = consumer.consume(raw) {
-                if !self.models.contains(&r.key.model) {
-                    self.models.insert(r.key.model);
-                    new = true;
-                }
+            if let Ok(Consumed::Record(r)) = consumer.consume(raw)
+                && !self.models.contains(&r.key.model)
+            {
+                self.models.insert(r.key.model);
+                new = true;
             }
         }
         new

@@ -252,10 +252,10 @@ impl Runner {
             let spec = check.spec();
             let triggers: HashSet<&str> = check.models().into_iter().collect();
             let mut add = |model: &str, role: Role| {
-                if triggers.contains(model) {
-                    if let Ok(m) = Model::new(model) {
-                        selection.entry(m).or_default().push((i, role));
-                    }
+                if triggers.contains(model)
+                    && let Ok(m) = Model::new(model)
+                {
+                    selection.entry(m).or_default().push((i, role));
                 }
             };
             add(spec.root, Role::Root);
@@ -466,11 +466,11 @@ impl Runner {
             if let Some((&(t, _), _)) = c.timed.first_key_value() {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
-            if let Some((&(as_of, _), root)) = c.fresh.first_key_value() {
-                if let Some(p) = c.pending.get(root) {
-                    let t = as_of.saturating_add(p.plan.max_wait);
-                    next = Some(next.map_or(t, |n| n.min(t)));
-                }
+            if let Some((&(as_of, _), root)) = c.fresh.first_key_value()
+                && let Some(p) = c.pending.get(root)
+            {
+                let t = as_of.saturating_add(p.plan.max_wait);
+                next = Some(next.map_or(t, |n| n.min(t)));
             }
         }
         next

@@ -659,15 +659,15 @@ fn merge_rows(
     let mut last_old: Option<i64> = None;
     loop {
         // The mapping may produce an id twice: report and skip repeats.
-        if let Some((id, _)) = old.peek() {
-            if last_old == Some(*id) {
-                let id = *id;
-                old.next();
-                if report.duplicate_legacy_ids.items.last() != Some(&id) {
-                    push(&mut report.duplicate_legacy_ids, id, max);
-                }
-                continue;
+        if let Some((id, _)) = old.peek()
+            && last_old == Some(*id)
+        {
+            let id = *id;
+            old.next();
+            if report.duplicate_legacy_ids.items.last() != Some(&id) {
+                push(&mut report.duplicate_legacy_ids, id, max);
             }
+            continue;
         }
         match (old.peek(), new.peek()) {
             (None, None) => break,

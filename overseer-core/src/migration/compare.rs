@@ -303,12 +303,12 @@ impl Comparator {
             None => legacy.clone(),
         };
         for (from, to) in &self.renames {
-            if let Some(moved) = take_path(&mut value, from) {
-                if let Err(moved) = put_path(&mut value, to, moved) {
-                    // The new path is blocked by a non-object: leave the
-                    // field where it was, so the difference shows.
-                    let _ = put_path(&mut value, from, moved);
-                }
+            if let Some(moved) = take_path(&mut value, from)
+                && let Err(moved) = put_path(&mut value, to, moved)
+            {
+                // The new path is blocked by a non-object: leave the
+                // field where it was, so the difference shows.
+                let _ = put_path(&mut value, from, moved);
             }
         }
         value
