@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 use futures::TryStreamExt;
 use overseer_core::object_store::{ObjectStore, ObjectStoreExt};
 use overseer_core::{
-    Dal, Ingestor, Model, RecordKey, Reference, ReferenceSpec, References, SourceId, Store, Timestamp,
+    Compression, Dal, Ingestor, Model, RecordKey, Reference, ReferenceSpec, References, SourceId, Store,
+    Timestamp, ZstdOptions,
 };
 use overseer_tests::{Script, ScriptEvent, backends};
 use serde_json::{Value, json};
@@ -669,6 +670,16 @@ async fn an_update_s_references_are_one_master_document_object_read_once_each() 
     }
 }
 
+/// zstd that trains on `training_bytes` of samples (tests feed far less
+/// than the default MiB).
+fn eager_zstd(training_bytes: usize, dictionary_bytes: usize) -> Compression {
+    Compression::Zstd(ZstdOptions {
+        training_bytes,
+        dictionary_bytes,
+        ..ZstdOptions::default()
+    })
+}
+
 /// The event index a script position stands for.
 fn pos(position: &str) -> usize {
     usize::from_str_radix(position, 16).unwrap()
@@ -695,12 +706,8 @@ async fn update_objects(store: &dyn ObjectStore) -> Vec<(String, overseer_core::
 
 #[tokio::test]
 async fn raw_events_are_compressed_after_training_and_read_back_exactly_by_any_later_store() {
-    use overseer_core::{Compression, Error, ZstdOptions};
-    let zstd = Compression::Zstd(ZstdOptions {
-        training_bytes: 32 * 1024,
-        dictionary_bytes: 4 * 1024,
-        ..ZstdOptions::default()
-    });
+    use overseer_core::Error;
+    let zstd = eager_zstd(32 * 1024, 4 * 1024);
     let event = |i: u64| {
         let currency = ["EUR", "USD"][i as usize % 2];
         let state = ["pending", "settled", "rejected"][i as usize % 3];
@@ -846,7 +853,7 @@ async fn raw_events_are_compressed_after_training_and_read_back_exactly_by_any_l
 #[tokio::test]
 async fn without_compression_raw_events_are_stored_as_received() {
     for backend in backends() {
-        let store = Store::new(backend.store.clone()).with_compression(overseer_core::Compression::None);
+        let store = Store::new(backend.store.clone()).with_compression(Compression::None);
         let events: Vec<_> = (0..400u64)
             .map(|i| {
                 ev(
@@ -882,13 +889,9 @@ async fn without_compression_raw_events_are_stored_as_received() {
 
 #[tokio::test]
 async fn a_source_whose_events_cannot_train_a_dictionary_is_stored_as_received() {
-    use overseer_core::{Compression, ZstdOptions};
     // Two samples are too few for zstd to train on: training fails, and the
     // events are stored (and read) as received.
-    let zstd = Compression::Zstd(ZstdOptions {
-        training_bytes: 64,
-        ..ZstdOptions::default()
-    });
+    let zstd = eager_zstd(64, ZstdOptions::default().dictionary_bytes);
     for backend in backends() {
         let store = Store::new(backend.store.clone()).with_compression(zstd);
         let events: Vec<_> = (0..40u64)
@@ -919,7 +922,6 @@ async fn a_source_whose_events_cannot_train_a_dictionary_is_stored_as_received()
 async fn compression_cuts_the_bytes_sent_to_the_store() {
     use overseer_core::object_store::memory::InMemory;
     use overseer_core::store::CountingStore;
-    use overseer_core::{Compression, ZstdOptions};
     use std::sync::Arc;
     let events: Vec<_> = (0..2000u64)
         .map(|i| {
@@ -937,14 +939,7 @@ async fn compression_cuts_the_bytes_sent_to_the_store() {
         .collect();
     let raw: u64 = events.iter().map(|e| e.len() as u64).sum();
     let mut sent = Vec::new();
-    for compression in [
-        Compression::None,
-        Compression::Zstd(ZstdOptions {
-            training_bytes: 16 * 1024,
-            dictionary_bytes: 2 * 1024,
-            ..ZstdOptions::default()
-        }),
-    ] {
+    for compression in [Compression::None, eager_zstd(16 * 1024, 2 * 1024)] {
         let counting = Arc::new(CountingStore::new(InMemory::new()));
         let store = Store::new(counting.clone()).with_compression(compression);
         let ing = ingestor(&store, References::new());
@@ -972,12 +967,7 @@ async fn compression_cuts_the_bytes_sent_to_the_store() {
 
 #[tokio::test]
 async fn a_store_under_a_prefix_keeps_its_own_references_and_dictionaries() {
-    use overseer_core::{Compression, ZstdOptions};
-    let zstd = Compression::Zstd(ZstdOptions {
-        training_bytes: 8 * 1024,
-        dictionary_bytes: 2 * 1024,
-        ..ZstdOptions::default()
-    });
+    let zstd = eager_zstd(8 * 1024, 2 * 1024);
     let refs = References::new().with(ReferenceSpec::parse("child.parent -> parent").unwrap());
     let events: Vec<_> = (0..600u64)
         .map(|i| {
@@ -1059,7 +1049,7 @@ async fn audit_batches_are_compressed_and_read_back_with_older_uncompressed_ones
         let batch: Vec<AuditEntry> = (0..50).map(|i| entry("paid", i)).collect();
         store.put_audit_batch(&batch).await.unwrap();
         // A batch written as received (compression off, or an older version).
-        let plain = Store::new(backend.store.clone()).with_compression(overseer_core::Compression::None);
+        let plain = Store::new(backend.store.clone()).with_compression(Compression::None);
         let older: Vec<AuditEntry> = (50..60).map(|i| entry("paid", i)).collect();
         plain.put_audit_batch(&older).await.unwrap();
         let keys: Vec<String> = all_keys(backend.store.as_ref()).await.into_iter().collect();

@@ -448,31 +448,47 @@ impl Dal {
     /// The master document: the references of `key` first stored at or
     /// before `at`.
     pub async fn references(&self, key: &RecordKey, at: Timestamp) -> Result<Vec<ReferenceEntry>> {
-        let mut refs = match &self.index {
-            None => self.store.references(key).await?,
-            Some(index) => {
-                index.start().await?;
-                match index.references(key) {
-                    Some(refs) => refs,
-                    None => index.seed_references(key, self.store.references(key).await?),
-                }
-            }
-        };
-        refs.retain(|r| r.first_seen <= at);
-        Ok(refs)
+        let stored = self.store.references(key);
+        self.reference_list(
+            at,
+            |i| i.references(key),
+            |i, found| i.seed_references(key, found),
+            stored,
+        )
+        .await
     }
 
     /// The reverse index: the records stored with a reference to `target`
     /// first stored at or before `at` (candidates: a reference may have
     /// changed since; [`referrers`](Self::referrers) confirms them).
     pub async fn referrer_entries(&self, target: &RecordKey, at: Timestamp) -> Result<Vec<ReferenceEntry>> {
+        let stored = self.store.referrers(target);
+        self.reference_list(
+            at,
+            |i| i.referrers(target),
+            |i, found| i.seed_referrers(target, found),
+            stored,
+        )
+        .await
+    }
+
+    /// A list of references as of `at`: from the index (seeded from
+    /// `stored` the first time), or from `stored` without an index. The
+    /// store is only read when needed (`stored` is lazy until awaited).
+    async fn reference_list(
+        &self,
+        at: Timestamp,
+        indexed: impl FnOnce(&Index) -> Option<Vec<ReferenceEntry>>,
+        seed: impl FnOnce(&Index, Vec<ReferenceEntry>) -> Vec<ReferenceEntry>,
+        stored: impl Future<Output = Result<Vec<ReferenceEntry>>>,
+    ) -> Result<Vec<ReferenceEntry>> {
         let mut refs = match &self.index {
-            None => self.store.referrers(target).await?,
+            None => stored.await?,
             Some(index) => {
                 index.start().await?;
-                match index.referrers(target) {
+                match indexed(index) {
                     Some(refs) => refs,
-                    None => index.seed_referrers(target, self.store.referrers(target).await?),
+                    None => seed(index, stored.await?),
                 }
             }
         };

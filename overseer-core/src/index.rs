@@ -61,6 +61,21 @@ struct Ref {
     first_seen: Timestamp,
 }
 
+impl Ref {
+    /// The entry of this reference from `from` to `target` (one of them is
+    /// `other`, the other the record the index keeps it for).
+    fn entry(&self, from: &RecordKey, target: &RecordKey) -> ReferenceEntry {
+        ReferenceEntry {
+            from: from.clone(),
+            reference: Reference {
+                field: self.field.to_string(),
+                target: target.clone(),
+            },
+            first_seen: self.first_seen,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Tracked {
     /// Holds every update stored before tracking began too.
@@ -380,18 +395,7 @@ impl Index {
     }
 
     fn reference_entries(key: &RecordKey, tracked: &Tracked) -> Vec<ReferenceEntry> {
-        tracked
-            .refs
-            .iter()
-            .map(|r| ReferenceEntry {
-                from: key.clone(),
-                reference: Reference {
-                    field: r.field.to_string(),
-                    target: r.other.clone(),
-                },
-                first_seen: r.first_seen,
-            })
-            .collect()
+        tracked.refs.iter().map(|r| r.entry(key, &r.other)).collect()
     }
 
     /// The records that reference `key` (the reverse index); `None` if not
@@ -426,16 +430,6 @@ impl Index {
                 .sort_by(|a, b| (&a.other, &a.field, a.first_seen).cmp(&(&b.other, &b.field, b.first_seen)));
             entries.dedup_by(|b, a| a.other == b.other && a.field == b.field);
         }
-        entries
-            .into_iter()
-            .map(|r| ReferenceEntry {
-                from: r.other.clone(),
-                reference: Reference {
-                    field: r.field.to_string(),
-                    target: key.clone(),
-                },
-                first_seen: r.first_seen,
-            })
-            .collect()
+        entries.into_iter().map(|r| r.entry(&r.other, key)).collect()
     }
 }

@@ -93,6 +93,59 @@ thread_local! {
     static DCTX: RefCell<Option<DCtx<'static>>> = RefCell::new(DCtx::try_create());
 }
 
+/// The id a zstd dictionary declares; `None` if the bytes are not one.
+pub(crate) fn dictionary_id(dictionary: &[u8]) -> Option<u32> {
+    zstd_safe::get_dict_id_from_dict(dictionary).map(|id| id.get())
+}
+
+/// One frame of `bytes`, made by `run` with this thread's context, if it
+/// is smaller than `bytes`.
+fn compress_with(
+    bytes: &[u8],
+    run: impl FnOnce(&mut CCtx<'static>, &mut Vec<u8>) -> zstd_safe::SafeResult,
+) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(zstd_safe::compress_bound(bytes.len()));
+    let written = CCTX.with(|cctx| cctx.borrow_mut().as_mut().map(|cctx| run(cctx, &mut out)));
+    match written {
+        Some(Ok(_)) if out.len() < bytes.len() => Some(out),
+        _ => None,
+    }
+}
+
+/// The content of one frame, decompressed by `run` with this thread's
+/// context; the size the frame states is checked and bounded.
+fn decompress_with(
+    frame: &[u8],
+    run: impl FnOnce(&mut DCtx<'static>, &mut Vec<u8>) -> zstd_safe::SafeResult,
+) -> Result<Vec<u8>, String> {
+    let size = zstd_safe::get_frame_content_size(frame)
+        .map_err(|_| "not a zstd frame".to_owned())?
+        .ok_or_else(|| "the zstd frame does not state its size".to_owned())?;
+    if size > MAX_RAW {
+        return Err(format!("the zstd frame claims {size} bytes"));
+    }
+    let mut out = Vec::with_capacity(size as usize);
+    let result = DCTX.with(|dctx| dctx.borrow_mut().as_mut().map(|dctx| run(dctx, &mut out)));
+    match result {
+        Some(Ok(n)) if n as u64 == size => Ok(out),
+        Some(Ok(n)) => Err(format!(
+            "the zstd frame holds {n} bytes, not the {size} it states"
+        )),
+        Some(Err(code)) => Err(format!("zstd: {}", zstd_safe::get_error_name(code))),
+        None => Err("zstd could not allocate a decompression context".to_owned()),
+    }
+}
+
+/// `bytes` as one zstd frame (no dictionary), if that is smaller.
+pub(crate) fn compress(bytes: &[u8], level: i32) -> Option<Vec<u8>> {
+    compress_with(bytes, |cctx, out| cctx.compress(out, bytes, level))
+}
+
+/// The content of one zstd frame made by [`compress`].
+pub(crate) fn decompress(frame: &[u8]) -> Result<Vec<u8>, String> {
+    decompress_with(frame, |dctx, out| dctx.decompress(out, frame))
+}
+
 /// A trained dictionary, prepared for compression.
 pub(crate) struct Encoder {
     pub(crate) id: u32,
@@ -103,23 +156,14 @@ impl Encoder {
     /// Prepares a dictionary (its bytes as stored); `None` if they are not
     /// a zstd dictionary.
     pub(crate) fn new(dictionary: &[u8], level: i32) -> Option<Self> {
-        let id = zstd_safe::get_dict_id_from_dict(dictionary)?.get();
+        let id = dictionary_id(dictionary)?;
         let cdict = CDict::try_create(dictionary, level)?;
         Some(Self { id, cdict })
     }
 
     /// The frame of `raw` against this dictionary, if it is smaller than `raw`.
     pub(crate) fn compress(&self, raw: &[u8]) -> Option<Vec<u8>> {
-        let mut out = Vec::with_capacity(zstd_safe::compress_bound(raw.len()));
-        let written = CCTX.with(|cctx| {
-            let mut cctx = cctx.borrow_mut();
-            cctx.as_mut()
-                .map(|cctx| cctx.compress_using_cdict(&mut out, raw, &self.cdict))
-        });
-        match written {
-            Some(Ok(_)) if out.len() < raw.len() => Some(out),
-            _ => None,
-        }
+        compress_with(raw, |cctx, out| cctx.compress_using_cdict(out, raw, &self.cdict))
     }
 }
 
@@ -129,8 +173,8 @@ pub(crate) struct Decoder(DDict<'static>);
 impl Decoder {
     /// Prepares a dictionary that must have id `id`.
     pub(crate) fn new(dictionary: &[u8], id: u32) -> Result<Self, String> {
-        match zstd_safe::get_dict_id_from_dict(dictionary) {
-            Some(found) if found.get() == id => {}
+        match dictionary_id(dictionary) {
+            Some(found) if found == id => {}
             Some(found) => return Err(format!("it holds dictionary {found}, not {id}")),
             None => return Err("it is not a zstd dictionary".to_owned()),
         }
@@ -141,60 +185,10 @@ impl Decoder {
 
     /// The raw event held by `frame`.
     pub(crate) fn decompress(&self, frame: &[u8]) -> Result<Vec<u8>, String> {
-        let size = frame_size(frame).map_err(|e| format!("raw: {e}"))?;
-        let mut out = Vec::with_capacity(size);
-        let result = DCTX.with(|dctx| {
-            let mut dctx = dctx.borrow_mut();
-            dctx.as_mut()
-                .map(|dctx| dctx.decompress_using_ddict(&mut out, frame, &self.0))
-        });
-        check_decompressed(result, size).map(|()| out)
-    }
-}
-
-/// `bytes` as one zstd frame (no dictionary), if that is smaller.
-pub(crate) fn compress(bytes: &[u8], level: i32) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(zstd_safe::compress_bound(bytes.len()));
-    let written = CCTX.with(|cctx| {
-        let mut cctx = cctx.borrow_mut();
-        cctx.as_mut().map(|cctx| cctx.compress(&mut out, bytes, level))
-    });
-    match written {
-        Some(Ok(_)) if out.len() < bytes.len() => Some(out),
-        _ => None,
-    }
-}
-
-/// The content of one zstd frame made by [`compress`].
-pub(crate) fn decompress(frame: &[u8]) -> Result<Vec<u8>, String> {
-    let size = frame_size(frame)?;
-    let mut out = Vec::with_capacity(size);
-    let result = DCTX.with(|dctx| {
-        let mut dctx = dctx.borrow_mut();
-        dctx.as_mut().map(|dctx| dctx.decompress(&mut out, frame))
-    });
-    check_decompressed(result, size).map(|()| out)
-}
-
-/// The content size a frame states, bounded.
-fn frame_size(frame: &[u8]) -> Result<usize, String> {
-    let size = zstd_safe::get_frame_content_size(frame)
-        .map_err(|_| "not a zstd frame".to_owned())?
-        .ok_or_else(|| "the zstd frame does not state its size".to_owned())?;
-    if size > MAX_RAW {
-        return Err(format!("the zstd frame claims {size} bytes"));
-    }
-    Ok(size as usize)
-}
-
-fn check_decompressed(result: Option<Result<usize, usize>>, size: usize) -> Result<(), String> {
-    match result {
-        Some(Ok(n)) if n == size => Ok(()),
-        Some(Ok(n)) => Err(format!(
-            "the zstd frame holds {n} bytes, not the {size} it states"
-        )),
-        Some(Err(code)) => Err(format!("zstd: {}", zstd_safe::get_error_name(code))),
-        None => Err("zstd could not allocate a decompression context".to_owned()),
+        decompress_with(frame, |dctx, out| {
+            dctx.decompress_using_ddict(out, frame, &self.0)
+        })
+        .map_err(|e| format!("raw: {e}"))
     }
 }
 
@@ -241,7 +235,7 @@ impl fmt::Debug for Dictionaries {
 impl Dictionaries {
     /// Decides what `source` needs before `docs` (its events of one batch)
     /// are stored, taking them as samples while it is collecting them.
-    pub(crate) fn step(&self, source: &SourceId, docs: &[&UpdateDocument], options: &ZstdOptions) -> Step {
+    pub(crate) fn step(&self, source: &SourceId, docs: &[UpdateDocument], options: &ZstdOptions) -> Step {
         let Ok(mut writers) = self.writers.lock() else {
             return Step::Use(None);
         };
@@ -260,7 +254,7 @@ impl Dictionaries {
             Writer::Ready(encoder) => Step::Use(Some(encoder.clone())),
             Writer::Training | Writer::Off => Step::Use(None),
             Writer::Sampling { data, sizes } => {
-                for doc in docs {
+                for doc in docs.iter().filter(|d| d.source == *source) {
                     if data.len() >= options.training_bytes {
                         break;
                     }
@@ -280,17 +274,12 @@ impl Dictionaries {
         }
     }
 
-    /// Records the outcome of a load or a training: the dictionary to use
-    /// from now on (`None`: keep sampling after a load, stop after a failed
-    /// training).
-    pub(crate) fn settle(&self, source: &SourceId, encoder: Option<Arc<Encoder>>, trained: bool) {
+    /// Records the dictionary `source` compresses against from now on
+    /// (loaded or trained); `None` after a failed training: stored as
+    /// received until the next run.
+    pub(crate) fn settle(&self, source: &SourceId, encoder: Option<Arc<Encoder>>) {
         if let Ok(mut writers) = self.writers.lock() {
-            let next = match encoder {
-                Some(e) => Writer::Ready(e),
-                None if trained => Writer::Off,
-                None => return,
-            };
-            writers.insert(source.clone(), next);
+            writers.insert(source.clone(), encoder.map_or(Writer::Off, Writer::Ready));
         }
     }
 

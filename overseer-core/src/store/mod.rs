@@ -513,49 +513,57 @@ impl Store {
         let Compression::Zstd(options) = self.compression else {
             return Encoders::new();
         };
-        let mut by_source: HashMap<&SourceId, Vec<&UpdateDocument>> = HashMap::new();
+        let mut out = Encoders::new();
         for doc in docs {
-            by_source.entry(&doc.source).or_default().push(doc);
-        }
-        let mut out = Encoders::with_capacity(by_source.len());
-        for (source, docs) in by_source {
-            let mut step = self.dictionaries.step(source, &docs, &options);
-            if let Step::Load = step {
-                match self.load_dictionary(source, options.level).await {
-                    Some(encoder) => {
-                        self.dictionaries.settle(source, Some(encoder.clone()), false);
-                        step = Step::Use(Some(encoder));
-                    }
-                    None => step = self.dictionaries.step(source, &docs, &options),
-                }
+            if out.contains_key(&doc.source) {
+                continue;
             }
-            let encoder = match step {
-                Step::Use(encoder) => encoder,
-                Step::Load => None,
-                Step::Train { data, sizes } => {
-                    if tokio::runtime::Handle::try_current().is_ok() {
-                        // In the background: this batch, and those stored
-                        // until the dictionary is ready, go as received, so
-                        // training never holds up ingestion (and the checks
-                        // waiting for it).
-                        let store = self.clone();
-                        let source = source.clone();
-                        let training = tokio::spawn(async move {
-                            let encoder = store.train_dictionary(&source, data, sizes, &options).await;
-                            store.dictionaries.settle(&source, encoder, true);
-                        });
-                        self.dictionaries.add_training(training);
-                        None
-                    } else {
-                        let encoder = self.train_dictionary(source, data, sizes, &options).await;
-                        self.dictionaries.settle(source, encoder.clone(), true);
-                        encoder
+            let source = &doc.source;
+            let encoder = loop {
+                match self.dictionaries.step(source, docs, &options) {
+                    Step::Use(encoder) => break encoder,
+                    // First sight of the source: reuse a stored dictionary,
+                    // or else (the source now sampling) step again.
+                    Step::Load => {
+                        if let Some(encoder) = self.load_dictionary(source, options.level).await {
+                            self.dictionaries.settle(source, Some(encoder.clone()));
+                            break Some(encoder);
+                        }
+                    }
+                    Step::Train { data, sizes } => {
+                        break self.start_training(source, data, sizes, options).await;
                     }
                 }
             };
             out.insert(source.clone(), encoder);
         }
         out
+    }
+
+    /// Trains `source`'s dictionary: in the background inside a runtime
+    /// (this batch, and those stored until the dictionary is ready, go as
+    /// received, so training never holds up ingestion and the checks
+    /// waiting for it), else at once.
+    async fn start_training(
+        &self,
+        source: &SourceId,
+        data: Vec<u8>,
+        sizes: Vec<usize>,
+        options: ZstdOptions,
+    ) -> Option<Arc<Encoder>> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            let encoder = self.train_dictionary(source, data, sizes, &options).await;
+            self.dictionaries.settle(source, encoder.clone());
+            return encoder;
+        }
+        let store = self.clone();
+        let source = source.clone();
+        let training = tokio::spawn(async move {
+            let encoder = store.train_dictionary(&source, data, sizes, &options).await;
+            store.dictionaries.settle(&source, encoder);
+        });
+        self.dictionaries.add_training(training);
+        None
     }
 
     /// A dictionary an earlier run stored for `source`, if any.
@@ -624,7 +632,7 @@ impl Store {
                 return None;
             }
         };
-        let id = Encoder::new(&dictionary, options.level)?.id;
+        let id = compression::dictionary_id(&dictionary)?;
         let path = self.dictionary_path(source, id);
         let stored = match self.put_create(&path, Bytes::from(dictionary.clone())).await {
             Ok(PutOutcome::Created) => Ok(dictionary),
