@@ -264,27 +264,66 @@ pub fn apply(state: Option<State>, change: &Change) -> Option<State> {
     match change {
         Change::Full(full) => Some(full.clone()),
         Change::Delete => None,
-        Change::Merge(columns) => {
-            let mut state = state.unwrap_or_default();
-            for (name, value) in columns {
-                state.insert(name.clone(), value.clone());
-            }
-            Some(state)
-        }
-        Change::Patch(patch) => {
-            let mut state = state.unwrap_or_default();
-            for (path, len) in &patch.truncated {
-                truncate(&mut state, path, *len);
-            }
-            for path in &patch.removed {
-                remove(&mut state, path);
-            }
-            for (path, value) in &patch.updated {
-                set(&mut state, path, value.clone());
-            }
-            Some(state)
+        Change::Merge(columns) => Some(merge(state, columns.iter().map(|(n, v)| (n.clone(), v.clone())))),
+        Change::Patch(patch) => Some(patch_state(
+            state,
+            patch,
+            patch.updated.iter().map(|(p, v)| (p, v.clone())),
+        )),
+    }
+}
+
+/// [`apply`], consuming the change: its values move into the state instead
+/// of being copied (what ingestion does with a change it no longer needs).
+///
+/// ```
+/// use overseer_core::change::{apply, apply_owned, Change};
+/// use serde_json::json;
+///
+/// let row = json!({"id": 1, "amount": 5}).as_object().unwrap().clone();
+/// let change = Change::Merge(row);
+/// assert_eq!(apply(None, &change), apply_owned(None, change));
+/// ```
+pub fn apply_owned(state: Option<State>, change: Change) -> Option<State> {
+    match change {
+        Change::Full(full) => Some(full),
+        Change::Delete => None,
+        Change::Merge(columns) => Some(match state {
+            None => columns,
+            state => merge(state, columns),
+        }),
+        Change::Patch(mut patch) => {
+            let updated = std::mem::take(&mut patch.updated);
+            Some(patch_state(state, &patch, updated))
         }
     }
+}
+
+/// `columns` written over `state` (or over an empty document).
+fn merge(state: Option<State>, columns: impl IntoIterator<Item = (String, Value)>) -> State {
+    let mut state = state.unwrap_or_default();
+    state.extend(columns);
+    state
+}
+
+/// A patch's truncations and removals, then `updated`, applied to `state`
+/// (or to an empty document).
+fn patch_state<P: std::borrow::Borrow<FieldPath>>(
+    state: Option<State>,
+    patch: &Patch,
+    updated: impl IntoIterator<Item = (P, Value)>,
+) -> State {
+    let mut state = state.unwrap_or_default();
+    for (path, len) in &patch.truncated {
+        truncate(&mut state, path, *len);
+    }
+    for path in &patch.removed {
+        remove(&mut state, path);
+    }
+    for (path, value) in updated {
+        set(&mut state, path.borrow(), value);
+    }
+    state
 }
 
 impl Change {
@@ -374,6 +413,31 @@ mod tests {
             Some(json!({"id": 1, "big": "toasted", "n": 2}))
         );
         assert_eq!(apply(merged, &Change::Delete), None);
+    }
+
+    #[test]
+    fn applying_a_change_by_value_gives_the_same_state_as_by_reference() {
+        let state = obj(json!({"id": 1, "a": {"b": 1}, "arr": [1, 2, 3], "gone": true}));
+        let changes = [
+            Change::Full(obj(json!({"id": 1, "fresh": [1, {"x": "y"}]}))),
+            Change::Delete,
+            Change::Merge(obj(json!({"n": 2, "a": null}))),
+            Change::Patch(Patch {
+                truncated: vec![(FieldPath::parse("arr"), 1)],
+                removed: vec![FieldPath::parse("gone"), FieldPath::parse("a.b")],
+                updated: vec![
+                    (FieldPath::parse("a.c"), json!(2)),
+                    (FieldPath::parse("arr.2"), json!(9)),
+                    (FieldPath::parse("new.deep"), json!("x")),
+                ],
+            }),
+        ];
+        for change in changes {
+            for before in [None, Some(state.clone())] {
+                let by_ref = apply(before.clone(), &change);
+                assert_eq!(apply_owned(before, change.clone()), by_ref, "{change:?}");
+            }
+        }
     }
 
     #[test]

@@ -78,7 +78,8 @@ type MemoCache = quick_cache::sync::Cache<RecordKey, Arc<Memo>, MemoWeigher>;
 #[derive(Clone)]
 pub struct Dal {
     store: Store,
-    builders: HashMap<Format, Arc<dyn StateBuilder>>,
+    /// Shared: a DAL is cloned for every check execution.
+    builders: Arc<HashMap<Format, Arc<dyn StateBuilder>>>,
     cache: Arc<quick_cache::sync::Cache<String, Arc<HistoryEntry>, Weigher>>,
     index: Option<Arc<Index>>,
     memo: Arc<MemoCache>,
@@ -99,7 +100,7 @@ impl Dal {
     pub fn new(store: Store) -> Self {
         Self {
             store,
-            builders: HashMap::new(),
+            builders: Arc::default(),
             cache: Arc::new(Self::make_cache(DEFAULT_CACHE_BYTES)),
             index: None,
             memo: Arc::new(Self::make_memo(DEFAULT_CACHE_BYTES)),
@@ -156,13 +157,13 @@ impl Dal {
 
     /// Adds the builder of one format.
     pub fn with_builder(mut self, builder: impl StateBuilder) -> Self {
-        self.builders.insert(builder.format(), Arc::new(builder));
+        Arc::make_mut(&mut self.builders).insert(builder.format(), Arc::new(builder));
         self
     }
 
     /// Adds a shared builder.
     pub fn with_shared_builder(mut self, builder: Arc<dyn StateBuilder>) -> Self {
-        self.builders.insert(builder.format(), builder);
+        Arc::make_mut(&mut self.builders).insert(builder.format(), builder);
         self
     }
 
@@ -216,21 +217,19 @@ impl Dal {
     /// already decoded change, when given, is folded into the record's
     /// latest state; when it cannot be (it arrived out of order, or the DAL
     /// is not indexed), it goes to the cache of decoded updates instead.
-    pub(crate) fn prime(&self, path: &str, update: &UpdateDocument, change: Option<Change>) {
-        let mut folded = false;
+    pub(crate) fn prime(&self, path: &str, update: &UpdateDocument, mut change: Option<Change>) {
         if let Some(index) = &self.index {
             // Keep the record's latest state folded as updates arrive in
             // order: a check reading it then folds nothing.
             index.add_update(update, |generation, n| {
-                if let Some(change) = &change {
-                    folded = self.extend_memo(update, change, generation, n);
-                }
+                self.extend_memo(update, &mut change, generation, n);
             });
         }
-        // A folded update is read again only by a read of an earlier point
-        // of the record's history (or after its memo is evicted): caching
-        // it as well costs more than loading it then.
-        if let Some(change) = change.filter(|_| !folded) {
+        // A folded update (its change taken into the memo) is read again
+        // only by a read of an earlier point of the record's history (or
+        // after its memo is evicted): caching it as well costs more than
+        // loading it then.
+        if let Some(change) = change {
             let entry = HistoryEntry {
                 update: update.clone(),
                 change,
@@ -241,18 +240,26 @@ impl Dal {
 
     /// Folds `change`, the `n`-th update of its record, into the memo of
     /// the record's first `n - 1` updates (or starts it, for the first):
-    /// in place when no reader holds the memo or its state. Returns whether
-    /// the memo now holds the state after this update.
-    fn extend_memo(&self, update: &UpdateDocument, change: &Change, generation: u64, n: usize) -> bool {
+    /// in place when no reader holds the memo or its state. The change is
+    /// taken (its values move into the state) when the memo then holds the
+    /// state after this update; it is left where it is otherwise.
+    fn extend_memo(&self, update: &UpdateDocument, change: &mut Option<Change>, generation: u64, n: usize) {
+        if change.is_none() {
+            return;
+        }
         let found = self.memo.entry(&update.key, None, |_, memo| {
             if memo.generation != generation || memo.n + 1 != n {
                 return EntryAction::Remove;
             }
             let owned = |s: Arc<State>| Arc::try_unwrap(s).unwrap_or_else(|s| (*s).clone());
+            let fold = |state: Option<State>, change: &mut Option<Change>| match change.take() {
+                Some(c) => change::apply_owned(state, c).map(Arc::new),
+                None => state.map(Arc::new),
+            };
             match Arc::get_mut(memo) {
                 Some(m) => {
                     let state = m.state.take().map(owned);
-                    m.state = change::apply(state, change).map(Arc::new);
+                    m.state = fold(state, change);
                     m.n = n;
                 }
                 None => {
@@ -260,22 +267,23 @@ impl Dal {
                     *memo = Arc::new(Memo {
                         generation,
                         n,
-                        state: change::apply(state, change).map(Arc::new),
+                        state: fold(state, change),
                     });
                 }
             }
             EntryAction::Retain(())
         });
-        match found {
-            EntryResult::Retained(()) => true,
-            EntryResult::Vacant(guard) if n == 1 => guard
-                .insert(Arc::new(Memo {
-                    generation,
-                    n,
-                    state: change::apply(None, change).map(Arc::new),
-                }))
-                .is_ok(),
-            _ => false,
+        if let EntryResult::Vacant(guard) = found
+            && n == 1
+            && let Some(c) = change.take()
+        {
+            let memo = Memo {
+                generation,
+                n,
+                state: change::apply_owned(None, c).map(Arc::new),
+            };
+            // Refused only if the memo alone exceeds the cache's budget.
+            let _ = guard.insert(Arc::new(memo));
         }
     }
 

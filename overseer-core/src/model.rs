@@ -208,12 +208,14 @@ impl SourcePosition {
     /// assert_eq!(a.as_str(), "0000000000000001.0000000000000002");
     /// ```
     pub fn from_numbers(numbers: &[u64]) -> Self {
+        use std::fmt::Write;
         let mut text = String::with_capacity(numbers.len() * 17);
         for (i, n) in numbers.iter().enumerate() {
             if i > 0 {
                 text.push('.');
             }
-            text.push_str(&format!("{n:016x}"));
+            // Writing to a String cannot fail.
+            let _ = write!(text, "{n:016x}");
         }
         Self(text)
     }
@@ -227,7 +229,7 @@ impl SourcePosition {
         if !text.is_empty() {
             text.push('.');
         }
-        text.push_str(&crate::store::layout::short_digest(raw));
+        crate::store::layout::push_short_digest(&mut text, raw);
         Self(text)
     }
 

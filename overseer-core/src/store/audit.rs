@@ -170,7 +170,7 @@ impl Store {
     fn audit_prefix(&self, check: Option<&str>) -> Path {
         let mut p = self.path(&["audit"]);
         if let Some(check) = check {
-            p = p.join(layout::encode_segment(check));
+            p = p.join(&*layout::encode_segment(check));
         }
         p
     }
@@ -255,9 +255,9 @@ impl Store {
 
     fn incident_dir(&self, entry: &IncidentEntry) -> Path {
         self.path(&["incidents"])
-            .join(layout::encode_segment(&entry.check))
-            .join(layout::encode_segment(entry.root.model.as_str()))
-            .join(layout::encode_segment(entry.root.id.as_str()))
+            .join(&*layout::encode_segment(&entry.check))
+            .join(&*layout::encode_segment(entry.root.model.as_str()))
+            .join(&*layout::encode_segment(entry.root.id.as_str()))
             .join(format!("{:020}", entry.opened_at.as_micros().max(0)))
     }
 

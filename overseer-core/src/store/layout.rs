@@ -10,6 +10,8 @@
 //!   `+H` followed by the 64 hex digits of the SHA-256 of the raw name
 //!   (`H` is not a hex digit, so the two forms cannot collide).
 
+use std::borrow::Cow;
+
 use sha2::{Digest, Sha256};
 
 /// The longest encoded segment kept readable; longer names are hashed, which
@@ -17,7 +19,8 @@ use sha2::{Digest, Sha256};
 /// file systems.
 pub const MAX_SEGMENT: usize = 120;
 
-/// Encodes one untrusted name into a safe key segment.
+/// Encodes one untrusted name into a safe key segment: the name itself
+/// when it needs no escaping (the common case, which allocates nothing).
 ///
 /// ```
 /// use overseer_core::store::layout::encode_segment;
@@ -26,11 +29,14 @@ pub const MAX_SEGMENT: usize = 120;
 /// assert_eq!(encode_segment(".."), "+2E.");
 /// assert!(encode_segment(&"x".repeat(1000)).starts_with("+H"));
 /// ```
-pub fn encode_segment(name: &str) -> String {
+pub fn encode_segment(name: &str) -> Cow<'_, str> {
+    let keep = |i: usize, b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
+    if name.len() <= MAX_SEGMENT && name.bytes().enumerate().all(|(i, b)| keep(i, b)) {
+        return Cow::Borrowed(name);
+    }
     let mut out = String::with_capacity(name.len());
     for (i, b) in name.bytes().enumerate() {
-        let keep = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
-        if keep {
+        if keep(i, b) {
             out.push(char::from(b));
         } else {
             out.push('+');
@@ -38,10 +44,10 @@ pub fn encode_segment(name: &str) -> String {
             out.push(hex_digit(b & 0x0f));
         }
         if out.len() > MAX_SEGMENT {
-            return format!("+H{}", hex(&Sha256::digest(name.as_bytes())));
+            return Cow::Owned(format!("+H{}", hex(&Sha256::digest(name.as_bytes()))));
         }
     }
-    out
+    Cow::Owned(out)
 }
 
 /// Decodes a segment written by [`encode_segment`]; `None` for a hashed
@@ -69,19 +75,40 @@ pub fn decode_segment(segment: &str) -> Option<String> {
 
 /// The first 128 bits of the SHA-256 of `bytes`, as 32 hex digits.
 pub fn short_digest(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes)[..16])
+    let mut digest = String::with_capacity(32);
+    push_short_digest(&mut digest, bytes);
+    digest
+}
+
+/// Appends [`short_digest`] of `bytes` to `out`.
+pub(crate) fn push_short_digest(out: &mut String, bytes: &[u8]) {
+    push_hex(out, &Sha256::digest(bytes)[..16]);
 }
 
 /// The file name of an update object: the commit time (20 digits, so that
 /// names sort by time) and a digest of the source and position.
-pub(crate) fn update_file_name(commit_micros: i64, source: &str, position: &str) -> String {
+#[cfg(test)]
+fn update_file_name(commit_micros: i64, source: &str, position: &str) -> String {
+    let mut name = String::new();
+    push_update_file_name(&mut name, commit_micros, source, position);
+    name
+}
+
+/// Appends the file name of an update object to `out`: the commit time (20
+/// digits, so that names sort by time) and a digest of the source and
+/// position.
+pub(crate) fn push_update_file_name(out: &mut String, commit_micros: i64, source: &str, position: &str) {
+    use std::fmt::Write;
     let mut h = Sha256::new();
     h.update(source.as_bytes());
     h.update([0u8]);
     h.update(position.as_bytes());
     // Commit times before the epoch are rejected at ingestion.
     let micros = commit_micros.max(0);
-    format!("{micros:020}-{}.pb", hex(&h.finalize()[..16]))
+    // Writing to a String cannot fail.
+    let _ = write!(out, "{micros:020}-");
+    push_hex(out, &h.finalize()[..16]);
+    out.push_str(".pb");
 }
 
 /// Reads the commit time back from an update object's file name.
@@ -102,13 +129,17 @@ fn from_hex(c: u8) -> Option<u8> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
+    push_hex(&mut s, bytes);
     s
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
 }
 
 #[cfg(test)]

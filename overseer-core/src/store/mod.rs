@@ -128,6 +128,16 @@ pub struct Store {
 /// The dictionary each source's updates of one batch are compressed against.
 type Encoders = HashMap<SourceId, Option<Arc<Encoder>>>;
 
+/// A key built by the store (every segment already safe, see [`layout`]) as
+/// a [`Path`]: validated, not encoded a second time.
+fn built_path(key: &str) -> Result<Path> {
+    Path::parse(key).map_err(|source| Error::Store {
+        operation: "put",
+        path: key.to_owned(),
+        source: object_store::Error::InvalidPath { source },
+    })
+}
+
 impl Store {
     /// A store over any object store, at its root.
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
@@ -175,7 +185,7 @@ impl Store {
     /// is not carried over.
     pub fn with_prefix(mut self, prefix: &str) -> Self {
         for part in prefix.split('/').filter(|p| !p.is_empty()) {
-            self.root = self.root.clone().join(encode_segment(part));
+            self.root = self.root.clone().join(&*encode_segment(part));
         }
         self.known_refs = Arc::default();
         self.dictionaries = Arc::default();
@@ -256,15 +266,21 @@ impl Store {
         position: &str,
     ) -> String {
         // Every segment is already safe (see `layout`), so the key is built
-        // as text; it equals what `Path::join` would build.
-        let file = layout::update_file_name(commit_time.as_micros(), source, position);
+        // as text, in one buffer; it equals what `Path::join` would build.
         let model = encode_segment(key.model.as_str());
         let id = encode_segment(key.id.as_str());
-        if self.root.is_root() {
-            format!("updates/{model}/{id}/{file}")
-        } else {
-            format!("{}/updates/{model}/{id}/{file}", self.root)
+        let root = self.root.as_ref();
+        let mut path = String::with_capacity(root.len() + model.len() + id.len() + 64);
+        if !root.is_empty() {
+            path.push_str(root);
+            path.push('/');
         }
+        for segment in ["updates", &model, &id] {
+            path.push_str(segment);
+            path.push('/');
+        }
+        layout::push_update_file_name(&mut path, commit_time.as_micros(), source, position);
+        path
     }
 
     pub(crate) async fn put_create(&self, path: &Path, bytes: Bytes) -> Result<PutOutcome> {
@@ -325,7 +341,7 @@ impl Store {
     /// put whose reply was lost); different bytes are an
     /// [`Error::PositionConflict`].
     pub async fn put_update(&self, doc: &UpdateDocument) -> Result<PutOutcome> {
-        let path = Path::from(self.update_path(doc));
+        let path = built_path(&self.update_path(doc))?;
         let encoders = self.encoders(std::slice::from_ref(doc)).await;
         self.put_update_at(doc, path, &encoders).await
     }
@@ -411,7 +427,10 @@ impl Store {
                 let encoders = encoders.clone();
                 async move {
                     let key = store.update_path(&d);
-                    let outcome = store.put_update_at(&d, Path::from(key.as_str()), &encoders).await;
+                    let outcome = match built_path(&key) {
+                        Ok(path) => store.put_update_at(&d, path, &encoders).await,
+                        Err(e) => Err(e),
+                    };
                     (d, key, outcome)
                 }
             })
@@ -691,9 +710,9 @@ impl Store {
         for (reference, entry) in fresh.iter().zip(&entries) {
             let reverse = self
                 .record_prefix("referrers", &reference.target)
-                .join(encode_segment(from.model.as_str()))
-                .join(encode_segment(from.id.as_str()))
-                .join(encode_segment(&reference.field));
+                .join(&*encode_segment(from.model.as_str()))
+                .join(&*encode_segment(from.id.as_str()))
+                .join(&*encode_segment(&reference.field));
             self.put_create(&reverse, Bytes::from(entry.encode_to_vec()))
                 .await?;
         }
