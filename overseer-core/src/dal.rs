@@ -58,8 +58,7 @@ impl quick_cache::Weighter<RecordKey, Arc<Memo>> for MemoWeigher {
     /// An estimate of the memory a memo holds: its folded state, the key
     /// and a fixed overhead.
     fn weight(&self, key: &RecordKey, value: &Arc<Memo>) -> u64 {
-        let state = value.state.as_deref().map_or(0, change::approx_size);
-        (key.model.as_str().len() + key.id.as_str().len() + state + 128) as u64
+        (key.model.as_str().len() + key.id.as_str().len() + value.state_size + 128) as u64
     }
 }
 
@@ -259,16 +258,11 @@ impl Dal {
             match Arc::get_mut(memo) {
                 Some(m) => {
                     let state = m.state.take().map(owned);
-                    m.state = fold(state, change);
-                    m.n = n;
+                    *m = Memo::new(generation, n, fold(state, change));
                 }
                 None => {
                     let state = memo.state.clone().map(owned);
-                    *memo = Arc::new(Memo {
-                        generation,
-                        n,
-                        state: fold(state, change),
-                    });
+                    *memo = Arc::new(Memo::new(generation, n, fold(state, change)));
                 }
             }
             EntryAction::Retain(())
@@ -277,11 +271,7 @@ impl Dal {
             && n == 1
             && let Some(c) = change.take()
         {
-            let memo = Memo {
-                generation,
-                n,
-                state: change::apply_owned(None, c).map(Arc::new),
-            };
+            let memo = Memo::new(generation, n, change::apply_owned(None, c).map(Arc::new));
             // Refused only if the memo alone exceeds the cache's budget.
             let _ = guard.insert(Arc::new(memo));
         }
@@ -404,14 +394,8 @@ impl Dal {
         }
         .map(Arc::new);
         if latest {
-            self.memo.insert(
-                key.clone(),
-                Arc::new(Memo {
-                    generation,
-                    n,
-                    state: state.clone(),
-                }),
-            );
+            self.memo
+                .insert(key.clone(), Arc::new(Memo::new(generation, n, state.clone())));
         }
         Ok(state)
     }

@@ -142,6 +142,21 @@ pub(crate) struct Memo {
     pub(crate) generation: u64,
     pub(crate) n: usize,
     pub(crate) state: Option<Arc<State>>,
+    /// The estimated memory of `state`, computed once: the cache weighs a
+    /// memo before and after every update folded into it.
+    pub(crate) state_size: usize,
+}
+
+impl Memo {
+    pub(crate) fn new(generation: u64, n: usize, state: Option<Arc<State>>) -> Self {
+        let state_size = state.as_deref().map_or(0, crate::change::approx_size);
+        Self {
+            generation,
+            n,
+            state,
+            state_size,
+        }
+    }
 }
 
 /// What reading a record's state at a time needs.
