@@ -76,6 +76,16 @@ impl Ref {
     }
 }
 
+/// Makes room for one more element: one at a time while the list is short
+/// (most records have one to three updates and references, and the index
+/// holds every record), doubling as usual beyond that.
+fn reserve_tight<T>(list: &mut Vec<T>) {
+    const TIGHT_UP_TO: usize = 4;
+    if list.len() == list.capacity() && list.len() < TIGHT_UP_TO {
+        list.reserve_exact(1);
+    }
+}
+
 #[derive(Debug, Default)]
 struct Tracked {
     /// Holds every update stored before tracking began too.
@@ -101,6 +111,7 @@ impl Tracked {
         if at < self.updates.len() {
             self.generation += 1;
         }
+        reserve_tight(&mut self.updates);
         self.updates.insert(at, entry);
         true
     }
@@ -115,6 +126,7 @@ impl Tracked {
         {
             return false;
         }
+        reserve_tight(&mut self.refs);
         self.refs.push(Ref {
             field: field.clone(),
             other: target.clone(),
@@ -275,6 +287,7 @@ impl Index {
                 ..Referrers::default()
             });
             list.maybe_twice |= !known;
+            reserve_tight(&mut list.entries);
             list.entries.push(Ref {
                 field,
                 other: from.clone(),
@@ -446,5 +459,29 @@ impl Index {
             entries.dedup_by(|b, a| a.other == b.other && a.field == b.field);
         }
         entries.into_iter().map(|r| r.entry(&r.other, key)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reserve_tight;
+
+    #[test]
+    fn short_lists_hold_no_spare_room_and_long_ones_still_grow_geometrically() {
+        let mut list = Vec::new();
+        let mut growths = 0;
+        for i in 0..10_000u64 {
+            let before = list.capacity();
+            reserve_tight(&mut list);
+            list.push(i);
+            if list.capacity() != before {
+                growths += 1;
+            }
+            if list.len() <= 4 {
+                assert_eq!(list.capacity(), list.len());
+            }
+        }
+        // 4 single steps, then doubling: not one reallocation per element.
+        assert!(growths < 20, "{growths} reallocations");
     }
 }

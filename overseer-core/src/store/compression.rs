@@ -137,8 +137,13 @@ fn decompress_with(
 }
 
 /// `bytes` as one zstd frame (no dictionary), if that is smaller.
+///
+/// The frame is sized to its content: it is stored as it is (an audit
+/// batch), and the buffer it was written into was sized for the worst case.
 pub(crate) fn compress(bytes: &[u8], level: i32) -> Option<Vec<u8>> {
-    compress_with(bytes, |cctx, out| cctx.compress(out, bytes, level))
+    let mut frame = compress_with(bytes, |cctx, out| cctx.compress(out, bytes, level))?;
+    frame.shrink_to_fit();
+    Some(frame)
 }
 
 /// The content of one zstd frame made by [`compress`].
@@ -388,5 +393,16 @@ mod tests {
         let dictionary = train(&data, &sizes, 4096).expect("enough samples to train");
         let encoder = Encoder::new(&dictionary, 1).expect("a dictionary");
         assert!(encoder.compress(b"x").is_none());
+    }
+
+    #[test]
+    fn a_plain_frame_round_trips_and_holds_no_spare_capacity() {
+        let (data, _) = samples(200);
+        let frame = compress(&data, 1).expect("repetitive samples compress");
+        assert!(frame.len() < data.len() / 2, "{} of {}", frame.len(), data.len());
+        // The frame is stored as it is: its buffer must not keep the room
+        // reserved for the worst case.
+        assert_eq!(frame.capacity(), frame.len());
+        assert_eq!(decompress(&frame).expect("a valid frame"), data);
     }
 }
