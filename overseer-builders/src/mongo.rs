@@ -361,14 +361,7 @@ fn resume_token(root: &Map<String, Value>) -> Option<String> {
 fn position_of(root: &Map<String, Value>, (t, i): (u32, u32), raw: &[u8]) -> SourcePosition {
     let base = SourcePosition::from_numbers(&[u64::from(t), u64::from(i)]);
     let base = match resume_token(root) {
-        Some(token) => {
-            // Room for the digest `with_digest_of` appends.
-            let mut text = String::with_capacity(base.as_str().len() + token.len() + 34);
-            text.push_str(base.as_str());
-            text.push('.');
-            text.push_str(&token);
-            SourcePosition::new(text)
-        }
+        Some(token) => SourcePosition::new(format!("{base}.{token}")),
         None => base,
     };
     base.with_digest_of(raw)

@@ -58,7 +58,7 @@ impl quick_cache::Weighter<RecordKey, Arc<Memo>> for MemoWeigher {
     /// An estimate of the memory a memo holds: its folded state, the key
     /// and a fixed overhead.
     fn weight(&self, key: &RecordKey, value: &Arc<Memo>) -> u64 {
-        (key.model.as_str().len() + key.id.as_str().len() + value.state_size + 128) as u64
+        (key.model.as_str().len() + key.id.as_str().len() + value.state_size() + 128) as u64
     }
 }
 
@@ -250,20 +250,19 @@ impl Dal {
             if memo.generation != generation || memo.n + 1 != n {
                 return EntryAction::Remove;
             }
-            let owned = |s: Arc<State>| Arc::try_unwrap(s).unwrap_or_else(|s| (*s).clone());
-            let fold = |state: Option<State>, change: &mut Option<Change>| match change.take() {
-                Some(c) => change::apply_owned(state, c).map(Arc::new),
-                None => state.map(Arc::new),
+            let Some(c) = change.take() else {
+                return EntryAction::Remove;
             };
+            // In place when no reader holds the memo or its state.
+            let owned = |s: Arc<State>| Arc::try_unwrap(s).unwrap_or_else(|s| (*s).clone());
+            let previous = match Arc::get_mut(memo) {
+                Some(m) => m.state.take().map(owned),
+                None => memo.state.clone().map(owned),
+            };
+            let folded = Memo::new(generation, n, change::apply_owned(previous, c).map(Arc::new));
             match Arc::get_mut(memo) {
-                Some(m) => {
-                    let state = m.state.take().map(owned);
-                    *m = Memo::new(generation, n, fold(state, change));
-                }
-                None => {
-                    let state = memo.state.clone().map(owned);
-                    *memo = Arc::new(Memo::new(generation, n, fold(state, change)));
-                }
+                Some(m) => *m = folded,
+                None => *memo = Arc::new(folded),
             }
             EntryAction::Retain(())
         });

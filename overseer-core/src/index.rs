@@ -156,7 +156,7 @@ pub(crate) struct Memo {
     pub(crate) state: Option<Arc<State>>,
     /// The estimated memory of `state`, computed once: the cache weighs a
     /// memo before and after every update folded into it.
-    pub(crate) state_size: usize,
+    state_size: usize,
 }
 
 impl Memo {
@@ -168,6 +168,11 @@ impl Memo {
             state,
             state_size,
         }
+    }
+
+    /// The estimated memory of the state ([`approx_size`](crate::change::approx_size)).
+    pub(crate) fn state_size(&self) -> usize {
+        self.state_size
     }
 }
 

@@ -85,15 +85,6 @@ pub(crate) fn push_short_digest(out: &mut String, bytes: &[u8]) {
     push_hex(out, &Sha256::digest(bytes)[..16]);
 }
 
-/// The file name of an update object: the commit time (20 digits, so that
-/// names sort by time) and a digest of the source and position.
-#[cfg(test)]
-fn update_file_name(commit_micros: i64, source: &str, position: &str) -> String {
-    let mut name = String::new();
-    push_update_file_name(&mut name, commit_micros, source, position);
-    name
-}
-
 /// Appends the file name of an update object to `out`: the commit time (20
 /// digits, so that names sort by time) and a digest of the source and
 /// position.
@@ -145,6 +136,12 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn update_file_name(commit_micros: i64, source: &str, position: &str) -> String {
+        let mut name = String::new();
+        push_update_file_name(&mut name, commit_micros, source, position);
+        name
+    }
 
     #[test]
     fn hostile_names_round_trip_and_stay_in_one_safe_segment() {

@@ -341,17 +341,17 @@ impl Store {
     /// put whose reply was lost); different bytes are an
     /// [`Error::PositionConflict`].
     pub async fn put_update(&self, doc: &UpdateDocument) -> Result<PutOutcome> {
-        let path = built_path(&self.update_path(doc))?;
         let encoders = self.encoders(std::slice::from_ref(doc)).await;
-        self.put_update_at(doc, path, &encoders).await
+        self.put_update_at(doc, &self.update_path(doc), &encoders).await
     }
 
     async fn put_update_at(
         &self,
         doc: &UpdateDocument,
-        path: Path,
+        key: &str,
         encoders: &Encoders,
     ) -> Result<PutOutcome> {
+        let path = built_path(key)?;
         let encoder = encoders.get(&doc.source).and_then(Option::as_deref);
         match self.put_create(&path, codec::encode_update(doc, encoder)).await? {
             PutOutcome::Created => Ok(PutOutcome::Created),
@@ -427,10 +427,7 @@ impl Store {
                 let encoders = encoders.clone();
                 async move {
                     let key = store.update_path(&d);
-                    let outcome = match built_path(&key) {
-                        Ok(path) => store.put_update_at(&d, path, &encoders).await,
-                        Err(e) => Err(e),
-                    };
+                    let outcome = store.put_update_at(&d, &key, &encoders).await;
                     (d, key, outcome)
                 }
             })
