@@ -64,6 +64,15 @@ impl quick_cache::Weighter<RecordKey, Arc<Memo>> for MemoWeigher {
 
 type MemoCache = quick_cache::sync::Cache<RecordKey, Arc<Memo>, MemoWeigher>;
 
+/// Whether an update read from the store is kept in the decoded-update cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keep {
+    /// Cached: it may be read again.
+    Cache,
+    /// Not cached: what it is read for is memoized instead.
+    Store,
+}
+
 /// The share of the memo cache kept for records read more than once; the
 /// rest holds newly written memos until they are first read.
 ///
@@ -319,17 +328,21 @@ impl Dal {
         }
     }
 
-    async fn load(&self, path: &str) -> Result<Arc<HistoryEntry>> {
+    /// Reads one update, through the decoded-update cache; what is read from
+    /// the store is cached when `keep` is [`Keep::Cache`].
+    async fn load(&self, path: &str, keep: Keep) -> Result<Arc<HistoryEntry>> {
         if let Some(hit) = self.cache.get(path) {
             return Ok(hit);
         }
         let update = self.store.get_update(path).await?;
         let entry = Arc::new(self.decode(update)?);
-        self.cache.insert(path.to_owned(), entry.clone());
+        if keep == Keep::Cache {
+            self.cache.insert(path.to_owned(), entry.clone());
+        }
         Ok(entry)
     }
 
-    async fn load_all<P: AsRef<str>>(&self, paths: &[P]) -> Result<Vec<Arc<HistoryEntry>>> {
+    async fn load_all<P: AsRef<str>>(&self, paths: &[P], keep: Keep) -> Result<Vec<Arc<HistoryEntry>>> {
         // Cached updates (the common case) without building a stream.
         let mut out = Vec::with_capacity(paths.len());
         for p in paths {
@@ -343,7 +356,7 @@ impl Dal {
         }
         let missing: Vec<String> = paths[out.len()..].iter().map(|p| p.as_ref().to_owned()).collect();
         let rest: Vec<Arc<HistoryEntry>> = stream::iter(missing)
-            .map(|p| async move { self.load(&p).await })
+            .map(|p| async move { self.load(&p, keep).await })
             .buffered(crate::store::DEFAULT_CONCURRENCY)
             .try_collect()
             .await?;
@@ -356,7 +369,7 @@ impl Dal {
     async fn stored_updates(&self, key: &RecordKey) -> Result<Vec<Arc<HistoryEntry>>> {
         let objects = self.store.list_updates(key, Timestamp::MAX).await?;
         let paths: Vec<String> = objects.into_iter().map(|o| o.path).collect();
-        self.load_all(&paths).await
+        self.load_all(&paths, Keep::Cache).await
     }
 
     /// Time travel: the updates of a record committed at or before `up_to`,
@@ -371,11 +384,11 @@ impl Dal {
                     index.seed_then_paths(key, found.iter().map(|e| &e.update), up_to)
                 }
             };
-            return self.load_all(&paths).await;
+            return self.load_all(&paths, Keep::Cache).await;
         }
         let objects = self.store.list_updates(key, up_to).await?;
         let paths: Vec<String> = objects.into_iter().map(|o| o.path).collect();
-        let mut entries = self.load_all(&paths).await?;
+        let mut entries = self.load_all(&paths, Keep::Cache).await?;
         entries.sort_by(|a, b| {
             let (a, b) = (&a.update, &b.update);
             (a.commit_time, &a.source, &a.position).cmp(&(b.commit_time, &b.source, &b.position))
@@ -414,7 +427,11 @@ impl Dal {
                 latest,
             } => (base, paths, generation, n, latest),
         };
-        let entries = self.load_all(&paths).await?;
+        // The latest state goes into the memo, which is what the next read
+        // of the record uses: its updates are cached only for a read of an
+        // earlier point of its history, as at ingestion (see `prime`).
+        let keep = if latest { Keep::Store } else { Keep::Cache };
+        let entries = self.load_all(&paths, keep).await?;
         let state = match base {
             Some(base) => entries.iter().fold(base.map(|s| (*s).clone()), |state, e| {
                 change::apply(state, &e.change)
