@@ -197,11 +197,11 @@ fn describe(cfg: &Config, r: &RunReport) {
         stall
     );
     eprintln!(
-        "payments: input {:.2} s (peak RSS {:.0} MiB), pipeline {:.2} s (ingest {:.2} s, checks {:.2} s); executions {} (pass {}, fail {}, n/a {}, indeterminate {}, errors {}, degraded {}); triggers {} coalesced {}",
+        "payments: input {:.2} s (peak RSS {:.0} MiB), pipeline {:.2} s (waiting for ingestion {:.2} s, checks {:.2} s); executions {} (pass {}, fail {}, n/a {}, indeterminate {}, errors {}, degraded {}); triggers {} coalesced {}",
         r.prepare.as_secs_f64(),
         r.rss_after_input.unwrap_or(0.0),
         r.pipeline.as_secs_f64(),
-        r.ingest.as_secs_f64(),
+        r.ingest_wait.as_secs_f64(),
         r.checks.as_secs_f64(),
         s.executions,
         s.passes,
