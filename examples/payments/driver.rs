@@ -431,10 +431,7 @@ pub async fn run(cfg: &Config) -> Result<RunReport, BoxError> {
         for s in 0..3 {
             let from = read[s];
             let at = &plans[s].at;
-            let mut to = from;
-            while to < at.len() && at[to] < end {
-                to += 1;
-            }
+            let to = from + at[from..].partition_point(|&t| t < end);
             if to > from {
                 let mut batch: Vec<Bytes> = Vec::with_capacity(to - from);
                 for _ in from..to {
@@ -460,16 +457,14 @@ pub async fn run(cfg: &Config) -> Result<RunReport, BoxError> {
         while next_start < end + WINDOWS_AHEAD as Micros * window && !all_read(&read) {
             let (batches, window_delivered) = next_window(next_start, &mut read, &mut fed)?;
             in_flight.push_back(InFlight {
-                end: next_start + window,
                 delivered: window_delivered,
                 stored: ingesters.submit(&intake, batches).await?,
             });
             next_start += window;
         }
-        // This window's deliveries are stored before the clock passes its end.
-        if in_flight.front().is_some_and(|f| f.end == end)
-            && let Some(f) = in_flight.pop_front()
-        {
+        // This window's deliveries (windows are handed over in order, from
+        // the first) are stored before the clock passes its end.
+        if let Some(f) = in_flight.pop_front() {
             let t = Instant::now();
             Ingesters::wait(f.stored).await?;
             ingest_wait += t.elapsed();
@@ -564,8 +559,6 @@ type Stored = Vec<tokio::sync::oneshot::Receiver<Result<(), BoxError>>>;
 
 /// A window handed to ingestion.
 struct InFlight {
-    /// The window's end.
-    end: Micros,
     /// Per source that delivered in the window: its input cursor after the
     /// window, and its last delivery time.
     delivered: [Option<(usize, Micros)>; 3],
