@@ -13,8 +13,12 @@ use crate::time::Timestamp;
 
 /// The envelope version of an update whose raw event is stored as received.
 pub(crate) const ENVELOPE_VERSION: u32 = 1;
-/// The envelope version of an update whose raw event is compressed.
+/// The envelope version of an update whose raw event is compressed (read,
+/// no longer written).
 pub(crate) const ENVELOPE_VERSION_COMPRESSED: u32 = 2;
+/// The envelope version of an update whose raw event and metadata are
+/// compressed together (`sealed`).
+pub(crate) const ENVELOPE_VERSION_SEALED: u32 = 3;
 
 pub(crate) fn operation_to_proto(op: Operation) -> proto::Operation {
     match op {
@@ -82,62 +86,104 @@ pub(crate) fn reference_from_proto(
     })
 }
 
-/// Encodes an update, its raw event compressed against `encoder` when
-/// given and when that makes it smaller.
-pub(crate) fn encode_update(doc: &UpdateDocument, encoder: Option<&Encoder>) -> Bytes {
-    let compressed = encoder.and_then(|e| Some((e.id, e.compress(&doc.raw)?)));
-    let (version, raw, raw_dictionary) = match compressed {
-        Some((id, frame)) => (ENVELOPE_VERSION_COMPRESSED, Bytes::from(frame), id),
-        None => (ENVELOPE_VERSION, doc.raw.clone(), 0),
-    };
-    let envelope = proto::UpdateEnvelope {
-        version,
+/// The part of an update that a version 3 envelope compresses: also what a
+/// source's dictionary is trained on.
+pub(crate) fn sealed_update(doc: &UpdateDocument) -> proto::SealedUpdate {
+    proto::SealedUpdate {
+        raw: doc.raw.clone(),
         key: Some(key_to_proto(&doc.key)),
-        source: doc.source.to_string(),
         position: doc.position.as_str().to_owned(),
+        format: doc.format.to_string(),
+        references: doc.references.iter().map(reference_to_proto).collect(),
+    }
+}
+
+/// Encodes an update: sealed (its raw event and the metadata read from it
+/// compressed together against `encoder`) when given and when that makes it
+/// smaller, as received otherwise.
+pub(crate) fn encode_update(doc: &UpdateDocument, encoder: Option<&Encoder>) -> Bytes {
+    let sealed = sealed_update(doc);
+    let mut envelope = proto::UpdateEnvelope {
+        version: ENVELOPE_VERSION,
+        source: doc.source.to_string(),
         commit_time_micros: doc.commit_time.as_micros(),
         ingested_at_micros: doc.ingested_at.as_micros(),
         operation: operation_to_proto(doc.operation).into(),
-        format: doc.format.to_string(),
-        raw,
-        references: doc.references.iter().map(reference_to_proto).collect(),
-        raw_dictionary,
+        ..Default::default()
     };
+    match encoder.and_then(|e| Some((e.id, e.compress(&sealed.encode_to_vec())?))) {
+        Some((id, frame)) => {
+            envelope.version = ENVELOPE_VERSION_SEALED;
+            envelope.raw_dictionary = id;
+            envelope.sealed = Bytes::from(frame);
+        }
+        None => {
+            envelope.key = sealed.key;
+            envelope.position = sealed.position;
+            envelope.format = sealed.format;
+            envelope.raw = sealed.raw;
+            envelope.references = sealed.references;
+        }
+    }
     Bytes::from(envelope.encode_to_vec())
 }
 
 /// The name of an update envelope in errors.
 pub(crate) const UPDATE_ENVELOPE: &str = "UpdateEnvelope";
 
-/// Decodes an update envelope. The raw event is returned as stored, with
-/// the id of the dictionary it is compressed against (0: as received).
-pub(crate) fn decode_update(path: &str, bytes: Bytes) -> Result<(UpdateDocument, u32)> {
+/// Decodes an update envelope and checks that its version and dictionary
+/// agree. A compressed envelope (version 2 or 3) is returned as stored:
+/// [`unseal`] or the dictionary's decoder opens it.
+pub(crate) fn decode_envelope(path: &str, bytes: Bytes) -> Result<proto::UpdateEnvelope> {
     const M: &str = UPDATE_ENVELOPE;
     let e = proto::UpdateEnvelope::decode(bytes).map_err(|e| corrupt(path, M, e.to_string()))?;
     match (e.version, e.raw_dictionary) {
-        (ENVELOPE_VERSION, 0) | (ENVELOPE_VERSION_COMPRESSED, 1..) => {}
-        (ENVELOPE_VERSION | ENVELOPE_VERSION_COMPRESSED, _) => {
-            return Err(corrupt(
-                path,
-                M,
-                format!(
-                    "envelope version {} does not match raw_dictionary {}",
-                    e.version, e.raw_dictionary
-                ),
-            ));
-        }
-        (version, _) => {
-            return Err(corrupt(
-                path,
-                M,
-                format!("unsupported envelope version {version}"),
-            ));
-        }
+        (ENVELOPE_VERSION, 0) | (ENVELOPE_VERSION_COMPRESSED | ENVELOPE_VERSION_SEALED, 1..) => Ok(e),
+        (ENVELOPE_VERSION | ENVELOPE_VERSION_COMPRESSED | ENVELOPE_VERSION_SEALED, _) => Err(corrupt(
+            path,
+            M,
+            format!(
+                "envelope version {} does not match raw_dictionary {}",
+                e.version, e.raw_dictionary
+            ),
+        )),
+        (version, _) => Err(corrupt(
+            path,
+            M,
+            format!("unsupported envelope version {version}"),
+        )),
+    }
+}
+
+/// Moves the fields of a sealed envelope's decompressed `SealedUpdate`
+/// back into it, making it a version 1 envelope.
+pub(crate) fn unseal(path: &str, e: &mut proto::UpdateEnvelope, sealed: Vec<u8>) -> Result<()> {
+    let s = proto::SealedUpdate::decode(sealed.as_slice())
+        .map_err(|err| corrupt(path, UPDATE_ENVELOPE, format!("sealed: {err}")))?;
+    e.version = ENVELOPE_VERSION;
+    e.raw_dictionary = 0;
+    e.sealed = Bytes::new();
+    e.key = s.key;
+    e.position = s.position;
+    e.format = s.format;
+    e.raw = s.raw;
+    e.references = s.references;
+    Ok(())
+}
+
+/// The update a version 1 envelope (as stored, or once decompressed) holds.
+pub(crate) fn update_from_envelope(path: &str, e: proto::UpdateEnvelope) -> Result<UpdateDocument> {
+    const M: &str = UPDATE_ENVELOPE;
+    if e.version != ENVELOPE_VERSION {
+        return Err(corrupt(
+            path,
+            M,
+            format!("envelope version {} is still compressed", e.version),
+        ));
     }
     let operation = operation_from_proto(e.operation)
         .ok_or_else(|| corrupt(path, M, format!("unknown operation {}", e.operation)))?;
-    let dictionary = e.raw_dictionary;
-    let doc = UpdateDocument {
+    Ok(UpdateDocument {
         key: key_from_proto(e.key, path, M)?,
         source: SourceId::new(&e.source).map_err(|err| corrupt(path, M, err.to_string()))?,
         position: SourcePosition::new(e.position),
@@ -151,8 +197,7 @@ pub(crate) fn decode_update(path: &str, bytes: Bytes) -> Result<(UpdateDocument,
             .into_iter()
             .map(|r| reference_from_proto(r, path, M))
             .collect::<Result<_>>()?,
-    };
-    Ok((doc, dictionary))
+    })
 }
 
 /// Decodes any message, naming it in the error.

@@ -20,8 +20,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 
+use prost::Message;
 use zstd::zstd_safe::{self, CCtx, CDict, DCtx, DDict};
 
+use super::codec;
 use crate::model::{SourceId, UpdateDocument};
 
 /// How the raw events of updates are stored.
@@ -188,12 +190,11 @@ impl Decoder {
             .ok_or_else(|| "zstd could not load it".to_owned())
     }
 
-    /// The raw event held by `frame`.
+    /// The content of `frame`.
     pub(crate) fn decompress(&self, frame: &[u8]) -> Result<Vec<u8>, String> {
         decompress_with(frame, |dctx, out| {
             dctx.decompress_using_ddict(out, frame, &self.0)
         })
-        .map_err(|e| format!("raw: {e}"))
     }
 }
 
@@ -263,9 +264,11 @@ impl Dictionaries {
                     if data.len() >= options.training_bytes {
                         break;
                     }
-                    if doc.raw.len() <= MAX_SAMPLE {
-                        data.extend_from_slice(&doc.raw);
-                        sizes.push(doc.raw.len());
+                    // Trained on what is compressed: the event with its metadata.
+                    let sample = codec::sealed_update(doc).encode_to_vec();
+                    if sample.len() <= MAX_SAMPLE {
+                        data.extend_from_slice(&sample);
+                        sizes.push(sample.len());
                     }
                 }
                 if data.len() < options.training_bytes {

@@ -481,17 +481,26 @@ impl Store {
         self.open_update(path, self.get_bytes(&p).await?).await
     }
 
-    /// Decodes an update object, decompressing its raw event.
+    /// Decodes an update object, decompressing what it holds compressed.
     async fn open_update(&self, path: &str, bytes: Bytes) -> Result<UpdateDocument> {
-        let (mut doc, dictionary) = codec::decode_update(path, bytes)?;
-        if dictionary != 0 {
-            let decoder = self.decoder(&doc.source, dictionary, path).await?;
-            doc.raw = decoder
-                .decompress(&doc.raw)
-                .map(Bytes::from)
-                .map_err(|reason| codec::corrupt(path, codec::UPDATE_ENVELOPE, reason))?;
+        let mut e = codec::decode_envelope(path, bytes)?;
+        if e.raw_dictionary != 0 {
+            let source = SourceId::new(&e.source)
+                .map_err(|err| codec::corrupt(path, codec::UPDATE_ENVELOPE, err.to_string()))?;
+            let decoder = self.decoder(&source, e.raw_dictionary, path).await?;
+            let corrupt = |what: &str, reason: String| {
+                codec::corrupt(path, codec::UPDATE_ENVELOPE, format!("{what}: {reason}"))
+            };
+            if e.version == codec::ENVELOPE_VERSION_SEALED {
+                let sealed = decoder.decompress(&e.sealed).map_err(|r| corrupt("sealed", r))?;
+                codec::unseal(path, &mut e, sealed)?;
+            } else {
+                e.raw = Bytes::from(decoder.decompress(&e.raw).map_err(|r| corrupt("raw", r))?);
+                e.version = codec::ENVELOPE_VERSION;
+                e.raw_dictionary = 0;
+            }
         }
-        Ok(doc)
+        codec::update_from_envelope(path, e)
     }
 
     fn dictionary_path(&self, source: &SourceId, id: u32) -> Path {
@@ -894,5 +903,143 @@ impl Store {
                 }))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compression::{Decoder, Encoder, train};
+    use super::*;
+    use crate::model::{Format, Operation};
+
+    fn update(i: u64) -> UpdateDocument {
+        let transfer = format!("tr-{:08}", i % 500);
+        let raw = format!(
+            r#"{{"action":"I","lsn":"0/{:08X}","table":"ledger_entries","columns":[{{"name":"id","value":{i}}},{{"name":"transfer_id","value":"{transfer}"}},{{"name":"amount_minor","value":{}}}]}}"#,
+            0x1000 + i * 64,
+            i * 37 % 10_000
+        );
+        UpdateDocument {
+            key: RecordKey::new("ledger_entries", i.to_string()).unwrap(),
+            source: SourceId::new("ledger").unwrap(),
+            position: SourcePosition::new(format!("{:016X}", 0x1000 + i * 64)),
+            commit_time: Timestamp::from_micros(1_700_000_000_000_000 + i as i64),
+            ingested_at: Timestamp::from_micros(1_700_000_000_100_000 + i as i64),
+            operation: Operation::Insert,
+            format: Format::new("wal2json").unwrap(),
+            raw: Bytes::from(raw),
+            references: vec![Reference {
+                field: "transfer_id".into(),
+                target: RecordKey::new("transfers", &transfer).unwrap(),
+            }],
+        }
+    }
+
+    /// A dictionary trained the way a writer trains it: on sealed updates.
+    fn dictionary() -> Vec<u8> {
+        let samples: Vec<Vec<u8>> = (0..2000)
+            .map(|i| codec::sealed_update(&update(i)).encode_to_vec())
+            .collect();
+        let sizes: Vec<usize> = samples.iter().map(Vec::len).collect();
+        train(&samples.concat(), &sizes, 4096).unwrap()
+    }
+
+    async fn store_with(dictionary: &[u8], id: u32) -> Store {
+        let store = Store::in_memory();
+        let path = store.dictionary_path(&SourceId::new("ledger").unwrap(), id);
+        store
+            .put_create(&path, Bytes::from(dictionary.to_vec()))
+            .await
+            .unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn sealed_updates_keep_only_what_finds_the_dictionary_in_clear_and_read_back_whole() {
+        let dictionary = dictionary();
+        let encoder = Encoder::new(&dictionary, 3).unwrap();
+        let store = store_with(&dictionary, encoder.id).await;
+        let doc = update(4242);
+        let bytes = codec::encode_update(&doc, Some(&encoder));
+        let plain = codec::encode_update(&doc, None);
+        assert!(
+            bytes.len() * 2 < plain.len(),
+            "sealed {} bytes, as received {}",
+            bytes.len(),
+            plain.len()
+        );
+        let e = proto::UpdateEnvelope::decode(bytes.clone()).unwrap();
+        assert_eq!((e.version, e.raw_dictionary), (3, encoder.id));
+        assert_eq!(e.source, "ledger");
+        assert_eq!(e.commit_time_micros, doc.commit_time.as_micros());
+        assert!(e.key.is_none() && e.position.is_empty() && e.raw.is_empty() && e.references.is_empty());
+
+        let key = store.update_path(&doc);
+        store.put_create(&Path::from(key.as_str()), bytes).await.unwrap();
+        assert_eq!(store.get_update(&key).await.unwrap(), doc);
+
+        // A sealed frame that does not decompress is a corrupt update.
+        let mut broken = e;
+        broken.sealed = broken.sealed.slice(..broken.sealed.len() - 4);
+        let path = Path::from("updates/broken.pb");
+        store
+            .put_create(&path, Bytes::from(broken.encode_to_vec()))
+            .await
+            .unwrap();
+        let err = store.get_update(path.as_ref()).await.unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("sealed"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn updates_whose_raw_event_alone_is_compressed_are_still_read() {
+        // Version 2, as written before sealed envelopes.
+        let dictionary = dictionary();
+        let encoder = Encoder::new(&dictionary, 3).unwrap();
+        let store = store_with(&dictionary, encoder.id).await;
+        let doc = update(7);
+        let envelope = proto::UpdateEnvelope {
+            version: 2,
+            key: Some(codec::key_to_proto(&doc.key)),
+            source: doc.source.to_string(),
+            position: doc.position.as_str().to_owned(),
+            commit_time_micros: doc.commit_time.as_micros(),
+            ingested_at_micros: doc.ingested_at.as_micros(),
+            operation: proto::Operation::Insert.into(),
+            format: doc.format.to_string(),
+            raw: Bytes::from(encoder.compress(&doc.raw).unwrap()),
+            references: doc.references.iter().map(codec::reference_to_proto).collect(),
+            raw_dictionary: encoder.id,
+            sealed: Bytes::new(),
+        };
+        assert!(Decoder::new(&dictionary, encoder.id).is_ok());
+        let key = store.update_path(&doc);
+        store
+            .put_create(&Path::from(key.as_str()), Bytes::from(envelope.encode_to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(store.get_update(&key).await.unwrap(), doc);
+    }
+
+    #[test]
+    fn envelope_versions_and_dictionaries_must_agree() {
+        let envelope = |version, raw_dictionary| proto::UpdateEnvelope {
+            version,
+            raw_dictionary,
+            ..Default::default()
+        };
+        for (version, dictionary) in [(1, 5), (2, 0), (3, 0)] {
+            let err = codec::decode_envelope("u", Bytes::from(envelope(version, dictionary).encode_to_vec()))
+                .unwrap_err();
+            assert!(err.to_string().contains("does not match raw_dictionary"), "{err}");
+        }
+        let err = codec::decode_envelope("u", Bytes::from(envelope(4, 1).encode_to_vec())).unwrap_err();
+        assert!(
+            err.to_string().contains("unsupported envelope version 4"),
+            "{err}"
+        );
+        // A sealed envelope handed on still compressed is refused, not misread.
+        let err = codec::update_from_envelope("u", envelope(3, 1)).unwrap_err();
+        assert!(err.to_string().contains("still compressed"), "{err}");
     }
 }
