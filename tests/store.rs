@@ -599,6 +599,25 @@ async fn an_indexed_dal_after_a_restart_lists_a_reference_stored_again_once() {
     }
 }
 
+/// The bytes of a single `ReferenceEntry`: how the layout before lists
+/// stored each master-document and reverse-index entry.
+fn legacy_entry(from: &RecordKey, field: &str, target: &RecordKey, first_seen_secs: i64) -> bytes::Bytes {
+    use overseer_core::proto;
+    let key = |k: &RecordKey| proto::RecordKey {
+        model: k.model.to_string(),
+        id: k.id.to_string(),
+    };
+    let entry = proto::ReferenceEntry {
+        from: Some(key(from)),
+        reference: Some(proto::Reference {
+            field: field.into(),
+            target: Some(key(target)),
+        }),
+        first_seen_micros: first_seen_secs * 1_000_000,
+    };
+    entry.encode_to_vec().into()
+}
+
 #[tokio::test]
 async fn an_update_s_references_are_one_master_document_object_read_once_each() {
     for backend in backends() {
@@ -631,21 +650,14 @@ async fn an_update_s_references_are_one_master_document_object_read_once_each() 
             .await
             .unwrap();
         // A master-document entry of the layout before lists (one object
-        // per reference, the same bytes as its reverse entry) is read too.
-        let scratch = std::sync::Arc::new(overseer_core::object_store::memory::InMemory::new());
-        Store::new(scratch.clone())
-            .add_references(&e1, &[to("note", "notes", "n1")], Timestamp::from_secs(9))
-            .await
-            .unwrap();
-        let bytes = scratch
-            .get(&"referrers/notes/n1/ledger/e1/note".into())
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        // per reference) is read too.
+        let notes = RecordKey::new("notes", "n1").unwrap();
         let legacy = "refs/ledger/e1/note/notes/n1".into();
-        backend.store.put(&legacy, bytes.into()).await.unwrap();
+        backend
+            .store
+            .put(&legacy, legacy_entry(&e1, "note", &notes, 9).into())
+            .await
+            .unwrap();
 
         let master = restarted.references(&e1).await.unwrap();
         let listed: Vec<(String, String, i64)> = master
@@ -668,6 +680,109 @@ async fn an_update_s_references_are_one_master_document_object_read_once_each() 
             "{}",
             backend.name
         );
+        let referrers = restarted
+            .referrers(&RecordKey::new("transfers", "t1").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(referrers.len(), 1, "{}", backend.name);
+        assert_eq!(
+            referrers[0].first_seen,
+            Timestamp::from_secs(3),
+            "{}",
+            backend.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_batch_s_references_to_one_target_are_one_reverse_index_object() {
+    for backend in backends() {
+        let store = Store::new(backend.store.clone());
+        let t1 = RecordKey::new("transfers", "t1").unwrap();
+        let omnibus = RecordKey::new("accounts", "omnibus").unwrap();
+        let entry = |i: u32| RecordKey::new("ledger", format!("e{i}")).unwrap();
+        let reference = |field: &str, target: &RecordKey| Reference {
+            field: field.into(),
+            target: target.clone(),
+        };
+        // Ten entries of one batch, all on the same account, five on t1;
+        // e0 is updated twice in the batch.
+        let mut batch: Vec<(RecordKey, Vec<Reference>, Timestamp)> = (0..10u32)
+            .map(|i| {
+                let mut refs = vec![reference("account", &omnibus)];
+                if i < 5 {
+                    refs.push(reference("transfer_id", &t1));
+                }
+                (entry(i), refs, Timestamp::from_secs(10 + i64::from(i)))
+            })
+            .collect();
+        batch.push((
+            entry(0),
+            vec![reference("account", &omnibus)],
+            Timestamp::from_secs(30),
+        ));
+        let added = store.add_batch_references(&batch).await.unwrap();
+        assert_eq!(added, 15, "{}", backend.name);
+        let keys = all_keys(backend.store.as_ref()).await;
+        let under = |prefix: &str| keys.iter().filter(|k| k.starts_with(prefix)).count();
+        assert_eq!(
+            under("referrers/accounts/omnibus/"),
+            1,
+            "{}: {keys:?}",
+            backend.name
+        );
+        assert_eq!(under("referrers/transfers/t1/"), 1, "{}: {keys:?}", backend.name);
+        assert_eq!(under("refs/"), 10, "{}: {keys:?}", backend.name);
+
+        // The same batch again (a re-delivery) adds nothing, even through
+        // a new handle: the same lists address the same objects.
+        let again = Store::new(backend.store.clone());
+        assert_eq!(
+            again.add_batch_references(&batch).await.unwrap(),
+            0,
+            "{}",
+            backend.name
+        );
+        assert_eq!(
+            all_keys(backend.store.as_ref()).await.len(),
+            keys.len(),
+            "{}",
+            backend.name
+        );
+
+        // A reverse entry of the layout before lists (one object per
+        // referencing record and field) is read too, and a reference held
+        // twice is listed once, as first seen at the earlier time.
+        backend
+            .store
+            .put(
+                &"referrers/accounts/omnibus/ledger/e3/account".into(),
+                legacy_entry(&entry(3), "account", &omnibus, 2).into(),
+            )
+            .await
+            .unwrap();
+        backend
+            .store
+            .put(
+                &"referrers/accounts/omnibus/ledger/old/account".into(),
+                legacy_entry(&entry(99), "account", &omnibus, 1).into(),
+            )
+            .await
+            .unwrap();
+        let found: Vec<(String, i64)> = again
+            .referrers(&omnibus)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| (e.from.id.to_string(), e.first_seen.as_micros() / 1_000_000))
+            .collect();
+        let mut expected: Vec<(String, i64)> = (0..10).map(|i| (format!("e{i}"), 10 + i)).collect();
+        expected[3].1 = 2;
+        expected.push(("e99".into(), 1));
+        assert_eq!(found, expected, "{}", backend.name);
+        let on_t1 = again.referrers(&t1).await.unwrap();
+        assert_eq!(on_t1.len(), 5, "{}", backend.name);
+        assert!(on_t1.iter().all(|e| e.reference.field == "transfer_id"));
     }
 }
 

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{StreamExt, stream};
 
 use crate::consumer::{Consumed, ConsumedRecord, Consumer, References};
 use crate::error::{ConsumeError, Error, Result};
@@ -257,7 +256,8 @@ impl Ingestor {
                     report.duplicates += 1;
                     // Stored before, perhaps by a run that stopped before
                     // storing its references: they are stored again
-                    // (create-only, so at most once).
+                    // (create-only; readers keep a reference stored twice
+                    // once).
                     if !doc.references.is_empty() {
                         redelivered.push((doc.key, doc.references, doc.commit_time));
                     }
@@ -275,18 +275,7 @@ impl Ingestor {
             .map(|d| (d.key.clone(), d.references.clone(), d.commit_time))
             .chain(redelivered)
             .collect();
-        let store = self.store.clone();
-        let results: Vec<Result<usize>> = stream::iter(with_refs)
-            .map(move |(key, refs, time)| {
-                let store = store.clone();
-                async move { store.add_references(&key, &refs, time).await }
-            })
-            .buffer_unordered(crate::store::DEFAULT_CONCURRENCY)
-            .collect()
-            .await;
-        for r in results {
-            r?;
-        }
+        self.store.add_batch_references(&with_refs).await?;
         if let Some(dal) = &self.dal {
             for (d, _) in &stored {
                 if !d.references.is_empty() {

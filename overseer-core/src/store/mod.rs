@@ -13,7 +13,7 @@ pub use audit::{AuditEntry, IncidentEntry, OutcomeKind};
 pub use compression::{Compression, ZstdOptions};
 pub use counting::{CountingStore, RequestCounts};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -679,65 +679,122 @@ impl Store {
     }
 
     /// Records the references of `from` found in an update committed at
-    /// `commit_time`: one create-only object per reference in the reverse
-    /// index (`referrers/`), then one create-only object in the master
-    /// document (`refs/`) holding the references that are new to this
-    /// process. No object is ever rewritten, so concurrent writers can never
-    /// lose each other's references. Returns how many references the
-    /// master-document object held (0 if it was already stored).
+    /// `commit_time`: [`add_batch_references`](Self::add_batch_references)
+    /// for one update.
     pub async fn add_references(
         &self,
         from: &RecordKey,
         references: &[Reference],
         commit_time: Timestamp,
     ) -> Result<usize> {
-        let known = |reference: &Reference| {
-            self.known_refs
-                .lock()
-                .map(|k| k.contains(&(from.clone(), reference.clone())))
-                .unwrap_or(false)
-        };
-        let mut fresh: Vec<&Reference> = references.iter().filter(|r| !known(r)).collect();
-        fresh.sort_by(|a, b| (&a.field, &a.target).cmp(&(&b.field, &b.target)));
-        fresh.dedup();
+        self.add_batch_references(&[(from.clone(), references.to_vec(), commit_time)])
+            .await
+    }
+
+    /// Records the references found in the updates of one batch, each
+    /// update given as its record, its references and its commit time.
+    ///
+    /// References this handle has stored already are skipped. Of the rest,
+    /// the reverse index gets one create-only `ReferenceList` per target
+    /// (`referrers/`), holding every record of the batch that points at it;
+    /// then each record's master document gets one create-only
+    /// `ReferenceList` (`refs/`). No object is ever rewritten, so concurrent
+    /// writers can never lose each other's references, and a
+    /// master-document entry is only visible once its reverse entry is.
+    /// Returns how many references the new master-document objects hold.
+    pub async fn add_batch_references(
+        &self,
+        updates: &[(RecordKey, Vec<Reference>, Timestamp)],
+    ) -> Result<usize> {
+        // The earliest commit time of each reference new to this handle.
+        let mut fresh: BTreeMap<(&RecordKey, &Reference), Timestamp> = BTreeMap::new();
+        {
+            let known = self.known_refs.lock().ok();
+            for (from, references, time) in updates {
+                for reference in references {
+                    if known
+                        .as_ref()
+                        .is_some_and(|k| k.contains(&(from.clone(), reference.clone())))
+                    {
+                        continue;
+                    }
+                    let first = fresh.entry((from, reference)).or_insert(*time);
+                    *first = (*first).min(*time);
+                }
+            }
+        }
         if fresh.is_empty() {
             return Ok(0);
         }
-        let entries: Vec<proto::ReferenceEntry> = fresh
-            .iter()
-            .map(|reference| proto::ReferenceEntry {
-                from: Some(codec::key_to_proto(from)),
-                reference: Some(codec::reference_to_proto(reference)),
-                first_seen_micros: commit_time.as_micros(),
-            })
-            .collect();
+        let entry = |from: &RecordKey, reference: &Reference, time: Timestamp| proto::ReferenceEntry {
+            from: Some(codec::key_to_proto(from)),
+            reference: Some(codec::reference_to_proto(reference)),
+            first_seen_micros: time.as_micros(),
+        };
+        // `fresh` is ordered by record, then field and target.
+        let mut reverse: BTreeMap<&RecordKey, Vec<proto::ReferenceEntry>> = BTreeMap::new();
+        let mut forward: Vec<(&RecordKey, Vec<proto::ReferenceEntry>)> = Vec::new();
+        for (&(from, reference), &time) in &fresh {
+            let e = entry(from, reference, time);
+            reverse.entry(&reference.target).or_default().push(e.clone());
+            match forward.last_mut() {
+                Some((last, list)) if *last == from => list.push(e),
+                _ => forward.push((from, vec![e])),
+            }
+        }
         // Reverse index first: a master-document entry is only ever
         // visible once its reverse entry exists.
-        for (reference, entry) in fresh.iter().zip(&entries) {
-            let reverse = self
-                .record_prefix("referrers", &reference.target)
-                .join(&*encode_segment(from.model.as_str()))
-                .join(&*encode_segment(from.id.as_str()))
-                .join(&*encode_segment(&reference.field));
-            self.put_create(&reverse, Bytes::from(entry.encode_to_vec()))
-                .await?;
-        }
-        let count = entries.len();
-        let bytes = proto::ReferenceList { entries }.encode_to_vec();
-        let name = format!(
-            "{:020}-{}.pb",
-            commit_time.as_micros().max(0),
-            layout::short_digest(&bytes)
-        );
-        let forward = self.record_prefix("refs", from).join(name);
-        let outcome = self.put_create(&forward, Bytes::from(bytes)).await?;
+        let reverse: Vec<_> = reverse
+            .into_iter()
+            .map(|(target, entries)| self.reference_list("referrers", target, entries))
+            .collect();
+        let forward: Vec<_> = forward
+            .into_iter()
+            .map(|(from, entries)| self.reference_list("refs", from, entries))
+            .collect();
+        self.put_lists(reverse).await?;
+        let added = self.put_lists(forward).await?;
         if let Ok(mut known) = self.known_refs.lock() {
             if known.len() + fresh.len() > KNOWN_REFS_CAPACITY {
                 known.clear();
             }
-            known.extend(fresh.into_iter().map(|r| (from.clone(), r.clone())));
+            known.extend(fresh.into_keys().map(|(from, r)| (from.clone(), r.clone())));
         }
-        Ok(if outcome == PutOutcome::Created { count } else { 0 })
+        Ok(added)
+    }
+
+    /// A reference list of `key` under `area`, its key and how many entries
+    /// it holds. Named by its earliest entry's time and its digest, so the
+    /// same list written again addresses the same object.
+    fn reference_list(
+        &self,
+        area: &str,
+        key: &RecordKey,
+        entries: Vec<proto::ReferenceEntry>,
+    ) -> (Path, Bytes, usize) {
+        let count = entries.len();
+        let first = entries.iter().map(|e| e.first_seen_micros).min().unwrap_or(0);
+        let bytes = proto::ReferenceList { entries }.encode_to_vec();
+        let name = format!("{:020}-{}.pb", first.max(0), layout::short_digest(&bytes));
+        (
+            self.record_prefix(area, key).join(name),
+            Bytes::from(bytes),
+            count,
+        )
+    }
+
+    /// Stores reference lists create-only; returns how many entries the
+    /// lists that were not stored yet hold.
+    async fn put_lists(&self, lists: Vec<(Path, Bytes, usize)>) -> Result<usize> {
+        let added: Vec<usize> = stream::iter(lists)
+            .map(|(path, bytes, count)| async move {
+                let outcome = self.put_create(&path, bytes).await?;
+                Ok::<_, Error>(if outcome == PutOutcome::Created { count } else { 0 })
+            })
+            .buffer_unordered(self.concurrency)
+            .try_collect()
+            .await?;
+        Ok(added.into_iter().sum())
     }
 
     fn reference_entry(path: &Path, e: proto::ReferenceEntry) -> Result<ReferenceEntry> {
@@ -802,10 +859,21 @@ impl Store {
     }
 
     /// The reverse index: every record that was ever stored with a reference
-    /// to `target`.
+    /// to `target`, once each (with the earliest commit time it was stored
+    /// at), ordered by record and field.
     pub async fn referrers(&self, target: &RecordKey) -> Result<Vec<ReferenceEntry>> {
-        self.read_entries(&self.record_prefix("referrers", target), None)
-            .await
+        // Lists sit right under the target's prefix; a deeper object is a
+        // single entry (`<model>/<id>/<field>`, the layout before lists).
+        let mut entries = self
+            .read_entries(&self.record_prefix("referrers", target), Some(1))
+            .await?;
+        entries.sort_by(|a, b| {
+            (&a.from, &a.reference.field, a.first_seen).cmp(&(&b.from, &b.reference.field, b.first_seen))
+        });
+        entries.dedup_by(|later, first| {
+            later.from == first.from && later.reference.field == first.reference.field
+        });
+        Ok(entries)
     }
 
     /// Keeps an event that could not be consumed. Its key is derived from the
