@@ -4,7 +4,7 @@
 //! cargo bench -p overseer-benches --bench ingest -- memory [EVENTS]   # default 1,000,000; also stored as received, in the same run
 //! cargo bench -p overseer-benches --bench ingest -- local  [EVENTS]   # default 100,000; raw put rate in the same run
 //! cargo bench -p overseer-benches --bench ingest -- state  [UPDATES]  # default 1,000
-//! cargo bench -p overseer-benches --bench ingest -- objects [OBJECTS] # default 500,000; InMemory's memory per object
+//! cargo bench -p overseer-benches --bench ingest -- objects [OBJECTS] # default 500,000; MemoryStore's and InMemory's memory per object
 //! ```
 #![allow(clippy::print_stdout, clippy::unwrap_used, missing_docs)]
 
@@ -19,7 +19,7 @@ use overseer_core::object_store::local::LocalFileSystem;
 use overseer_core::object_store::memory::InMemory;
 use overseer_core::object_store::path::Path;
 use overseer_core::object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
-use overseer_core::store::{CountingStore, RequestCounts};
+use overseer_core::store::{CountingStore, MemoryStore, RequestCounts};
 use overseer_core::{
     BatchReport, Compression, Ingestor, RecordKey, ReferenceSpec, References, SourceId, Store, Timestamp,
 };
@@ -248,35 +248,46 @@ fn rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// What `object_store`'s `InMemory` costs per object beyond its payload:
-/// `objects` create-only puts of 1-byte objects under keys shaped like an
-/// Overseer reference's, measured as the growth of resident memory.
+/// What an in-memory store costs per object beyond its payload: `objects`
+/// create-only puts of 1-byte objects under keys shaped like an Overseer
+/// update's, measured as the growth of resident memory, for Overseer's
+/// `MemoryStore` and then (the first kept alive) `object_store`'s `InMemory`.
 async fn objects(objects: usize) {
-    let store = InMemory::new();
-    let before = rss_mib().unwrap_or(0.0);
-    for i in 0..objects {
-        let path = Path::from(format!(
-            "referrers/transfers/tr-{:08}/ledger_entries/{i}/transfer_id",
-            i / 3
-        ));
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        store
-            .put_opts(&path, PutPayload::from(vec![7u8]), opts)
-            .await
-            .unwrap();
+    async fn fill(store: &dyn ObjectStore, objects: usize) -> f64 {
+        let before = rss_mib().unwrap_or(0.0);
+        for i in 0..objects {
+            let path = Path::from(format!(
+                "updates/ledger_entries/{i}/{:020}-{:032x}.pb",
+                1_700_000_000_000_000u64 + i as u64,
+                i as u128 * 0x9e37_79b9_7f4a_7c15
+            ));
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..PutOptions::default()
+            };
+            store
+                .put_opts(&path, PutPayload::from(vec![7u8]), opts)
+                .await
+                .unwrap();
+        }
+        rss_mib().unwrap_or(0.0) - before
     }
-    let grown = rss_mib().unwrap_or(0.0) - before;
+    let memory_store = MemoryStore::new();
+    let compact = fill(&memory_store, objects).await;
+    let in_memory = InMemory::new();
+    let baseline = fill(&in_memory, objects).await;
+    let per_object = |grown: f64| grown * 1024.0 * 1024.0 / objects as f64;
     println!(
         "{}",
         json!({
             "mode": "objects",
             "objects": objects,
             "payload_bytes": 1,
-            "rss_growth_mib": grown,
-            "bytes_per_object": grown * 1024.0 * 1024.0 / objects as f64,
+            "memory_store_rss_growth_mib": compact,
+            "memory_store_bytes_per_object": per_object(compact),
+            "in_memory_rss_growth_mib": baseline,
+            "in_memory_bytes_per_object": per_object(baseline),
+            "ratio": compact / baseline,
         })
     );
 }

@@ -119,13 +119,19 @@ pub struct Backend {
     pub _dir: Option<tempfile::TempDir>,
 }
 
-/// Every backend the store must work on: InMemory and LocalFileSystem.
+/// Every backend the store must work on: Overseer's `MemoryStore`,
+/// `object_store`'s InMemory and LocalFileSystem.
 pub fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
     let fs = LocalFileSystem::new_with_prefix(dir.path()).unwrap();
     vec![
         Backend {
             name: "memory",
+            store: Arc::new(overseer_core::store::MemoryStore::new()),
+            _dir: None,
+        },
+        Backend {
+            name: "inmemory",
             store: Arc::new(InMemory::new()),
             _dir: None,
         },

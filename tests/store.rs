@@ -1226,3 +1226,20 @@ async fn audit_batches_are_compressed_and_read_back_with_older_uncompressed_ones
         assert!(err.to_string().contains(".pb.zst"), "{err}");
     }
 }
+
+#[tokio::test]
+async fn memory_store_passes_object_store_s_own_conformance_suite() {
+    use object_store::integration::*;
+    let store = overseer_core::store::MemoryStore::new();
+    put_get_delete_list(&store).await;
+    list_with_offset_exclusivity(&store).await;
+    get_opts(&store).await;
+    list_uses_directories_correctly(&store).await;
+    list_with_delimiter(&store).await;
+    rename_and_copy(&store).await;
+    copy_if_not_exists(&store).await;
+    copy_rename_nonexistent_object(&store).await;
+    stream_get(&store).await;
+    put_opts(&store, true).await;
+    put_get_attributes(&store).await;
+}

@@ -8,17 +8,18 @@ pub(crate) mod codec;
 mod compression;
 mod counting;
 pub mod layout;
+mod memory;
 
 pub use audit::{AuditEntry, IncidentEntry, OutcomeKind};
 pub use compression::{Compression, ZstdOptions};
 pub use counting::{CountingStore, RequestCounts};
+pub use memory::MemoryStore;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
-use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use prost::Message;
@@ -33,10 +34,10 @@ use layout::encode_segment;
 /// How many store requests one call keeps in flight by default.
 pub const DEFAULT_CONCURRENCY: usize = 64;
 
-/// How many stored references the store remembers to save requests.
 /// The most file-system requests a [`Store::local`] runs at once.
 pub const LOCAL_MAX_REQUESTS: usize = 16;
 
+/// How many stored references the store remembers to save requests.
 const KNOWN_REFS_CAPACITY: usize = 100_000;
 
 /// What a create-only write found.
@@ -151,9 +152,10 @@ impl Store {
         }
     }
 
-    /// A store in memory (tests, examples, the embedded default).
+    /// A store in memory (tests, examples, the embedded default), on a
+    /// [`MemoryStore`].
     pub fn in_memory() -> Self {
-        Self::new(Arc::new(InMemory::new()))
+        Self::new(Arc::new(MemoryStore::new()))
     }
 
     /// A store in a local directory, created if missing.
