@@ -139,6 +139,27 @@ fn already_exists(location: &Path) -> object_store::Error {
     }
 }
 
+/// Stores `object` at `location`, replacing any object there, or, when
+/// `create_only`, only if there is none.
+fn place(
+    objects: &mut BTreeMap<Path, Object>,
+    location: &Path,
+    object: Object,
+    create_only: bool,
+) -> Result<()> {
+    if !create_only {
+        objects.insert(location.clone(), object);
+        return Ok(());
+    }
+    match objects.entry(location.clone()) {
+        Entry::Occupied(_) => Err(already_exists(location)),
+        Entry::Vacant(slot) => {
+            slot.insert(object);
+            Ok(())
+        }
+    }
+}
+
 /// The bytes of a payload in one allocation of their exact size.
 fn boxed(payload: &PutPayload) -> Box<[u8]> {
     let mut data = Vec::with_capacity(payload.content_length());
@@ -179,15 +200,8 @@ impl ObjectStore for MemoryStore {
         let tag = self.inner.next_e_tag();
         let object = Inner::object(data, tag, opts.attributes);
         match opts.mode {
-            PutMode::Overwrite => {
-                objects.insert(location.clone(), object);
-            }
-            PutMode::Create => match objects.entry(location.clone()) {
-                Entry::Occupied(_) => return Err(already_exists(location)),
-                Entry::Vacant(slot) => {
-                    slot.insert(object);
-                }
-            },
+            PutMode::Overwrite => place(&mut objects, location, object, false)?,
+            PutMode::Create => place(&mut objects, location, object, true)?,
             PutMode::Update(version) => {
                 let Some(existing) = objects.get_mut(location) else {
                     return Err(object_store::Error::Precondition {
@@ -321,18 +335,7 @@ impl ObjectStore for MemoryStore {
         let mut copy = source.clone();
         copy.e_tag = self.inner.next_e_tag();
         copy.modified_micros = Utc::now().timestamp_micros();
-        match options.mode {
-            CopyMode::Overwrite => {
-                objects.insert(to.clone(), copy);
-            }
-            CopyMode::Create => match objects.entry(to.clone()) {
-                Entry::Occupied(_) => return Err(already_exists(to)),
-                Entry::Vacant(slot) => {
-                    slot.insert(copy);
-                }
-            },
-        }
-        Ok(())
+        place(&mut objects, to, copy, options.mode == CopyMode::Create)
     }
 }
 
