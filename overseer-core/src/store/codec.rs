@@ -131,14 +131,34 @@ pub(crate) fn encode_update(doc: &UpdateDocument, encoder: Option<&Encoder>) -> 
 /// The name of an update envelope in errors.
 pub(crate) const UPDATE_ENVELOPE: &str = "UpdateEnvelope";
 
-/// Decodes an update envelope and checks that its version and dictionary
-/// agree. A compressed envelope (version 2 or 3) is returned as stored:
-/// [`unseal`] or the dictionary's decoder opens it.
-pub(crate) fn decode_envelope(path: &str, bytes: Bytes) -> Result<proto::UpdateEnvelope> {
+/// An update object as decoded: the update, or an envelope still
+/// compressed against a dictionary of its source.
+pub(crate) enum Decoded {
+    Update(UpdateDocument),
+    Compressed {
+        source: SourceId,
+        dictionary: u32,
+        envelope: proto::UpdateEnvelope,
+    },
+}
+
+/// Decodes an update object and checks that its version and dictionary
+/// agree; a compressed one (version 2 or 3) is opened by
+/// [`decompress_update`] with the dictionary it names.
+pub(crate) fn decode_update(path: &str, bytes: Bytes) -> Result<Decoded> {
     const M: &str = UPDATE_ENVELOPE;
     let e = proto::UpdateEnvelope::decode(bytes).map_err(|e| corrupt(path, M, e.to_string()))?;
+    let source = || SourceId::new(&e.source).map_err(|err| corrupt(path, M, err.to_string()));
     match (e.version, e.raw_dictionary) {
-        (ENVELOPE_VERSION, 0) | (ENVELOPE_VERSION_COMPRESSED | ENVELOPE_VERSION_SEALED, 1..) => Ok(e),
+        (ENVELOPE_VERSION, 0) => {
+            let source = source()?;
+            update_from(path, e, source).map(Decoded::Update)
+        }
+        (ENVELOPE_VERSION_COMPRESSED | ENVELOPE_VERSION_SEALED, 1..) => Ok(Decoded::Compressed {
+            source: source()?,
+            dictionary: e.raw_dictionary,
+            envelope: e,
+        }),
         (ENVELOPE_VERSION | ENVELOPE_VERSION_COMPRESSED | ENVELOPE_VERSION_SEALED, _) => Err(corrupt(
             path,
             M,
@@ -155,37 +175,38 @@ pub(crate) fn decode_envelope(path: &str, bytes: Bytes) -> Result<proto::UpdateE
     }
 }
 
-/// Moves the fields of a sealed envelope's decompressed `SealedUpdate`
-/// back into it, making it a version 1 envelope.
-pub(crate) fn unseal(path: &str, e: &mut proto::UpdateEnvelope, sealed: Vec<u8>) -> Result<()> {
-    let s = proto::SealedUpdate::decode(sealed.as_slice())
-        .map_err(|err| corrupt(path, UPDATE_ENVELOPE, format!("sealed: {err}")))?;
-    e.version = ENVELOPE_VERSION;
-    e.raw_dictionary = 0;
-    e.sealed = Bytes::new();
-    e.key = s.key;
-    e.position = s.position;
-    e.format = s.format;
-    e.raw = s.raw;
-    e.references = s.references;
-    Ok(())
+/// The update a [`Decoded::Compressed`] envelope holds, its frame (`sealed`
+/// in version 3, `raw` in version 2) decompressed by `decompress`.
+pub(crate) fn decompress_update(
+    path: &str,
+    mut e: proto::UpdateEnvelope,
+    source: SourceId,
+    decompress: impl Fn(&[u8]) -> std::result::Result<Vec<u8>, String>,
+) -> Result<UpdateDocument> {
+    let failed = |what: &str, reason: String| corrupt(path, UPDATE_ENVELOPE, format!("{what}: {reason}"));
+    if e.version == ENVELOPE_VERSION_SEALED {
+        let content = decompress(&e.sealed).map_err(|r| failed("sealed", r))?;
+        let s =
+            proto::SealedUpdate::decode(content.as_slice()).map_err(|r| failed("sealed", r.to_string()))?;
+        e.key = s.key;
+        e.position = s.position;
+        e.format = s.format;
+        e.raw = s.raw;
+        e.references = s.references;
+    } else {
+        e.raw = Bytes::from(decompress(&e.raw).map_err(|r| failed("raw", r))?);
+    }
+    update_from(path, e, source)
 }
 
-/// The update a version 1 envelope (as stored, or once decompressed) holds.
-pub(crate) fn update_from_envelope(path: &str, e: proto::UpdateEnvelope) -> Result<UpdateDocument> {
+/// The update an envelope's fields (as stored, or decompressed) describe.
+fn update_from(path: &str, e: proto::UpdateEnvelope, source: SourceId) -> Result<UpdateDocument> {
     const M: &str = UPDATE_ENVELOPE;
-    if e.version != ENVELOPE_VERSION {
-        return Err(corrupt(
-            path,
-            M,
-            format!("envelope version {} is still compressed", e.version),
-        ));
-    }
     let operation = operation_from_proto(e.operation)
         .ok_or_else(|| corrupt(path, M, format!("unknown operation {}", e.operation)))?;
     Ok(UpdateDocument {
         key: key_from_proto(e.key, path, M)?,
-        source: SourceId::new(&e.source).map_err(|err| corrupt(path, M, err.to_string()))?,
+        source,
         position: SourcePosition::new(e.position),
         commit_time: Timestamp::from_micros(e.commit_time_micros),
         ingested_at: Timestamp::from_micros(e.ingested_at_micros),

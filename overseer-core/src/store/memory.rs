@@ -104,11 +104,6 @@ impl Inner {
     fn next_e_tag(&self) -> u64 {
         self.last_e_tag.fetch_add(1, Ordering::Relaxed) + 1
     }
-
-    /// Stores `object` at `location`, replacing any object there.
-    fn overwrite(&self, location: &Path, object: Object) {
-        self.write().insert(location.clone(), object);
-    }
 }
 
 fn e_tag(e_tag: u64) -> String {
@@ -236,7 +231,7 @@ impl ObjectStore for MemoryStore {
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
         Ok(Box::new(Upload {
-            inner: self.inner.clone(),
+            store: self.clone(),
             location: location.clone(),
             attributes: opts.attributes,
             parts: Vec::new(),
@@ -339,10 +334,11 @@ impl ObjectStore for MemoryStore {
     }
 }
 
-/// A multipart upload: its parts are kept until it completes.
+/// A multipart upload: its parts are kept until it completes, and then
+/// put as one object.
 #[derive(Debug)]
 struct Upload {
-    inner: Arc<Inner>,
+    store: MemoryStore,
     location: Path,
     attributes: Attributes,
     parts: Vec<PutPayload>,
@@ -356,22 +352,12 @@ impl MultipartUpload for Upload {
     }
 
     async fn complete(&mut self) -> Result<PutResult> {
-        let len = self.parts.iter().map(PutPayload::content_length).sum();
-        let mut data = Vec::with_capacity(len);
-        for part in self.parts.iter().flatten() {
-            data.extend_from_slice(part);
-        }
-        let tag = self.inner.next_e_tag();
-        let attributes = std::mem::take(&mut self.attributes);
-        self.inner.overwrite(
-            &self.location,
-            Inner::object(data.into_boxed_slice(), tag, attributes),
-        );
-        Ok(PutResult {
-            e_tag: Some(e_tag(tag)),
-            version: None,
-            extensions: Default::default(),
-        })
+        let payload: PutPayload = std::mem::take(&mut self.parts).into_iter().flatten().collect();
+        let opts = PutOptions {
+            attributes: std::mem::take(&mut self.attributes),
+            ..PutOptions::default()
+        };
+        self.store.put_opts(&self.location, payload, opts).await
     }
 
     async fn abort(&mut self) -> Result<()> {

@@ -485,24 +485,17 @@ impl Store {
 
     /// Decodes an update object, decompressing what it holds compressed.
     async fn open_update(&self, path: &str, bytes: Bytes) -> Result<UpdateDocument> {
-        let mut e = codec::decode_envelope(path, bytes)?;
-        if e.raw_dictionary != 0 {
-            let source = SourceId::new(&e.source)
-                .map_err(|err| codec::corrupt(path, codec::UPDATE_ENVELOPE, err.to_string()))?;
-            let decoder = self.decoder(&source, e.raw_dictionary, path).await?;
-            let corrupt = |what: &str, reason: String| {
-                codec::corrupt(path, codec::UPDATE_ENVELOPE, format!("{what}: {reason}"))
-            };
-            if e.version == codec::ENVELOPE_VERSION_SEALED {
-                let sealed = decoder.decompress(&e.sealed).map_err(|r| corrupt("sealed", r))?;
-                codec::unseal(path, &mut e, sealed)?;
-            } else {
-                e.raw = Bytes::from(decoder.decompress(&e.raw).map_err(|r| corrupt("raw", r))?);
-                e.version = codec::ENVELOPE_VERSION;
-                e.raw_dictionary = 0;
+        match codec::decode_update(path, bytes)? {
+            codec::Decoded::Update(doc) => Ok(doc),
+            codec::Decoded::Compressed {
+                source,
+                dictionary,
+                envelope,
+            } => {
+                let decoder = self.decoder(&source, dictionary, path).await?;
+                codec::decompress_update(path, envelope, source, |frame| decoder.decompress(frame))
             }
         }
-        codec::update_from_envelope(path, e)
     }
 
     fn dictionary_path(&self, source: &SourceId, id: u32) -> Path {
@@ -1096,20 +1089,27 @@ mod tests {
         let envelope = |version, raw_dictionary| proto::UpdateEnvelope {
             version,
             raw_dictionary,
+            source: "ledger".into(),
             ..Default::default()
         };
+        let decode = |version, dictionary| {
+            codec::decode_update("u", Bytes::from(envelope(version, dictionary).encode_to_vec()))
+        };
         for (version, dictionary) in [(1, 5), (2, 0), (3, 0)] {
-            let err = codec::decode_envelope("u", Bytes::from(envelope(version, dictionary).encode_to_vec()))
-                .unwrap_err();
+            let err = decode(version, dictionary).err().expect("refused");
             assert!(err.to_string().contains("does not match raw_dictionary"), "{err}");
         }
-        let err = codec::decode_envelope("u", Bytes::from(envelope(4, 1).encode_to_vec())).unwrap_err();
+        let err = decode(4, 1).err().expect("refused");
         assert!(
             err.to_string().contains("unsupported envelope version 4"),
             "{err}"
         );
-        // A sealed envelope handed on still compressed is refused, not misread.
-        let err = codec::update_from_envelope("u", envelope(3, 1)).unwrap_err();
-        assert!(err.to_string().contains("still compressed"), "{err}");
+        // Compressed versions are handed on with the dictionary they name.
+        for version in [2, 3] {
+            assert!(matches!(
+                decode(version, 9),
+                Ok(codec::Decoded::Compressed { dictionary: 9, .. })
+            ));
+        }
     }
 }
