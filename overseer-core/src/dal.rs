@@ -384,15 +384,14 @@ impl Dal {
                     index.seed_then_paths(key, found.iter().map(|e| &e.update), up_to)
                 }
             };
-            return self.load_all(&paths, Keep::Cache).await;
+            let mut entries = self.load_all(&paths, Keep::Cache).await?;
+            in_history_order(&mut entries);
+            return Ok(entries);
         }
         let objects = self.store.list_updates(key, up_to).await?;
         let paths: Vec<String> = objects.into_iter().map(|o| o.path).collect();
         let mut entries = self.load_all(&paths, Keep::Cache).await?;
-        entries.sort_by(|a, b| {
-            let (a, b) = (&a.update, &b.update);
-            (a.commit_time, &a.source, &a.position).cmp(&(b.commit_time, &b.source, &b.position))
-        });
+        in_history_order(&mut entries);
         Ok(entries)
     }
 
@@ -431,7 +430,8 @@ impl Dal {
         // of the record uses: its updates are cached only for a read of an
         // earlier point of its history, as at ingestion (see `prime`).
         let keep = if latest { Keep::Store } else { Keep::Cache };
-        let entries = self.load_all(&paths, keep).await?;
+        let mut entries = self.load_all(&paths, keep).await?;
+        in_history_order(&mut entries);
         let state = match base {
             Some(base) => entries.iter().fold(base.map(|s| (*s).clone()), |state, e| {
                 change::apply(state, &e.change)
@@ -606,6 +606,18 @@ impl Dal {
 /// Folds a record's ordered history into its state. Updates before the last
 /// whole-state change (insert, replace, snapshot, full row, delete) cannot
 /// affect the result, so the fold starts there.
+/// Orders updates by (commit time, source, position): the index orders them
+/// by (commit time, source) only, and a listing not at all.
+fn in_history_order(entries: &mut [Arc<HistoryEntry>]) {
+    fn order(e: &HistoryEntry) -> (Timestamp, &crate::model::SourceId, &crate::model::SourcePosition) {
+        let u = &e.update;
+        (u.commit_time, &u.source, &u.position)
+    }
+    if !entries.is_sorted_by(|a, b| order(a) <= order(b)) {
+        entries.sort_by(|a, b| order(a).cmp(&order(b)));
+    }
+}
+
 fn fold(history: &[Arc<HistoryEntry>]) -> Option<State> {
     let start = history
         .iter()

@@ -14,9 +14,11 @@
 //! This relies on the pipeline being the only writer of its sources'
 //! updates while it runs, as it is their only consumer.
 //!
-//! Entries are kept small (an update is its commit time, source and
-//! position: its object key is derived from them when needed), since the
-//! index holds every update the pipeline has stored.
+//! Entries are kept small (an update is its commit time, source and the
+//! digest naming its object: its object key is derived from them when
+//! needed), since the index holds every update the pipeline has stored.
+//! Updates of a record that tie on commit time and source are kept in no
+//! particular order: readers order them by position once loaded.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -28,15 +30,18 @@ use foldhash::fast::RandomState;
 use crate::change::State;
 use crate::error::Result;
 use crate::model::{RecordKey, Reference, SourceId, UpdateDocument};
-use crate::store::{ReferenceEntry, Store};
+use crate::store::{ReferenceEntry, Store, layout};
 use crate::time::Timestamp;
 
-/// One stored update of a record, as the index knows it.
+/// One stored update of a record, as the index knows it: its commit time,
+/// source and the digest naming its object (not its position, which may be
+/// a hundred bytes and more: the index holds every update the pipeline has
+/// stored).
 #[derive(Clone, Debug)]
 pub(crate) struct Indexed {
     commit_time: Timestamp,
     source: SourceId,
-    position: Box<str>,
+    digest: [u8; 16],
 }
 
 impl Indexed {
@@ -44,12 +49,15 @@ impl Indexed {
         Self {
             commit_time: update.commit_time,
             source: update.source.clone(),
-            position: update.position.as_str().into(),
+            digest: layout::update_digest(update.source.as_str(), update.position.as_str()),
         }
     }
 
-    fn order(&self) -> (Timestamp, &SourceId, &str) {
-        (self.commit_time, &self.source, &self.position)
+    /// Updates of a record that tie on both (one transaction touching it
+    /// several times) are ordered by position, which the index does not
+    /// keep: readers order them once loaded.
+    fn group(&self) -> (Timestamp, &SourceId) {
+        (self.commit_time, &self.source)
     }
 }
 
@@ -92,23 +100,30 @@ struct Tracked {
     seeded: bool,
     /// Holds every reference stored before tracking began too.
     refs_seeded: bool,
-    /// Changes whenever an update is inserted before others (so a fold of
-    /// the first `n` updates is no longer one of the same updates).
+    /// Changes whenever an update is inserted before others or ties with
+    /// some (so a fold of the first `n` updates, in order, is no longer one
+    /// of the same updates in the same order).
     generation: u64,
-    /// Ordered by (commit time, source, position).
+    /// Ordered by (commit time, source); ties in no particular order.
     updates: Vec<Indexed>,
     /// The record's references (its master document).
     refs: Vec<Ref>,
 }
 
 impl Tracked {
-    /// Inserts in order; `false` if the update is already there.
+    /// Inserts in (commit time, source) order, after the updates it ties
+    /// with; `false` if the update is already there.
     fn insert(&mut self, entry: Indexed) -> bool {
-        let at = self.updates.partition_point(|u| u.order() <= entry.order());
-        if at > 0 && self.updates[at - 1].order() == entry.order() {
+        let lo = self.updates.partition_point(|u| u.group() < entry.group());
+        let ties = self.updates[lo..].partition_point(|u| u.group() == entry.group());
+        let at = lo + ties;
+        if self.updates[lo..at].iter().any(|u| u.digest == entry.digest) {
             return false;
         }
-        if at < self.updates.len() {
+        // A fold of the first `n` updates is no longer one of the same
+        // updates in the same order when this one goes before others, or
+        // ties with some (its place among them is its position's).
+        if at < self.updates.len() || ties > 0 {
             self.generation += 1;
         }
         reserve_tight(&mut self.updates);
@@ -181,7 +196,9 @@ pub(crate) enum Plan {
     /// The memo is exactly the state asked for.
     Hit(Option<Arc<State>>),
     /// Fold the updates at these object keys, on top of `base` when given
-    /// (the memo of an earlier prefix of the same generation).
+    /// (the memo of an earlier prefix of the same generation). They are in
+    /// (commit time, source) order: ties are to be ordered by position once
+    /// loaded. A prefix never ends within ties.
     Fold {
         base: Option<Option<Arc<State>>>,
         paths: Vec<String>,
@@ -358,8 +375,9 @@ impl Index {
         }
     }
 
-    /// The object keys of `key`'s updates committed at or before `up_to`,
-    /// in order; `None` if the record is not seeded yet.
+    /// The object keys of `key`'s updates committed at or before `up_to`, in
+    /// (commit time, source) order (ties are to be ordered by position once
+    /// loaded); `None` if the record is not seeded yet.
     pub(crate) fn paths(&self, key: &RecordKey, up_to: Timestamp) -> Option<Vec<String>> {
         match self.records.get(key) {
             None => self.fresh().then(Vec::new),
@@ -388,10 +406,7 @@ impl Index {
     fn paths_of(&self, tracked: &Tracked, key: &RecordKey, from: usize, to: usize) -> Vec<String> {
         tracked.updates[from..to]
             .iter()
-            .map(|u| {
-                self.store
-                    .update_path_of(key, u.commit_time, u.source.as_str(), &u.position)
-            })
+            .map(|u| self.store.update_path_of(key, u.commit_time, &u.digest))
             .collect()
     }
 

@@ -85,20 +85,28 @@ pub(crate) fn push_short_digest(out: &mut String, bytes: &[u8]) {
     push_hex(out, &Sha256::digest(bytes)[..16]);
 }
 
-/// Appends the file name of an update object to `out`: the commit time (20
-/// digits, so that names sort by time) and a digest of the source and
-/// position.
-pub(crate) fn push_update_file_name(out: &mut String, commit_micros: i64, source: &str, position: &str) {
-    use std::fmt::Write;
+/// The digest naming an update object: the first 128 bits of the SHA-256 of
+/// its source and position.
+pub(crate) fn update_digest(source: &str, position: &str) -> [u8; 16] {
     let mut h = Sha256::new();
     h.update(source.as_bytes());
     h.update([0u8]);
     h.update(position.as_bytes());
+    let mut digest = [0u8; 16];
+    digest.copy_from_slice(&h.finalize()[..16]);
+    digest
+}
+
+/// Appends the file name of an update object to `out`: the commit time (20
+/// digits, so that names sort by time) and the [`update_digest`] of its
+/// source and position.
+pub(crate) fn push_update_file_name(out: &mut String, commit_micros: i64, digest: &[u8; 16]) {
+    use std::fmt::Write;
     // Commit times before the epoch are rejected at ingestion.
     let micros = commit_micros.max(0);
     // Writing to a String cannot fail.
     let _ = write!(out, "{micros:020}-");
-    push_hex(out, &h.finalize()[..16]);
+    push_hex(out, digest);
     out.push_str(".pb");
 }
 
@@ -139,7 +147,7 @@ mod tests {
 
     fn update_file_name(commit_micros: i64, source: &str, position: &str) -> String {
         let mut name = String::new();
-        push_update_file_name(&mut name, commit_micros, source, position);
+        push_update_file_name(&mut name, commit_micros, &update_digest(source, position));
         name
     }
 

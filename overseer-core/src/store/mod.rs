@@ -254,18 +254,17 @@ impl Store {
         self.update_path_of(
             &doc.key,
             doc.commit_time,
-            doc.source.as_str(),
-            doc.position.as_str(),
+            &layout::update_digest(doc.source.as_str(), doc.position.as_str()),
         )
     }
 
-    /// [`update_path`](Self::update_path) from the fields it depends on.
+    /// [`update_path`](Self::update_path) from the record, the commit time
+    /// and the digest of the source and position ([`layout::update_digest`]).
     pub(crate) fn update_path_of(
         &self,
         key: &RecordKey,
         commit_time: Timestamp,
-        source: &str,
-        position: &str,
+        digest: &[u8; 16],
     ) -> String {
         // Every segment is already safe (see `layout`), so the key is built
         // as text, in one buffer; it equals what `Path::join` would build.
@@ -281,7 +280,7 @@ impl Store {
             path.push_str(segment);
             path.push('/');
         }
-        layout::push_update_file_name(&mut path, commit_time.as_micros(), source, position);
+        layout::push_update_file_name(&mut path, commit_time.as_micros(), digest);
         path
     }
 
