@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::change::{self, Change, FieldPath, State};
 use crate::consumer::{StateBuilder, id_text};
 use crate::error::{Error, Result};
-use crate::index::{Index, Memo, Plan};
+use crate::index::{HistoryOrder, Index, Memo, Plan};
 use crate::model::{Format, Model, RecordKey, Reference, UpdateDocument};
 use crate::store::{ReferenceEntry, Store};
 use crate::time::Timestamp;
@@ -55,10 +55,10 @@ impl quick_cache::Weighter<String, Arc<HistoryEntry>> for Weigher {
 struct MemoWeigher;
 
 impl quick_cache::Weighter<RecordKey, Arc<Memo>> for MemoWeigher {
-    /// An estimate of the memory a memo holds: its folded state, the key
-    /// and a fixed overhead.
+    /// An estimate of the memory a memo holds: its folded state and last
+    /// position, the key and a fixed overhead.
     fn weight(&self, key: &RecordKey, value: &Arc<Memo>) -> u64 {
-        (key.model.as_str().len() + key.id.as_str().len() + value.state_size() + 128) as u64
+        (key.model.as_str().len() + key.id.as_str().len() + value.heap_size() + 160) as u64
     }
 }
 
@@ -283,10 +283,20 @@ impl Dal {
     /// state after this update; it is left where it is otherwise.
     fn extend_memo(&self, update: &UpdateDocument, change: &mut Option<Change>, generation: u64, n: usize) {
         if change.is_none() {
+            // A read folds the update on top of the memo later, unless it
+            // goes before the memo's last update (they tie on commit time
+            // and source): then the memo folds updates out of order.
+            self.memo.entry(&update.key, None, |_, memo| {
+                if memo.is_extended_by(update) {
+                    EntryAction::Retain(())
+                } else {
+                    EntryAction::Remove
+                }
+            });
             return;
         }
         let found = self.memo.entry(&update.key, None, |_, memo| {
-            if memo.generation != generation || memo.n + 1 != n {
+            if memo.generation != generation || memo.n + 1 != n || !memo.is_extended_by(update) {
                 return EntryAction::Remove;
             }
             let Some(c) = change.take() else {
@@ -298,7 +308,8 @@ impl Dal {
                 Some(m) => m.state.take().map(owned),
                 None => memo.state.clone().map(owned),
             };
-            let folded = Memo::new(generation, n, change::apply_owned(previous, c).map(Arc::new));
+            let state = change::apply_owned(previous, c).map(Arc::new);
+            let folded = Memo::new(generation, n, state, Some(HistoryOrder::of(update)));
             match Arc::get_mut(memo) {
                 Some(m) => *m = folded,
                 None => *memo = Arc::new(folded),
@@ -309,7 +320,8 @@ impl Dal {
             && n == 1
             && let Some(c) = change.take()
         {
-            let memo = Memo::new(generation, n, change::apply_owned(None, c).map(Arc::new));
+            let state = change::apply_owned(None, c).map(Arc::new);
+            let memo = Memo::new(generation, n, state, Some(HistoryOrder::of(update)));
             // Refused only if the memo alone exceeds the cache's budget.
             let _ = guard.insert(Arc::new(memo));
         }
@@ -408,42 +420,61 @@ impl Dal {
             return Ok(fold(&history).map(Arc::new));
         };
         index.start().await?;
-        let memo = self.memo.get(key);
-        let plan = match index.plan(key, at, memo.as_deref()) {
-            Some(plan) => plan,
-            None => {
-                let found = self.stored_updates(key).await?;
-                index.seed_then_plan(key, found.iter().map(|e| &e.update), at, memo.as_deref())
+        let mut memo = self.memo.get(key);
+        loop {
+            let plan = match index.plan(key, at, memo.as_deref()) {
+                Some(plan) => plan,
+                None => {
+                    let found = self.stored_updates(key).await?;
+                    index.seed_then_plan(key, found.iter().map(|e| &e.update), at, memo.as_deref())
+                }
+            };
+            let (base, paths, generation, n, latest) = match plan {
+                Plan::Hit(state) => return Ok(state),
+                Plan::Fold {
+                    base,
+                    paths,
+                    generation,
+                    n,
+                    latest,
+                } => (base, paths, generation, n, latest),
+            };
+            // The latest state goes into the memo, which is what the next
+            // read of the record uses: its updates are cached only for a
+            // read of an earlier point of its history, as at ingestion (see
+            // `prime`).
+            let keep = if latest { Keep::Store } else { Keep::Cache };
+            let mut entries = self.load_all(&paths, keep).await?;
+            in_history_order(&mut entries);
+            let base_memo = memo.as_deref().filter(|_| base.is_some());
+            if let (Some(m), Some(first)) = (base_memo, entries.first())
+                && !m.is_extended_by(&first.update)
+            {
+                // An update tying with the memo's last goes before it: fold
+                // every update instead (this plan has no base, so the loop
+                // ends).
+                memo = None;
+                continue;
             }
-        };
-        let (base, paths, generation, n, latest) = match plan {
-            Plan::Hit(state) => return Ok(state),
-            Plan::Fold {
-                base,
-                paths,
-                generation,
-                n,
-                latest,
-            } => (base, paths, generation, n, latest),
-        };
-        // The latest state goes into the memo, which is what the next read
-        // of the record uses: its updates are cached only for a read of an
-        // earlier point of its history, as at ingestion (see `prime`).
-        let keep = if latest { Keep::Store } else { Keep::Cache };
-        let mut entries = self.load_all(&paths, keep).await?;
-        in_history_order(&mut entries);
-        let state = match base {
-            Some(base) => entries.iter().fold(base.map(|s| (*s).clone()), |state, e| {
-                change::apply(state, &e.change)
-            }),
-            None => fold(&entries),
+            let last = entries
+                .last()
+                .map(|e| HistoryOrder::of(&e.update))
+                .or_else(|| base_memo.and_then(|m| m.last().cloned()));
+            let state = match base {
+                Some(base) => entries.iter().fold(base.map(|s| (*s).clone()), |state, e| {
+                    change::apply(state, &e.change)
+                }),
+                None => fold(&entries),
+            }
+            .map(Arc::new);
+            if latest {
+                self.memo.insert(
+                    key.clone(),
+                    Arc::new(Memo::new(generation, n, state.clone(), last)),
+                );
+            }
+            return Ok(state);
         }
-        .map(Arc::new);
-        if latest {
-            self.memo
-                .insert(key.clone(), Arc::new(Memo::new(generation, n, state.clone())));
-        }
-        Ok(state)
     }
 
     /// Aggregation: the state of a record after every update committed at or
@@ -690,7 +721,7 @@ mod tests {
         state.insert("id".into(), Value::from(i));
         state.insert("status".into(), Value::from("completed"));
         state.insert("note".into(), Value::from("x".repeat(64)));
-        Arc::new(Memo::new(0, 1, Some(Arc::new(state))))
+        Arc::new(Memo::new(0, 1, Some(Arc::new(state)), None))
     }
 
     fn key(i: usize) -> RecordKey {
@@ -724,5 +755,85 @@ mod tests {
             hits * 100 >= reads * 95,
             "{hits} of {reads} delayed reads found their memo ({delay} records written in between, {fit} fit)"
         );
+    }
+
+    /// A format for these tests: an update's raw bytes are the value of its
+    /// record's field `v`.
+    struct Values;
+
+    impl StateBuilder for Values {
+        fn format(&self) -> Format {
+            Format::new("values").unwrap()
+        }
+
+        fn decode(&self, update: &UpdateDocument) -> Result<Change, crate::error::ConsumeError> {
+            let v = String::from_utf8_lossy(&update.raw).into_owned();
+            Ok(Change::Full(State::from_iter([("v".to_owned(), Value::from(v))])))
+        }
+    }
+
+    /// An update of record `values/r` committed at 10 s (all tie), at
+    /// `position`, setting `v`.
+    fn tied(position: u64, v: &str) -> UpdateDocument {
+        UpdateDocument {
+            key: RecordKey::new("values", "r").unwrap(),
+            source: crate::model::SourceId::new("s").unwrap(),
+            position: crate::model::SourcePosition::from_numbers(&[position]),
+            commit_time: Timestamp::from_secs(10),
+            ingested_at: Timestamp::from_secs(10),
+            operation: crate::model::Operation::Update,
+            format: Values.format(),
+            raw: bytes::Bytes::from(v.to_owned()),
+            references: Vec::new(),
+        }
+    }
+
+    /// Stores `update` and writes it through, as ingestion does.
+    async fn ingest(dal: &Dal, update: UpdateDocument, with_change: bool) {
+        let change = with_change.then(|| Values.decode(&update).unwrap());
+        let stored = dal.store.put_updates(vec![update]).await;
+        let (update, path, outcome) = stored.into_iter().next().unwrap();
+        outcome.unwrap();
+        dal.prime(&path, &update, change);
+    }
+
+    async fn latest_v(dal: &Dal) -> Option<Value> {
+        let key = RecordKey::new("values", "r").unwrap();
+        let state = dal.state_at(&key, Timestamp::MAX).await.unwrap()?;
+        state.get("v").cloned()
+    }
+
+    /// A reader holding a record's memo while an update tying with its last
+    /// (one transaction, an earlier position) is written through folds the
+    /// record again rather than that update on top of the memo.
+    #[tokio::test]
+    async fn a_memo_read_while_an_earlier_tie_arrives_is_not_folded_onto() {
+        let dal = Dal::new(Store::in_memory()).with_builder(Values).indexed();
+        dal.start_index().await.unwrap();
+        let key = RecordKey::new("values", "r").unwrap();
+        ingest(&dal, tied(5, "five"), true).await;
+        assert_eq!(latest_v(&dal).await, Some(Value::from("five")));
+        let held = dal.memo.get(&key).unwrap();
+        ingest(&dal, tied(3, "three"), true).await;
+        // The reader's memo, taken before the tie arrived.
+        dal.memo.insert(key.clone(), held);
+        assert_eq!(latest_v(&dal).await, Some(Value::from("five")));
+        ingest(&dal, tied(7, "seven"), true).await;
+        assert_eq!(latest_v(&dal).await, Some(Value::from("seven")));
+    }
+
+    /// An update written through without its change (the DAL folds it when
+    /// read) that goes before the memo's last update drops the memo.
+    #[tokio::test]
+    async fn an_earlier_tie_written_through_without_its_change_drops_the_memo() {
+        let dal = Dal::new(Store::in_memory()).with_builder(Values).indexed();
+        dal.start_index().await.unwrap();
+        let key = RecordKey::new("values", "r").unwrap();
+        ingest(&dal, tied(5, "five"), true).await;
+        ingest(&dal, tied(6, "six"), false).await;
+        assert!(dal.memo.get(&key).is_some(), "an update in order keeps the memo");
+        ingest(&dal, tied(3, "three"), false).await;
+        assert!(dal.memo.get(&key).is_none());
+        assert_eq!(latest_v(&dal).await, Some(Value::from("six")));
     }
 }

@@ -29,7 +29,7 @@ use foldhash::fast::RandomState;
 
 use crate::change::State;
 use crate::error::Result;
-use crate::model::{RecordKey, Reference, SourceId, UpdateDocument};
+use crate::model::{RecordKey, Reference, SourceId, SourcePosition, UpdateDocument};
 use crate::store::{ReferenceEntry, Store, layout};
 use crate::time::Timestamp;
 
@@ -100,11 +100,10 @@ struct Tracked {
     seeded: bool,
     /// Holds every reference stored before tracking began too.
     refs_seeded: bool,
-    /// Changes whenever an update is inserted before others or ties with
-    /// some (so a fold of the first `n` updates, in order, is no longer one
-    /// of the same updates in the same order).
+    /// Changes whenever an update is inserted before others (so a fold of
+    /// the first `n` updates is no longer one of the same updates).
     generation: u64,
-    /// Ordered by (commit time, source); ties in no particular order.
+    /// Ordered by (commit time, source); ties in the order they were indexed.
     updates: Vec<Indexed>,
     /// The record's references (its master document).
     refs: Vec<Ref>,
@@ -121,9 +120,10 @@ impl Tracked {
             return false;
         }
         // A fold of the first `n` updates is no longer one of the same
-        // updates in the same order when this one goes before others, or
-        // ties with some (its place among them is its position's).
-        if at < self.updates.len() || ties > 0 {
+        // updates when this one goes before others. One tying with the
+        // last updates (its place among them is its position's) is checked
+        // against the memo's last update instead (`Memo::is_extended_by`).
+        if at < self.updates.len() {
             self.generation += 1;
         }
         reserve_tight(&mut self.updates);
@@ -163,6 +163,31 @@ struct Referrers {
     maybe_twice: bool,
 }
 
+/// Where an update goes in its record's history: updates are ordered by
+/// commit time, source and position.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct HistoryOrder {
+    commit_time: Timestamp,
+    source: SourceId,
+    position: SourcePosition,
+}
+
+impl HistoryOrder {
+    pub(crate) fn of(update: &UpdateDocument) -> Self {
+        Self {
+            commit_time: update.commit_time,
+            source: update.source.clone(),
+            position: update.position.clone(),
+        }
+    }
+
+    /// Whether `update` goes after this one.
+    fn precedes(&self, update: &UpdateDocument) -> bool {
+        (self.commit_time, &self.source, &self.position)
+            < (update.commit_time, &update.source, &update.position)
+    }
+}
+
 /// The folded state of a record's first `n` updates (of one generation).
 #[derive(Debug)]
 pub(crate) struct Memo {
@@ -172,22 +197,45 @@ pub(crate) struct Memo {
     /// The estimated memory of `state`, computed once: the cache weighs a
     /// memo before and after every update folded into it.
     state_size: usize,
+    /// The last update folded in. The index keeps updates that tie on
+    /// commit time and source in the order they arrived, not by position:
+    /// one arriving after the memo was folded may go before its last.
+    last: Option<HistoryOrder>,
 }
 
 impl Memo {
-    pub(crate) fn new(generation: u64, n: usize, state: Option<Arc<State>>) -> Self {
+    pub(crate) fn new(
+        generation: u64,
+        n: usize,
+        state: Option<Arc<State>>,
+        last: Option<HistoryOrder>,
+    ) -> Self {
         let state_size = state.as_deref().map_or(0, crate::change::approx_size);
         Self {
             generation,
             n,
             state,
             state_size,
+            last,
         }
     }
 
-    /// The estimated memory of the state ([`approx_size`](crate::change::approx_size)).
-    pub(crate) fn state_size(&self) -> usize {
-        self.state_size
+    /// The estimated memory of the memo beyond its fixed size: its state
+    /// ([`approx_size`](crate::change::approx_size)) and its last update's
+    /// position.
+    pub(crate) fn heap_size(&self) -> usize {
+        self.state_size + self.last.as_ref().map_or(0, |l| l.position.as_str().len())
+    }
+
+    /// Whether `update` goes after every update folded into the memo, so
+    /// that folding it on top keeps the history's order.
+    pub(crate) fn is_extended_by(&self, update: &UpdateDocument) -> bool {
+        self.last.as_ref().is_none_or(|l| l.precedes(update))
+    }
+
+    /// The last update folded in.
+    pub(crate) fn last(&self) -> Option<&HistoryOrder> {
+        self.last.as_ref()
     }
 }
 
