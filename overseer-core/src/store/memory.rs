@@ -1,9 +1,11 @@
 //! [`MemoryStore`]: an [`ObjectStore`] in memory, sized for millions of
 //! small objects.
 
-use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
+use std::borrow::Borrow;
+use std::cmp::Ordering as KeyOrder;
+use std::collections::BTreeSet;
 use std::fmt;
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -30,9 +32,10 @@ const NAME: &str = "MemoryStore";
 /// `InMemory` keeps beside each one's key and bytes an entry with an
 /// attribute map, a timestamp and an e-tag (128 bytes in its tree's slot),
 /// and shares the bytes through a reference-counted header. This store
-/// keeps an object's bytes in one allocation of their exact size and its
-/// key, modification time and e-tag in a 64-byte slot; attributes only for
-/// an object that has some. A read copies the bytes it returns.
+/// keeps an object's key and bytes together in one allocation of their
+/// exact size, and its modification time and e-tag in a 48-byte slot;
+/// attributes only for an object that has some. A read copies the bytes it
+/// returns.
 ///
 /// ```
 /// use overseer_core::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -53,19 +56,110 @@ pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
+/// The objects, ordered by key (the order of their keys' bytes, which is
+/// the order of the keys as text).
+type Objects = BTreeSet<Object>;
+
 #[derive(Debug, Default)]
 struct Inner {
-    objects: RwLock<BTreeMap<Path, Object>>,
+    objects: RwLock<Objects>,
     /// The e-tag of the last object written.
     last_e_tag: AtomicU64,
 }
 
+/// An object and its key: found in the set by its key's bytes.
 #[derive(Debug, Clone)]
 struct Object {
-    data: Box<[u8]>,
-    modified_micros: i64,
+    /// The key's bytes, then the object's.
+    buf: Box<[u8]>,
+    key_len: u32,
     e_tag: u64,
+    modified_micros: i64,
     attributes: Option<Box<Attributes>>,
+}
+
+impl Object {
+    /// An object at `key` holding the bytes of `data`'s parts, in one
+    /// allocation of their exact size.
+    fn new<'a>(
+        key: &str,
+        data: impl IntoIterator<Item = &'a [u8]>,
+        data_len: usize,
+        e_tag: u64,
+        attributes: Option<Box<Attributes>>,
+    ) -> Result<Self> {
+        let key_len = u32::try_from(key.len()).map_err(|_| object_store::Error::Generic {
+            store: NAME,
+            source: format!("a key of {} bytes is too long for this store", key.len()).into(),
+        })?;
+        let mut buf = Vec::with_capacity(key.len() + data_len);
+        buf.extend_from_slice(key.as_bytes());
+        for part in data {
+            buf.extend_from_slice(part);
+        }
+        Ok(Self {
+            buf: buf.into_boxed_slice(),
+            key_len,
+            e_tag,
+            modified_micros: Utc::now().timestamp_micros(),
+            attributes,
+        })
+    }
+
+    fn key(&self) -> &[u8] {
+        self.buf.get(..self.key_len as usize).unwrap_or_default()
+    }
+
+    fn data(&self) -> &[u8] {
+        self.buf.get(self.key_len as usize..).unwrap_or_default()
+    }
+
+    /// The object's key as a path. Keys are stored from paths, so this
+    /// fails only if the store's memory is corrupted.
+    fn path(&self) -> Result<Path> {
+        let invalid = |source: Box<dyn std::error::Error + Send + Sync>| object_store::Error::Generic {
+            store: NAME,
+            source,
+        };
+        let key = std::str::from_utf8(self.key()).map_err(|e| invalid(Box::new(e)))?;
+        Path::parse(key).map_err(|e| invalid(Box::new(e)))
+    }
+
+    fn meta(&self, location: Path) -> ObjectMeta {
+        ObjectMeta {
+            location,
+            last_modified: DateTime::from_timestamp_micros(self.modified_micros).unwrap_or_default(),
+            size: self.data().len() as u64,
+            e_tag: Some(e_tag(self.e_tag)),
+            version: None,
+        }
+    }
+}
+
+impl Borrow<[u8]> for Object {
+    fn borrow(&self) -> &[u8] {
+        self.key()
+    }
+}
+
+impl PartialEq for Object {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Object {}
+
+impl PartialOrd for Object {
+    fn partial_cmp(&self, other: &Self) -> Option<KeyOrder> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Object {
+    fn cmp(&self, other: &Self) -> KeyOrder {
+        self.key().cmp(other.key())
+    }
 }
 
 impl MemoryStore {
@@ -83,22 +177,13 @@ impl fmt::Display for MemoryStore {
 
 impl Inner {
     // Nothing panics while holding the lock, and every write leaves the
-    // map whole, so a poisoned lock still guards a consistent map.
-    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<Path, Object>> {
+    // set whole, so a poisoned lock still guards a consistent set.
+    fn read(&self) -> RwLockReadGuard<'_, Objects> {
         self.objects.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<Path, Object>> {
+    fn write(&self) -> RwLockWriteGuard<'_, Objects> {
         self.objects.write().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn object(data: Box<[u8]>, e_tag: u64, attributes: Attributes) -> Object {
-        Object {
-            data,
-            modified_micros: Utc::now().timestamp_micros(),
-            e_tag,
-            attributes: (!attributes.is_empty()).then(|| Box::new(attributes)),
-        }
     }
 
     fn next_e_tag(&self) -> u64 {
@@ -108,16 +193,6 @@ impl Inner {
 
 fn e_tag(e_tag: u64) -> String {
     format!("\"{e_tag}\"")
-}
-
-fn meta(location: Path, object: &Object) -> ObjectMeta {
-    ObjectMeta {
-        location,
-        last_modified: DateTime::from_timestamp_micros(object.modified_micros).unwrap_or_default(),
-        size: object.data.len() as u64,
-        e_tag: Some(e_tag(object.e_tag)),
-        version: None,
-    }
 }
 
 fn not_found(location: &Path) -> object_store::Error {
@@ -134,71 +209,55 @@ fn already_exists(location: &Path) -> object_store::Error {
     }
 }
 
-/// Stores `object` at `location`, replacing any object there, or, when
-/// `create_only`, only if there is none.
-fn place(
-    objects: &mut BTreeMap<Path, Object>,
-    location: &Path,
-    object: Object,
-    create_only: bool,
-) -> Result<()> {
-    if !create_only {
-        objects.insert(location.clone(), object);
-        return Ok(());
-    }
-    match objects.entry(location.clone()) {
-        Entry::Occupied(_) => Err(already_exists(location)),
-        Entry::Vacant(slot) => {
-            slot.insert(object);
-            Ok(())
-        }
-    }
+fn key_of(location: &Path) -> &[u8] {
+    location.as_ref().as_bytes()
 }
 
-/// The bytes of a payload in one allocation of their exact size.
-fn boxed(payload: &PutPayload) -> Box<[u8]> {
-    let mut data = Vec::with_capacity(payload.content_length());
-    for part in payload {
-        data.extend_from_slice(part);
+/// Stores `object` at its key, replacing any object there, or, when
+/// `create_only`, only if there is none.
+fn place(objects: &mut Objects, location: &Path, object: Object, create_only: bool) -> Result<()> {
+    if create_only && objects.contains(key_of(location)) {
+        return Err(already_exists(location));
     }
-    data.into_boxed_slice()
+    objects.replace(object);
+    Ok(())
 }
 
 /// The part of `key` below `prefix` (a whole number of segments), if `key`
 /// is strictly below it.
-fn below<'a>(key: &'a str, prefix: &str) -> Option<&'a str> {
+fn below<'a>(key: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
     if prefix.is_empty() {
         return (!key.is_empty()).then_some(key);
     }
     key.strip_prefix(prefix)?
-        .strip_prefix(DELIMITER)
+        .strip_prefix(DELIMITER.as_bytes())
         .filter(|rest| !rest.is_empty())
 }
 
-/// The keys strictly below `prefix`, in order, with the part of each below
-/// it and their objects.
-fn under<'a>(
-    objects: &'a BTreeMap<Path, Object>,
-    prefix: &'a Path,
-) -> impl Iterator<Item = (&'a Path, &'a str, &'a Object)> + 'a {
+/// The objects strictly below `prefix`, in order, with the part of each
+/// one's key below it.
+fn under<'a>(objects: &'a Objects, prefix: &'a Path) -> impl Iterator<Item = (&'a [u8], &'a Object)> + 'a {
+    let prefix = key_of(prefix);
     objects
-        .range(prefix..)
-        .take_while(move |(key, _)| key.as_ref().starts_with(prefix.as_ref()))
-        .filter_map(move |(key, object)| Some((key, below(key.as_ref(), prefix.as_ref())?, object)))
+        .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+        .take_while(move |object| object.key().starts_with(prefix))
+        .filter_map(move |object| Some((below(object.key(), prefix)?, object)))
 }
 
 #[async_trait]
 impl ObjectStore for MemoryStore {
     async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
-        let data = boxed(&payload);
+        let attributes = (!opts.attributes.is_empty()).then(|| Box::new(opts.attributes));
+        let parts = payload.iter().map(|part| part.as_ref());
+        let mut object = Object::new(location.as_ref(), parts, payload.content_length(), 0, attributes)?;
         let mut objects = self.inner.write();
         let tag = self.inner.next_e_tag();
-        let object = Inner::object(data, tag, opts.attributes);
+        object.e_tag = tag;
         match opts.mode {
             PutMode::Overwrite => place(&mut objects, location, object, false)?,
             PutMode::Create => place(&mut objects, location, object, true)?,
             PutMode::Update(version) => {
-                let Some(existing) = objects.get_mut(location) else {
+                let Some(existing) = objects.get(key_of(location)) else {
                     return Err(object_store::Error::Precondition {
                         path: location.to_string(),
                         source: format!("no object at {location} to update").into(),
@@ -215,7 +274,7 @@ impl ObjectStore for MemoryStore {
                         source: format!("e-tag {found} does not match {expected}").into(),
                     });
                 }
-                *existing = object;
+                objects.replace(object);
             }
         }
         Ok(PutResult {
@@ -240,8 +299,8 @@ impl ObjectStore for MemoryStore {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         let objects = self.inner.read();
-        let object = objects.get(location).ok_or_else(|| not_found(location))?;
-        let meta = meta(location.clone(), object);
+        let object = objects.get(key_of(location)).ok_or_else(|| not_found(location))?;
+        let meta = object.meta(location.clone());
         options.check_preconditions(&meta)?;
         let range = match &options.range {
             Some(range) => range
@@ -258,7 +317,7 @@ impl ObjectStore for MemoryStore {
         } else {
             Bytes::copy_from_slice(
                 object
-                    .data
+                    .data()
                     .get(range.start as usize..range.end as usize)
                     .unwrap_or_default(),
             )
@@ -279,7 +338,7 @@ impl ObjectStore for MemoryStore {
         locations
             .map(move |location| {
                 let location = location?;
-                inner.write().remove(&location);
+                inner.write().remove(key_of(&location));
                 Ok(location)
             })
             .boxed()
@@ -290,7 +349,7 @@ impl ObjectStore for MemoryStore {
         let prefix = prefix.unwrap_or(&root);
         let objects = self.inner.read();
         let found: Vec<Result<ObjectMeta>> = under(&objects, prefix)
-            .map(|(key, _, object)| Ok(meta(key.clone(), object)))
+            .map(|(_, object)| Ok(object.meta(object.path()?)))
             .collect();
         stream::iter(found).boxed()
     }
@@ -301,20 +360,30 @@ impl ObjectStore for MemoryStore {
         let mut common_prefixes: Vec<Path> = Vec::new();
         let mut found = Vec::new();
         let objects = self.inner.read();
-        for (key, rest, object) in under(&objects, prefix) {
-            if !rest.contains(DELIMITER) {
-                found.push(meta(key.clone(), object));
-                continue;
-            }
-            // The directory's segment as stored (joining a `PathPart`
-            // does not escape it again).
-            let Some(directory) = key.prefix_match(prefix).and_then(|mut parts| parts.next()) else {
+        // The key of the last directory found, to skip its other keys
+        // (keys are ordered, so a directory's keys are adjacent).
+        let mut last_directory: Option<&[u8]> = None;
+        for (rest, object) in under(&objects, prefix) {
+            let delimiter = DELIMITER.as_bytes();
+            let Some(end) = rest.windows(delimiter.len()).position(|w| w == delimiter) else {
+                found.push(object.meta(object.path()?));
                 continue;
             };
-            // Keys are ordered, so a directory's keys are adjacent.
-            let directory = prefix.clone().join(directory);
-            if common_prefixes.last() != Some(&directory) {
-                common_prefixes.push(directory);
+            // The key up to the end of its first segment below `prefix`.
+            let directory = object
+                .key()
+                .get(..object.key().len() - rest.len() + end)
+                .unwrap_or_default();
+            if last_directory != Some(directory) {
+                last_directory = Some(directory);
+                let text = std::str::from_utf8(directory).map_err(|e| object_store::Error::Generic {
+                    store: NAME,
+                    source: Box::new(e),
+                })?;
+                common_prefixes.push(Path::parse(text).map_err(|e| object_store::Error::Generic {
+                    store: NAME,
+                    source: Box::new(e),
+                })?);
             }
         }
         Ok(ListResult {
@@ -326,10 +395,15 @@ impl ObjectStore for MemoryStore {
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         let mut objects = self.inner.write();
-        let source = objects.get(from).ok_or_else(|| not_found(from))?;
-        let mut copy = source.clone();
-        copy.e_tag = self.inner.next_e_tag();
-        copy.modified_micros = Utc::now().timestamp_micros();
+        let source = objects.get(key_of(from)).ok_or_else(|| not_found(from))?;
+        let data = source.data();
+        let copy = Object::new(
+            to.as_ref(),
+            [data],
+            data.len(),
+            self.inner.next_e_tag(),
+            source.attributes.clone(),
+        )?;
         place(&mut objects, to, copy, options.mode == CopyMode::Create)
     }
 }
@@ -363,5 +437,18 @@ impl MultipartUpload for Upload {
     async fn abort(&mut self) -> Result<()> {
         self.parts.clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Object;
+
+    /// What the store keeps per object beside its key and bytes (one
+    /// allocation) is one slot of its tree.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn an_object_beside_its_key_and_bytes_is_a_48_byte_slot() {
+        assert_eq!(std::mem::size_of::<Object>(), 48);
     }
 }
