@@ -17,8 +17,8 @@
 //! Entries are kept small (an update is its commit time, source and the
 //! digest naming its object: its object key is derived from them when
 //! needed), since the index holds every update the pipeline has stored.
-//! Updates of a record that tie on commit time and source are kept in no
-//! particular order: readers order them by position once loaded.
+//! Updates of a record that tie on commit time and source are kept in the
+//! order they were indexed: readers order them by position once loaded.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -165,7 +165,7 @@ struct Referrers {
 
 /// Where an update goes in its record's history: updates are ordered by
 /// commit time, source and position.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug)]
 pub(crate) struct HistoryOrder {
     commit_time: Timestamp,
     source: SourceId,
