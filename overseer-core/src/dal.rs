@@ -259,7 +259,7 @@ impl Dal {
         if let Some(index) = &self.index {
             // Keep the record's latest state folded as updates arrive in
             // order: a check reading it then folds nothing.
-            index.add_update(update, |generation, n| {
+            index.add_update(path, update, |generation, n| {
                 self.extend_memo(update, &mut change, generation, n);
             });
         }
@@ -634,21 +634,18 @@ impl Dal {
     }
 }
 
-/// Folds a record's ordered history into its state. Updates before the last
-/// whole-state change (insert, replace, snapshot, full row, delete) cannot
-/// affect the result, so the fold starts there.
-/// Orders updates by (commit time, source, position): the index orders them
-/// by (commit time, source) only, and a listing not at all.
+/// Orders updates in history order ([`UpdateDocument::history_order`]): the
+/// index orders them by commit time and source only, and a listing not at
+/// all.
 fn in_history_order(entries: &mut [Arc<HistoryEntry>]) {
-    fn order(e: &HistoryEntry) -> (Timestamp, &crate::model::SourceId, &crate::model::SourcePosition) {
-        let u = &e.update;
-        (u.commit_time, &u.source, &u.position)
-    }
-    if !entries.is_sorted_by(|a, b| order(a) <= order(b)) {
-        entries.sort_by(|a, b| order(a).cmp(&order(b)));
+    if !entries.is_sorted_by(|a, b| a.update.history_order() <= b.update.history_order()) {
+        entries.sort_by(|a, b| a.update.history_order().cmp(&b.update.history_order()));
     }
 }
 
+/// Folds a record's ordered history into its state. Updates before the last
+/// whole-state change (insert, replace, snapshot, full row, delete) cannot
+/// affect the result, so the fold starts there.
 fn fold(history: &[Arc<HistoryEntry>]) -> Option<State> {
     let start = history
         .iter()

@@ -45,12 +45,22 @@ pub(crate) struct Indexed {
 }
 
 impl Indexed {
-    pub(crate) fn new(update: &UpdateDocument) -> Self {
+    /// The entry of `update`, whose object is named by `digest`
+    /// ([`layout::update_digest`]).
+    fn new(update: &UpdateDocument, digest: [u8; 16]) -> Self {
         Self {
             commit_time: update.commit_time,
             source: update.source.clone(),
-            digest: layout::update_digest(update.source.as_str(), update.position.as_str()),
+            digest,
         }
+    }
+
+    /// The entry of `update`, its digest computed.
+    fn of(update: &UpdateDocument) -> Self {
+        Self::new(
+            update,
+            layout::update_digest(update.source.as_str(), update.position.as_str()),
+        )
     }
 
     /// Updates of a record that tie on both (one transaction touching it
@@ -183,8 +193,7 @@ impl HistoryOrder {
 
     /// Whether `update` goes after this one.
     fn precedes(&self, update: &UpdateDocument) -> bool {
-        (self.commit_time, &self.source, &self.position)
-            < (update.commit_time, &update.source, &update.position)
+        (self.commit_time, &self.source, &self.position) < update.history_order()
     }
 }
 
@@ -303,10 +312,11 @@ impl Index {
         f
     }
 
-    /// Write-through: an update was stored. When it is the record's latest
-    /// (and the record is seeded), `extend` is called, under the record's
-    /// lock, with the record's generation and update count.
-    pub(crate) fn add_update(&self, update: &UpdateDocument, extend: impl FnOnce(u64, usize)) {
+    /// Write-through: an update was stored at `path` (its object key, which
+    /// names it by its digest). When it is the record's latest (and the
+    /// record is seeded), `extend` is called, under the record's lock, with
+    /// the record's generation and update count.
+    pub(crate) fn add_update(&self, path: &str, update: &UpdateDocument, extend: impl FnOnce(u64, usize)) {
         let fresh = self.fresh();
         let mut tracked = self.records.entry(update.key.clone()).or_insert_with(|| Tracked {
             seeded: fresh,
@@ -314,7 +324,13 @@ impl Index {
             ..Tracked::default()
         });
         let generation = tracked.generation;
-        if tracked.insert(Indexed::new(update)) && tracked.seeded && tracked.generation == generation {
+        // The digest in the key ingestion just built, rather than hashing
+        // the source and position again.
+        let entry = match layout::update_digest_of(path) {
+            Some(digest) => Indexed::new(update, digest),
+            None => Indexed::of(update),
+        };
+        if tracked.insert(entry) && tracked.seeded && tracked.generation == generation {
             extend(generation, tracked.updates.len());
         }
     }
@@ -374,7 +390,7 @@ impl Index {
     ) -> dashmap::mapref::one::RefMut<'_, RecordKey, Tracked> {
         let mut tracked = self.records.entry(key.clone()).or_default();
         for update in found {
-            tracked.insert(Indexed::new(update));
+            tracked.insert(Indexed::of(update));
         }
         tracked.seeded = true;
         tracked.generation += 1;

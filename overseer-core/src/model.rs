@@ -317,6 +317,14 @@ pub struct UpdateDocument {
     pub references: Vec<Reference>,
 }
 
+impl UpdateDocument {
+    /// Where the update goes in its record's history: updates are ordered
+    /// by commit time, then source, then position.
+    pub(crate) fn history_order(&self) -> (Timestamp, &SourceId, &SourcePosition) {
+        (self.commit_time, &self.source, &self.position)
+    }
+}
+
 /// Emitted by ingestion once per newly stored update; what the runner
 /// selects checks from.
 #[derive(Clone, PartialEq, Debug)]

@@ -117,15 +117,19 @@ pub(crate) fn encode_update(doc: &UpdateDocument, encoder: Option<&Encoder>) -> 
             envelope.raw_dictionary = id;
             envelope.sealed = Bytes::from(frame);
         }
-        None => {
-            envelope.key = sealed.key;
-            envelope.position = sealed.position;
-            envelope.format = sealed.format;
-            envelope.raw = sealed.raw;
-            envelope.references = sealed.references;
-        }
+        None => unseal(&mut envelope, sealed),
     }
     Bytes::from(envelope.encode_to_vec())
+}
+
+/// Moves the fields of `sealed` into the envelope, where a version 1 or 2
+/// envelope holds them.
+fn unseal(envelope: &mut proto::UpdateEnvelope, sealed: proto::SealedUpdate) {
+    envelope.key = sealed.key;
+    envelope.position = sealed.position;
+    envelope.format = sealed.format;
+    envelope.raw = sealed.raw;
+    envelope.references = sealed.references;
 }
 
 /// The name of an update envelope in errors.
@@ -186,13 +190,9 @@ pub(crate) fn decompress_update(
     let failed = |what: &str, reason: String| corrupt(path, UPDATE_ENVELOPE, format!("{what}: {reason}"));
     if e.version == ENVELOPE_VERSION_SEALED {
         let content = decompress(&e.sealed).map_err(|r| failed("sealed", r))?;
-        let s =
+        let sealed =
             proto::SealedUpdate::decode(content.as_slice()).map_err(|r| failed("sealed", r.to_string()))?;
-        e.key = s.key;
-        e.position = s.position;
-        e.format = s.format;
-        e.raw = s.raw;
-        e.references = s.references;
+        unseal(&mut e, sealed);
     } else {
         e.raw = Bytes::from(decompress(&e.raw).map_err(|r| failed("raw", r))?);
     }

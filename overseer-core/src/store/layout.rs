@@ -110,6 +110,24 @@ pub(crate) fn push_update_file_name(out: &mut String, commit_micros: i64, digest
     out.push_str(".pb");
 }
 
+/// Reads the [`update_digest`] back from an update object's key (or file
+/// name).
+pub(crate) fn update_digest_of(path: &str) -> Option<[u8; 16]> {
+    let hex = path.strip_suffix(".pb")?;
+    let hex = hex.get(hex.len().checked_sub(32)?..)?.as_bytes();
+    let lower = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut digest = [0u8; 16];
+    for (byte, pair) in digest.iter_mut().zip(hex.chunks_exact(2)) {
+        let &[hi, lo] = pair else { return None };
+        *byte = lower(hi)? << 4 | lower(lo)?;
+    }
+    Some(digest)
+}
+
 /// Reads the commit time back from an update object's file name.
 pub(crate) fn commit_micros_of(file_name: &str) -> Option<i64> {
     file_name.get(..20)?.parse().ok()
@@ -195,5 +213,27 @@ mod tests {
         let b = update_file_name(40, "s", "a");
         assert!(a < b);
         assert_eq!(commit_micros_of(&b), Some(40));
+    }
+
+    #[test]
+    fn an_update_s_digest_reads_back_from_its_key() {
+        let digest = update_digest("ledger", "0/16B3748");
+        let mut key = String::from("updates/ledger_entries/7/");
+        push_update_file_name(&mut key, 1_700_000_000_000_000, &digest);
+        assert_eq!(update_digest_of(&key), Some(digest));
+        assert_eq!(
+            update_digest_of(&update_file_name(5, "ledger", "0/16B3748")),
+            Some(digest)
+        );
+        for not_an_update in [
+            "",
+            ".pb",
+            "updates/x/y/short.pb",
+            "refs/x/y/00000000000000000005-0123.pb",
+        ] {
+            assert_eq!(update_digest_of(not_an_update), None, "{not_an_update}");
+        }
+        let upper = key.to_uppercase().replace(".PB", ".pb");
+        assert_eq!(update_digest_of(&upper), None);
     }
 }

@@ -114,15 +114,9 @@ impl Object {
         self.buf.get(self.key_len as usize..).unwrap_or_default()
     }
 
-    /// The object's key as a path. Keys are stored from paths, so this
-    /// fails only if the store's memory is corrupted.
+    /// The object's key as a path.
     fn path(&self) -> Result<Path> {
-        let invalid = |source: Box<dyn std::error::Error + Send + Sync>| object_store::Error::Generic {
-            store: NAME,
-            source,
-        };
-        let key = std::str::from_utf8(self.key()).map_err(|e| invalid(Box::new(e)))?;
-        Path::parse(key).map_err(|e| invalid(Box::new(e)))
+        path_of(self.key())
     }
 
     fn meta(&self, location: Path) -> ObjectMeta {
@@ -211,6 +205,17 @@ fn already_exists(location: &Path) -> object_store::Error {
 
 fn key_of(location: &Path) -> &[u8] {
     location.as_ref().as_bytes()
+}
+
+/// The path whose key (or key prefix) is `key`. Keys are stored from paths,
+/// so this fails only if the store's memory is corrupted.
+fn path_of(key: &[u8]) -> Result<Path> {
+    let invalid = |source: Box<dyn std::error::Error + Send + Sync>| object_store::Error::Generic {
+        store: NAME,
+        source,
+    };
+    let key = std::str::from_utf8(key).map_err(|e| invalid(Box::new(e)))?;
+    Path::parse(key).map_err(|e| invalid(Box::new(e)))
 }
 
 /// Stores `object` at its key, replacing any object there, or, when
@@ -376,14 +381,7 @@ impl ObjectStore for MemoryStore {
                 .unwrap_or_default();
             if last_directory != Some(directory) {
                 last_directory = Some(directory);
-                let text = std::str::from_utf8(directory).map_err(|e| object_store::Error::Generic {
-                    store: NAME,
-                    source: Box::new(e),
-                })?;
-                common_prefixes.push(Path::parse(text).map_err(|e| object_store::Error::Generic {
-                    store: NAME,
-                    source: Box::new(e),
-                })?);
+                common_prefixes.push(path_of(directory)?);
             }
         }
         Ok(ListResult {
