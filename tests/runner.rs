@@ -3,6 +3,7 @@
 //! audit and registry validation.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 use overseer_core::check::{Check, Verdict};
 use overseer_core::escalation::{FnEscalation, Incident, IncidentChange};
-use overseer_core::runner::Outcome;
+use overseer_core::runner::{Outcome, RunnerConfig};
 use overseer_core::store::OutcomeKind;
 use overseer_core::strategy::{ExecutionStrategy, FixedDelay, Freshness, Immediate};
 use overseer_core::testing::Scenario;
@@ -403,6 +404,72 @@ async fn a_panicking_or_hanging_check_affects_only_its_own_execution() {
         .await
         .unwrap();
     assert_eq!(s.executions().len(), 6);
+}
+
+/// Fails (panics) for transfers whose amount is 13; sleeps a little, and
+/// records how many executions are in flight at once.
+async fn unlucky_thirteen(v: Paid) -> Verdict {
+    let now = IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
+    MAX_IN_FLIGHT.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    assert_ne!(v.transfer.amount, 13, "unlucky");
+    Verdict::pass()
+}
+
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static MAX_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_of_many_runs_keeps_each_panic_to_its_run_and_at_most_concurrency_in_flight() {
+    let checks = Registry::new().add(Check::new("thirteen", unlucky_thirteen).with_strategy(Immediate));
+    let mut s = Scenario::builder(checks)
+        .source("core", Script, &["transfers"])
+        .source("bank", Script, &["payments"])
+        .state_builder(Script)
+        .reference("payments.transfer_id -> transfers")
+        .runner_config(RunnerConfig {
+            concurrency: 3,
+            ..RunnerConfig::default()
+        })
+        .start(Timestamp::from_secs(0))
+        .unwrap();
+    // One round of 60 runs; every tenth transfer's check panics.
+    let events: Vec<Vec<u8>> = (0..60)
+        .map(|i| {
+            let amount = if i % 10 == 3 { 13 } else { 100 + i };
+            ev(
+                "transfers",
+                &format!("t{i:02}"),
+                1,
+                i as u64 + 1,
+                json!({ "amount": amount }),
+            )
+        })
+        .collect();
+    s.feed("core", events).await.unwrap();
+    let mut outcomes: Vec<(String, OutcomeKind)> = s
+        .executions()
+        .iter()
+        .map(|e| (e.root.id.as_str().to_owned(), e.outcome.kind()))
+        .collect();
+    outcomes.sort();
+    let expected: Vec<(String, OutcomeKind)> = (0..60)
+        .map(|i| {
+            let kind = if i % 10 == 3 {
+                OutcomeKind::Error
+            } else {
+                OutcomeKind::Pass
+            };
+            (format!("t{i:02}"), kind)
+        })
+        .collect();
+    assert_eq!(outcomes, expected);
+    let max = MAX_IN_FLIGHT.load(Ordering::SeqCst);
+    assert!(
+        (2..=3).contains(&max),
+        "{max} executions were in flight at once (concurrency 3)"
+    );
 }
 
 #[tokio::test]

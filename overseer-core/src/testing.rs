@@ -164,6 +164,13 @@ impl ScenarioBuilder {
         self
     }
 
+    /// Tunes the runner (concurrency, retries, audit); the default is
+    /// [`RunnerConfig::default`](crate::runner::RunnerConfig::default).
+    pub fn runner_config(mut self, config: crate::runner::RunnerConfig) -> Self {
+        self.builder = self.builder.runner_config(config);
+        self
+    }
+
     /// Builds the scenario with its virtual clock at `start`.
     pub fn start(self, start: Timestamp) -> Result<Scenario, crate::pipeline::PipelineError> {
         if let Some(e) = self.error {
