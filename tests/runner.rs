@@ -472,6 +472,88 @@ async fn a_round_of_many_runs_keeps_each_panic_to_its_run_and_at_most_concurrenc
     );
 }
 
+/// Blocks its thread (a synchronous call that does not return in time)
+/// for the transfer of amount 13.
+async fn blocks_on_thirteen(v: Paid) -> Verdict {
+    if v.transfer.amount == 13 {
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    Verdict::pass()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_blocking_its_thread_does_not_stall_the_runner() {
+    let checks = Registry::new().add(
+        Check::new("blocks", blocks_on_thirteen)
+            .with_strategy(Immediate)
+            .with_timeout(Duration::from_millis(100)),
+    );
+    let (mut s, _) = scenario(checks);
+    let events: Vec<Vec<u8>> = (0..60)
+        .map(|i| {
+            let amount = if i == 30 { 13 } else { 100 + i };
+            ev(
+                "transfers",
+                &format!("t{i:02}"),
+                1,
+                i as u64 + 1,
+                json!({ "amount": amount }),
+            )
+        })
+        .collect();
+    s.feed("core", events).await.unwrap();
+    fn outcomes_of(s: &Scenario, id: &str) -> Vec<(OutcomeKind, String)> {
+        s.executions()
+            .iter()
+            .filter(|e| e.root.id.as_str() == id)
+            .map(|e| {
+                let msg = match &e.outcome {
+                    Outcome::Error(m) | Outcome::Indeterminate(m) => m.clone(),
+                    _ => String::new(),
+                };
+                (e.outcome.kind(), msg)
+            })
+            .collect()
+    }
+    // The runner gave up on the blocked run after the timeout plus a
+    // second's grace, not after the 2 s it blocks for.
+    let blocked = outcomes_of(&s, "t30");
+    assert_eq!(blocked.len(), 1);
+    assert_eq!(blocked[0].0, OutcomeKind::Error);
+    assert!(blocked[0].1.contains("blocks its thread"), "{}", blocked[0].1);
+    // The other runs passed, or (those queued behind the blocking one in
+    // its task) are indeterminate and retried: none failed, none is lost.
+    let mut retried = Vec::new();
+    for i in (0..60).filter(|i| *i != 30) {
+        let id = format!("t{i:02}");
+        match outcomes_of(&s, &id).as_slice() {
+            [(OutcomeKind::Pass, _)] => {}
+            [(OutcomeKind::Indeterminate, m)] if m.contains("not run") => retried.push(id),
+            [(OutcomeKind::Error, m)] if m.contains("blocks its thread") => {}
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+    let passed = s
+        .executions()
+        .iter()
+        .filter(|e| e.outcome.kind() == OutcomeKind::Pass)
+        .count();
+    assert!(
+        passed >= 30,
+        "only {passed} runs passed: a blocked task held up others"
+    );
+    // The retries run (the first retry waits 5 s) and pass.
+    s.advance_to(secs(10)).await.unwrap();
+    for id in &retried {
+        assert_eq!(
+            outcomes_of(&s, id).last().map(|o| o.0),
+            Some(OutcomeKind::Pass),
+            "{id}"
+        );
+    }
+    assert!(s.open_incidents().is_empty(), "errors are not disagreements");
+}
+
 #[tokio::test]
 async fn an_indeterminate_view_is_retried_and_never_escalated() {
     let checks = Registry::new().add(

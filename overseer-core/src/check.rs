@@ -273,6 +273,11 @@ impl Check {
     }
 
     /// Gives up an execution after `timeout` (default 5 s).
+    ///
+    /// A timeout ends a check that awaits; a check that blocks its thread
+    /// cannot be interrupted, and the runner stops waiting for it once no
+    /// run of its round has ended for longer than the round's longest
+    /// timeout plus a second (see `docs/checks.md`).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self

@@ -20,6 +20,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 // A fast, randomly seeded hasher: record ids come from the outside world.
 use foldhash::fast::RandomState;
 use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt, stream};
@@ -786,21 +788,32 @@ const MIN_EXECUTIONS_PER_TASK: usize = 16;
 /// Tasks per runtime worker a round is split into, so that work stealing
 /// can even out checks of different cost.
 const TASKS_PER_WORKER: usize = 4;
+/// How long past the longest timeout of a round's checks the runner waits
+/// for the next execution to end before it takes the rest as stuck.
+const STUCK_GRACE: Duration = Duration::from_secs(1);
 
 /// Executes `jobs` (check, root record, as-of time) and returns their
 /// outcomes in the order of `jobs`, with at most `concurrency` in flight.
 ///
 /// The jobs are spread over a few tasks per runtime worker, not one task
 /// each: a task per execution cost the runner about a tenth of its CPU in
-/// spawning, waking and joining. Isolation is unchanged: every execution
-/// has its own timeout and its own panic boundary, so a panic, an error or
-/// an awaiting hang affects only that execution.
+/// spawning, waking and joining. Isolation is kept: every execution has its
+/// own timeout and its own panic boundary, so a panic, an error or a hang
+/// that awaits affects only that execution.
+///
+/// A check that blocks its thread (a synchronous call that never returns)
+/// cannot be ended by a timeout, and it holds up the executions that share
+/// its task. When no execution has ended for longer than the round's
+/// longest timeout, the runner stops waiting: the executions that had
+/// started end as errors, the ones that had not are indeterminate (and
+/// retried), and the round's other tasks are unaffected.
 async fn execute_all(
     checks: &Arc<[Check]>,
     dal: &Dal,
     jobs: Vec<(usize, RecordKey, Timestamp)>,
     concurrency: usize,
 ) -> Vec<(Outcome, Duration)> {
+    let start = Instant::now();
     let n = jobs.len();
     let workers = tokio::runtime::Handle::current().metrics().num_workers().max(1);
     let tasks = (workers * TASKS_PER_WORKER)
@@ -808,6 +821,13 @@ async fn execute_all(
         .min(concurrency)
         .max(1);
     let per_task = (concurrency / tasks).max(1);
+    let patience = jobs
+        .iter()
+        .filter_map(|(check, _, _)| checks.get(*check))
+        .map(Check::timeout)
+        .max()
+        .unwrap_or_default()
+        .saturating_add(STUCK_GRACE);
     // Job `i` goes to task `i % tasks`: a round lists each check's runs
     // together, and striding spreads every check over every task.
     let mut shares: Vec<Vec<(usize, usize, RecordKey, Timestamp)>> = (0..tasks)
@@ -818,54 +838,67 @@ async fn execute_all(
             share.push((i, check, root, as_of));
         }
     }
+    // What each execution concluded, and whether it started; how many ended.
+    let slots: Arc<[OnceLock<(Outcome, Duration)>]> = (0..n).map(|_| OnceLock::new()).collect();
+    let started: Arc<[AtomicBool]> = (0..n).map(|_| AtomicBool::new(false)).collect();
+    let ended = Arc::new(AtomicUsize::new(0));
     let handles: Vec<_> = shares
         .into_iter()
         .map(|share| {
             let (checks, dal) = (checks.clone(), dal.clone());
+            let (slots, started, ended) = (slots.clone(), started.clone(), ended.clone());
             tokio::spawn(async move {
                 stream::iter(share)
-                    .map(|(i, check, root, as_of)| {
-                        let (checks, dal) = (&checks, &dal);
+                    .for_each_concurrent(per_task, |(i, check, root, as_of)| {
+                        let (checks, dal, slots, started, ended) = (&checks, &dal, &slots, &started, &ended);
                         async move {
+                            if let Some(s) = started.get(i) {
+                                s.store(true, AtomicOrdering::Relaxed);
+                            }
                             let outcome = match checks.get(check) {
                                 Some(check) => execute(check, dal, &root, as_of).await,
                                 None => (Outcome::Error(format!("no check #{check}")), Duration::ZERO),
                             };
-                            (i, outcome)
+                            if let Some(slot) = slots.get(i) {
+                                let _ = slot.set(outcome);
+                            }
+                            ended.fetch_add(1, AtomicOrdering::Relaxed);
                         }
                     })
-                    .buffer_unordered(per_task)
-                    .collect::<Vec<_>>()
                     .await
             })
         })
         .collect();
-    let mut outcomes: Vec<Option<(Outcome, Duration)>> = (0..n).map(|_| None).collect();
-    let mut lost = None;
-    for handle in handles {
-        match handle.await {
-            Ok(done) => {
-                for (i, outcome) in done {
-                    if let Some(slot) = outcomes.get_mut(i) {
-                        *slot = Some(outcome);
-                    }
-                }
-            }
-            // Every execution catches its own panics: only a cancelled
-            // runtime gets here.
-            Err(join) => lost = Some(join.to_string()),
+    let aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
+    let mut all = futures::future::join_all(handles);
+    let (mut seen, mut progressed) = (0, Instant::now());
+    // Tasks that end early (a runtime shutting down cancels them) leave
+    // their executions unset, as stuck ones do.
+    while tokio::time::timeout(patience / 4, &mut all).await.is_err() {
+        let now = ended.load(AtomicOrdering::Relaxed);
+        if now != seen {
+            (seen, progressed) = (now, Instant::now());
+        } else if progressed.elapsed() >= patience {
+            // Nothing ended for longer than any check may run: the tasks
+            // left are held up by a check blocking their thread.
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
+            break;
         }
     }
-    outcomes
-        .into_iter()
-        .map(|o| {
-            o.unwrap_or_else(|| {
-                let reason = lost.as_deref().unwrap_or("its task ended early");
-                (
-                    Outcome::Error(format!("the check could not complete: {reason}")),
-                    Duration::ZERO,
-                )
-            })
+    (0..n)
+        .map(|i| {
+            if let Some(outcome) = slots.get(i).and_then(OnceLock::get) {
+                return outcome.clone();
+            }
+            let outcome = if started.get(i).is_some_and(|s| s.load(AtomicOrdering::Relaxed)) {
+                Outcome::Error(format!(
+                    "the check did not end within {patience:?}: it, or a check running beside it, \
+                     blocks its thread (a timeout only ends a check that awaits)"
+                ))
+            } else {
+                Outcome::Indeterminate("not run: a check blocked the thread it was to run on".to_owned())
+            };
+            (outcome, start.elapsed())
         })
         .collect()
 }
