@@ -1,9 +1,9 @@
 //! The data model: records, sources, time, operations, update documents and
 //! notifications.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use bytes::Bytes;
 
@@ -12,10 +12,12 @@ use crate::time::Timestamp;
 
 /// A table of shared names. Models, sources and formats are few while every
 /// record key, update and notification carries one, so each distinct name
-/// is allocated once and shared. The table is bounded: names beyond
-/// [`MAX_INTERNED`] (a hostile stream inventing collection names) are
-/// allocated on their own instead of growing it.
-struct Interner(OnceLock<RwLock<HashSet<Arc<str>>>>);
+/// is allocated once, for the life of the process, and copied as a plain
+/// pointer: no reference count that every thread's clones would contend on.
+/// The table is bounded: names beyond [`MAX_INTERNED`] (a hostile stream
+/// inventing collection names) are reference-counted allocations of their
+/// own instead of growing it.
+struct Interner(OnceLock<RwLock<HashMap<&'static str, &'static String>>>);
 
 /// How many distinct names one [`Interner`] keeps.
 const MAX_INTERNED: usize = 4096;
@@ -25,24 +27,77 @@ impl Interner {
         Self(OnceLock::new())
     }
 
-    fn get(&self, value: &str) -> Arc<str> {
+    fn get(&self, value: &str) -> Shared {
         let table = self.0.get_or_init(RwLock::default);
-        if let Ok(names) = table.read()
-            && let Some(name) = names.get(value)
-        {
-            return name.clone();
+        if let Some(name) = table.read().unwrap_or_else(PoisonError::into_inner).get(value) {
+            return Shared::Interned(name);
         }
-        let Ok(mut names) = table.write() else {
-            return Arc::from(value);
-        };
+        // Only `insert` writes the map, so a poisoned lock still holds a
+        // consistent one.
+        let mut names = table.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(name) = names.get(value) {
-            return name.clone();
+            return Shared::Interned(name);
         }
-        let name: Arc<str> = Arc::from(value);
-        if names.len() < MAX_INTERNED {
-            names.insert(name.clone());
+        if names.len() >= MAX_INTERNED {
+            return Shared::Counted(Arc::new(value.to_owned()));
         }
-        name
+        let name: &'static String = Box::leak(Box::new(value.to_owned()));
+        names.insert(name.as_str(), name);
+        Shared::Interned(name)
+    }
+}
+
+/// The text of an interned name: the table's copy, or past the table's
+/// bound an allocation of its own. Both are thin pointers, so a name is as
+/// small as an `Arc<str>`.
+///
+/// One table's names are unique, and a name gets its own allocation only
+/// when it is not in the table, which is then full for good: two names
+/// from the table are equal exactly when they are the same pointer, and a
+/// name from the table never equals one outside it.
+#[derive(Clone)]
+enum Shared {
+    Interned(&'static String),
+    Counted(Arc<String>),
+}
+
+impl std::ops::Deref for Shared {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Shared::Interned(s) => s,
+            Shared::Counted(s) => s,
+        }
+    }
+}
+
+impl PartialEq for Shared {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Shared::Interned(a), Shared::Interned(b)) => std::ptr::eq(*a, *b),
+            (Shared::Counted(a), Shared::Counted(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Shared {}
+
+impl PartialOrd for Shared {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Shared {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (**self).cmp(&**other)
+    }
+}
+
+impl std::hash::Hash for Shared {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state);
     }
 }
 
@@ -56,15 +111,18 @@ macro_rules! name_type {
         name_type!($(#[$doc])* $name, $what, allocate);
     };
     ($(#[$doc:meta])* $name:ident, $what:literal, interned) => {
-        name_type!($(#[$doc])* $name, $what, {
+        name_type!(@define $(#[$doc])* $name, $what, Shared, {
             static NAMES: Interner = Interner::new();
             |value: &str| NAMES.get(value)
         });
     };
     ($(#[$doc:meta])* $name:ident, $what:literal, $make:expr) => {
+        name_type!(@define $(#[$doc])* $name, $what, Arc<str>, $make);
+    };
+    (@define $(#[$doc:meta])* $name:ident, $what:literal, $repr:ty, $make:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(Arc<str>);
+        pub struct $name($repr);
 
         impl $name {
             #[doc = concat!("Creates a ", $what, "; an empty string is an [`Error::InvalidInput`].")]
@@ -351,16 +409,24 @@ pub struct Notification {
 mod tests {
     use super::*;
 
+    /// Whether two names are the same allocation.
+    fn same(a: &str, b: &str) -> bool {
+        std::ptr::eq(a.as_ptr(), b.as_ptr())
+    }
+
     #[test]
     fn models_sources_and_formats_share_one_allocation_per_name_record_ids_do_not() {
         let a = RecordKey::new("interned_model", "1").unwrap();
         let b = RecordKey::new(String::from("interned_model"), "1").unwrap();
-        assert!(Arc::ptr_eq(&a.model.0, &b.model.0));
-        assert!(!Arc::ptr_eq(&a.id.0, &b.id.0));
+        assert!(same(a.model.as_str(), b.model.as_str()));
+        assert!(!same(a.id.as_str(), b.id.as_str()));
         let s = SourceId::new("interned_source").unwrap();
-        assert!(Arc::ptr_eq(&s.0, &SourceId::new("interned_source").unwrap().0));
+        assert!(same(
+            s.as_str(),
+            SourceId::new("interned_source").unwrap().as_str()
+        ));
         let f = Format::new("interned_format").unwrap();
-        assert!(Arc::ptr_eq(&f.0, &Format::new("interned_format").unwrap().0));
+        assert!(same(f.as_str(), Format::new("interned_format").unwrap().as_str()));
         assert_eq!(a, b);
     }
 
@@ -372,10 +438,16 @@ mod tests {
         }
         let len = table.0.get().and_then(|t| t.read().ok().map(|t| t.len()));
         assert_eq!(len, Some(MAX_INTERNED));
-        // Names past the bound are still right, just not shared.
+        // Names past the bound are still right, equal and ordered by their
+        // text, just not shared.
         let late = format!("m{}", MAX_INTERNED + 50);
         assert_eq!(&*table.get(&late), late);
-        assert!(!Arc::ptr_eq(&table.get(&late), &table.get(&late)));
-        assert!(Arc::ptr_eq(&table.get("m1"), &table.get("m1")));
+        assert!(!same(&table.get(&late), &table.get(&late)));
+        assert!(table.get(&late) == table.get(&late));
+        assert!(table.get("m1") < table.get(&late));
+        assert!(table.get("m1") != table.get(&late));
+        assert!(table.get("m1") == table.get("m1"));
+        assert_eq!(std::mem::size_of::<Shared>(), std::mem::size_of::<Arc<str>>());
+        assert!(same(&table.get("m1"), &table.get("m1")));
     }
 }
