@@ -140,8 +140,44 @@ macro_rules! ensure {
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-type RunFn =
-    dyn Fn(&Dal, &RecordKey, Timestamp) -> BoxFuture<'static, Result<Verdict, ViewError>> + Send + Sync;
+
+/// A check's function with its view type erased. The future it returns
+/// borrows the DAL, the record and the function itself: an execution
+/// clones nothing.
+trait RunCheck: Send + Sync {
+    fn run<'a>(
+        &'a self,
+        dal: &'a Dal,
+        root: &'a RecordKey,
+        at: Timestamp,
+    ) -> BoxFuture<'a, Result<Verdict, ViewError>>;
+}
+
+/// A check function taking the data view `V`.
+struct CheckFn<V, F> {
+    f: F,
+    view: std::marker::PhantomData<fn() -> V>,
+}
+
+impl<V, F, Fut, R> RunCheck for CheckFn<V, F>
+where
+    V: DataView,
+    F: Fn(V) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoVerdict,
+{
+    fn run<'a>(
+        &'a self,
+        dal: &'a Dal,
+        root: &'a RecordKey,
+        at: Timestamp,
+    ) -> BoxFuture<'a, Result<Verdict, ViewError>> {
+        Box::pin(async move {
+            let view = V::load(&ViewContext::new(dal, root, at)).await?;
+            Ok((self.f)(view).await.into_verdict())
+        })
+    }
+}
 
 /// The default timeout of a check execution.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -179,7 +215,7 @@ pub struct Check {
     strategy: Arc<dyn ExecutionStrategy>,
     timeout: Duration,
     escalation: Cow<'static, str>,
-    run: Arc<RunFn>,
+    run: Arc<dyn RunCheck>,
 }
 
 /// Where a check was defined.
@@ -218,18 +254,9 @@ impl Check {
         Fut: Future<Output = R> + Send + 'static,
         R: IntoVerdict,
     {
-        let f = Arc::new(f);
-        let run = move |dal: &Dal,
-                        root: &RecordKey,
-                        at: Timestamp|
-              -> BoxFuture<'static, Result<Verdict, ViewError>> {
-            let f = f.clone();
-            let root = root.clone();
-            let dal = dal.clone();
-            Box::pin(async move {
-                let view = V::load(&ViewContext::new(&dal, &root, at)).await?;
-                Ok(f(view).await.into_verdict())
-            })
+        let run = CheckFn {
+            f,
+            view: std::marker::PhantomData,
         };
         Self {
             name: name.into(),
@@ -330,7 +357,7 @@ impl Check {
 
     /// Loads the view of `root` as of `at` and runs the check on it.
     pub async fn run(&self, dal: &Dal, root: &RecordKey, at: Timestamp) -> Result<Verdict, ViewError> {
-        (self.run)(dal, root, at).await
+        self.run.run(dal, root, at).await
     }
 }
 

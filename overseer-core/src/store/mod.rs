@@ -421,16 +421,12 @@ impl Store {
         concurrency: usize,
         encoders: Arc<Encoders>,
     ) -> Vec<(UpdateDocument, String, Result<PutOutcome>)> {
-        let store = self.clone();
+        let encoders = &*encoders;
         stream::iter(docs)
-            .map(move |d| {
-                let store = store.clone();
-                let encoders = encoders.clone();
-                async move {
-                    let key = store.update_path(&d);
-                    let outcome = store.put_update_at(&d, &key, &encoders).await;
-                    (d, key, outcome)
-                }
+            .map(|d| async move {
+                let key = self.update_path(&d);
+                let outcome = self.put_update_at(&d, &key, encoders).await;
+                (d, key, outcome)
             })
             .buffered(concurrency)
             .collect()
