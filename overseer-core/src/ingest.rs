@@ -268,12 +268,11 @@ impl Ingestor {
                 Err(e) => return Err(e),
             }
         }
-        let with_refs: Vec<(crate::RecordKey, Vec<crate::Reference>, Timestamp)> = stored
+        let with_refs: Vec<(&crate::RecordKey, &[crate::Reference], Timestamp)> = stored
             .iter()
-            .map(|(d, _)| d)
-            .filter(|d| !d.references.is_empty())
-            .map(|d| (d.key.clone(), d.references.clone(), d.commit_time))
-            .chain(redelivered)
+            .map(|(d, _)| (&d.key, d.references.as_slice(), d.commit_time))
+            .chain(redelivered.iter().map(|(k, r, t)| (k, r.as_slice(), *t)))
+            .filter(|(_, r, _)| !r.is_empty())
             .collect();
         self.store.add_batch_references(&with_refs).await?;
         if let Some(dal) = &self.dal {

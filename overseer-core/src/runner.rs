@@ -564,7 +564,8 @@ impl Runner {
             }
             let jobs = ready.iter().map(|r| (r.check, r.root.clone(), r.as_of)).collect();
             let outcomes = execute_all(&self.runnable, &self.dal, jobs, self.config.concurrency).await;
-            let mut audit = Vec::new();
+            let mut audit = Vec::with_capacity(if self.config.audit { ready.len() } else { 0 });
+            all.reserve(ready.len());
             for (ready, (outcome, duration)) in ready.into_iter().zip(outcomes) {
                 all.push(self.conclude(ready, outcome, duration, now, &mut audit).await?);
             }

@@ -11,7 +11,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use futures::stream::{self, BoxStream, StreamExt};
 use object_store::path::{DELIMITER, Path};
 use object_store::{
@@ -101,7 +101,7 @@ impl Object {
             buf: buf.into_boxed_slice(),
             key_len,
             e_tag,
-            modified_micros: Utc::now().timestamp_micros(),
+            modified_micros: now_micros(),
             attributes,
         })
     }
@@ -183,6 +183,14 @@ impl Inner {
     fn next_e_tag(&self) -> u64 {
         self.last_e_tag.fetch_add(1, Ordering::Relaxed) + 1
     }
+}
+
+/// Microseconds since the Unix epoch, now (without going through a
+/// calendar date, which `Utc::now` computes).
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 fn e_tag(e_tag: u64) -> String {

@@ -677,7 +677,7 @@ impl Store {
         references: &[Reference],
         commit_time: Timestamp,
     ) -> Result<usize> {
-        self.add_batch_references(&[(from.clone(), references.to_vec(), commit_time)])
+        self.add_batch_references(&[(from, references, commit_time)])
             .await
     }
 
@@ -692,16 +692,22 @@ impl Store {
     /// writers can never lose each other's references, and a
     /// master-document entry is only visible once its reverse entry is.
     /// Returns how many references the new master-document objects hold.
-    pub async fn add_batch_references(
-        &self,
-        updates: &[(RecordKey, Vec<Reference>, Timestamp)],
-    ) -> Result<usize> {
+    ///
+    /// Records and references may be owned or borrowed: `(RecordKey,
+    /// Vec<Reference>, Timestamp)` and `(&RecordKey, &[Reference],
+    /// Timestamp)` both do.
+    pub async fn add_batch_references<K, R>(&self, updates: &[(K, R, Timestamp)]) -> Result<usize>
+    where
+        K: std::borrow::Borrow<RecordKey> + Sync,
+        R: AsRef<[Reference]> + Sync,
+    {
         // The earliest commit time of each reference new to this handle.
         let mut fresh: BTreeMap<(&RecordKey, &Reference), Timestamp> = BTreeMap::new();
         {
             let known = self.known_refs.lock().ok();
             for (from, references, time) in updates {
-                for reference in references {
+                let from = from.borrow();
+                for reference in references.as_ref() {
                     if known
                         .as_ref()
                         .is_some_and(|k| k.contains(&(from.clone(), reference.clone())))
