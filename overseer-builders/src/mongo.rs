@@ -77,7 +77,9 @@ use overseer_core::{
     Change, ConsumeError, Consumed, ConsumedRecord, Consumer, Format, Model, Operation, RecordId, RecordKey,
     SourcePosition, StateBuilder, Timestamp, UpdateDocument,
 };
+use serde::Deserialize;
 use serde_json::{Map, Number, Value};
+use std::borrow::Cow;
 
 use crate::FormatOptions;
 
@@ -329,9 +331,7 @@ fn date_of(value: &Value) -> Option<Timestamp> {
         return None;
     };
     match map.get("$date")? {
-        Value::String(s) => DateTime::parse_from_rfc3339(s)
-            .ok()
-            .map(|t| Timestamp::from_micros(t.timestamp_micros())),
+        Value::String(s) => date_text(s),
         Value::Number(n) => n.as_i64().map(Timestamp::from_millis),
         Value::Object(inner) => match inner.get("$numberLong")? {
             Value::String(s) => s.parse().ok().map(Timestamp::from_millis),
@@ -339,6 +339,13 @@ fn date_of(value: &Value) -> Option<Timestamp> {
         },
         _ => None,
     }
+}
+
+/// A `$date` string: ISO-8601 (RFC 3339).
+fn date_text(s: &str) -> Option<Timestamp> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| Timestamp::from_micros(t.timestamp_micros()))
 }
 
 /// The resume token (`_id._data`) if it is a hex string, upper-cased (as
@@ -350,6 +357,11 @@ fn resume_token(root: &Map<String, Value>) -> Option<String> {
     let Some(Value::String(data)) = id.get("_data") else {
         return None;
     };
+    token_of(data)
+}
+
+/// [`resume_token`] from the text of `_id._data`.
+fn token_of(data: &str) -> Option<String> {
     if data.is_empty() || !data.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
@@ -358,9 +370,13 @@ fn resume_token(root: &Map<String, Value>) -> Option<String> {
     Some(token)
 }
 
-fn position_of(root: &Map<String, Value>, (t, i): (u32, u32), raw: &[u8]) -> SourcePosition {
+fn position_of(root: &Map<String, Value>, cluster: (u32, u32), raw: &[u8]) -> SourcePosition {
+    position_with(resume_token(root), cluster, raw)
+}
+
+fn position_with(token: Option<String>, (t, i): (u32, u32), raw: &[u8]) -> SourcePosition {
     let base = SourcePosition::from_numbers(&[u64::from(t), u64::from(i)]);
-    let base = match resume_token(root) {
+    let base = match token {
         Some(token) => SourcePosition::new(format!("{base}.{token}")),
         None => base,
     };
@@ -704,7 +720,167 @@ fn decode_record(root: &mut Map<String, Value>) -> Result<Option<RecordEvent>, C
     }))
 }
 
+/// The common shape of a document change event (relaxed Extended JSON,
+/// with `operationType`, a `$timestamp` cluster time and a string `$date`
+/// wall time), read straight into the fields Overseer uses: the envelope's
+/// other fields and sub-documents are skipped instead of being built as
+/// JSON values. Any other shape, and any event the fast path cannot take
+/// as it is, is read through a JSON value (see [`Mongo::consume`]), whose
+/// checks say precisely what is wrong.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "_id", borrow, default)]
+    token: Option<TokenFields<'a>>,
+    #[serde(rename = "operationType", borrow)]
+    operation_type: Cow<'a, str>,
+    #[serde(rename = "clusterTime")]
+    cluster_time: ClusterTimeFields,
+    #[serde(rename = "wallTime", borrow, default)]
+    wall_time: Option<DateFields<'a>>,
+    #[serde(borrow, default)]
+    ns: Option<NamespaceFields<'a>>,
+    #[serde(rename = "documentKey", default)]
+    document_key: Option<Value>,
+    #[serde(rename = "fullDocument", default)]
+    full_document: Option<Value>,
+    #[serde(rename = "updateDescription", default)]
+    update_description: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct TokenFields<'a> {
+    #[serde(rename = "_data", borrow, default)]
+    data: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ClusterTimeFields {
+    #[serde(rename = "$timestamp")]
+    timestamp: TimestampFields,
+}
+
+#[derive(Deserialize)]
+struct TimestampFields {
+    t: u64,
+    i: u64,
+}
+
+#[derive(Deserialize)]
+struct DateFields<'a> {
+    #[serde(rename = "$date", borrow)]
+    date: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct NamespaceFields<'a> {
+    #[serde(borrow, default)]
+    coll: Option<Cow<'a, str>>,
+}
+
+/// A document change read by the fast path.
+struct FastRecord {
+    record: RecordEvent,
+    coll: Option<String>,
+    commit_time: Timestamp,
+    cluster: (u32, u32),
+    token: Option<String>,
+}
+
+/// Reads a document change of the common shape; `None` for anything else
+/// (other shapes, control events, and every event the JSON-value path
+/// would reject), which that path then reads. Where it returns a record,
+/// it is the record that path reads (tested on every fixture).
+fn fast_record(raw: &[u8]) -> Option<FastRecord> {
+    let e: Envelope<'_> = serde_json::from_slice(raw).ok()?;
+    if !matches!(&*e.operation_type, "insert" | "update" | "replace" | "delete") {
+        return None;
+    }
+    let TimestampFields { t, i } = e.cluster_time.timestamp;
+    let cluster = (u32::try_from(t).ok()?, u32::try_from(i).ok()?);
+    let wall = match &e.wall_time {
+        Some(w) => Some(date_text(&w.date)?),
+        None => None,
+    };
+    let coll = match e.ns {
+        Some(NamespaceFields { coll: Some(c) }) if !c.is_empty() => Some(c.into_owned()),
+        Some(NamespaceFields { coll: Some(_) }) => return None,
+        _ => None,
+    };
+    // What `decode_record` reads of the event, moved, not copied.
+    let mut root = Map::with_capacity(4);
+    root.insert(
+        "operationType".to_owned(),
+        Value::String(e.operation_type.into_owned()),
+    );
+    for (field, value) in [
+        ("documentKey", e.document_key),
+        ("fullDocument", e.full_document),
+        ("updateDescription", e.update_description),
+    ] {
+        if let Some(value) = value {
+            root.insert(field.to_owned(), value);
+        }
+    }
+    let record = decode_record(&mut root).ok()??;
+    Some(FastRecord {
+        record,
+        coll,
+        commit_time: commit_time_of(wall, Some(cluster)).unwrap_or(Timestamp::EPOCH),
+        cluster,
+        token: e.token.and_then(|t| t.data).and_then(|d| token_of(&d)),
+    })
+}
+
 impl Mongo {
+    /// [`Consumer::consume`] of an event the fast path reads.
+    fn consume_fast(&self, raw: &[u8]) -> Option<ConsumedRecord> {
+        let fast = fast_record(raw)?;
+        let model = match &self.options.model {
+            Some(model) => model.clone(),
+            None => Model::new(fast.coll?).ok()?,
+        };
+        let id = id_text(&fast.record.id)?;
+        Some(ConsumedRecord {
+            key: RecordKey {
+                model,
+                id: RecordId::new(&id).ok()?,
+            },
+            operation: fast.record.operation,
+            commit_time: fast.commit_time,
+            position: position_with(fast.token, fast.cluster, raw),
+            change: fast.record.change,
+        })
+    }
+
+    /// [`Consumer::consume`] through a JSON value: every shape, every error.
+    fn consume_value(&self, raw: &[u8]) -> Result<Consumed, ConsumeError> {
+        let mut root = parse_root(raw)?;
+        let record = decode_record(&mut root)?;
+        let wall = wall_time(&root)?;
+        let cluster = cluster_time(&root)?;
+        let Some(record) = record else {
+            return Ok(Consumed::Control {
+                commit_time: commit_time_of(wall, cluster),
+                position: cluster.map(|ct| position_of(&root, ct, raw)),
+            });
+        };
+        let cluster =
+            cluster.ok_or_else(|| reject("event has no clusterTime: cannot tell when it committed"))?;
+        let id = id_text(&record.id).ok_or_else(|| reject("the document _id is an empty string"))?;
+        let key = RecordKey {
+            model: self.model_of(&root, record.simplified)?,
+            id: RecordId::new(&id).map_err(|e| reject(e.to_string()))?,
+        };
+        let commit_time = commit_time_of(wall, Some(cluster)).unwrap_or(Timestamp::EPOCH);
+        Ok(Consumed::Record(ConsumedRecord {
+            key,
+            operation: record.operation,
+            commit_time,
+            position: position_of(&root, cluster, raw),
+            change: record.change,
+        }))
+    }
+
     fn model_of(&self, root: &Map<String, Value>, simplified: bool) -> Result<Model, ConsumeError> {
         if let Some(model) = &self.options.model {
             return Ok(model.clone());
@@ -748,31 +924,10 @@ impl Consumer for Mongo {
     }
 
     fn consume(&self, raw: &[u8]) -> Result<Consumed, ConsumeError> {
-        let mut root = parse_root(raw)?;
-        let record = decode_record(&mut root)?;
-        let wall = wall_time(&root)?;
-        let cluster = cluster_time(&root)?;
-        let Some(record) = record else {
-            return Ok(Consumed::Control {
-                commit_time: commit_time_of(wall, cluster),
-                position: cluster.map(|ct| position_of(&root, ct, raw)),
-            });
-        };
-        let cluster =
-            cluster.ok_or_else(|| reject("event has no clusterTime: cannot tell when it committed"))?;
-        let id = id_text(&record.id).ok_or_else(|| reject("the document _id is an empty string"))?;
-        let key = RecordKey {
-            model: self.model_of(&root, record.simplified)?,
-            id: RecordId::new(&id).map_err(|e| reject(e.to_string()))?,
-        };
-        let commit_time = commit_time_of(wall, Some(cluster)).unwrap_or(Timestamp::EPOCH);
-        Ok(Consumed::Record(ConsumedRecord {
-            key,
-            operation: record.operation,
-            commit_time,
-            position: position_of(&root, cluster, raw),
-            change: record.change,
-        }))
+        match self.consume_fast(raw) {
+            Some(record) => Ok(Consumed::Record(record)),
+            None => self.consume_value(raw),
+        }
     }
 }
 
@@ -782,9 +937,101 @@ impl StateBuilder for Mongo {
     }
 
     fn decode(&self, update: &UpdateDocument) -> Result<Change, ConsumeError> {
+        if let Some(fast) = fast_record(&update.raw) {
+            return Ok(fast.record.change);
+        }
         let mut root = parse_root(&update.raw)?;
         decode_record(&mut root)?
             .map(|r| r.change)
             .ok_or_else(|| reject("the event changes no document (a DDL or control event)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The fixtures, plus events of shapes the fast path must leave to the
+    /// JSON-value path (or take exactly as that path does).
+    fn events() -> Vec<Vec<u8>> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mongo");
+        let mut events: Vec<Vec<u8>> = ["relaxed.jsonl", "canonical.jsonl", "malformed.jsonl"]
+            .iter()
+            .flat_map(|f| {
+                std::fs::read(dir.join(f))
+                    .unwrap()
+                    .split(|b| *b == b'\n')
+                    .map(<[u8]>::to_vec)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|l| !l.is_empty())
+            .collect();
+        let base =
+            r#""clusterTime": {"$timestamp": {"t": 1654878000, "i": 3}}, "ns": {"db": "d", "coll": "c"}"#;
+        for extra in [
+            // Ordinary events, a lower-case or odd resume token, no wall time.
+            r#""_id": {"_data": "82abCD"}, "operationType": "insert", "documentKey": {"_id": "k"}, "fullDocument": {"a": 1}"#,
+            r#""_id": {"_data": "not hex"}, "operationType": "delete", "documentKey": {"_id": {"$oid": "58a4eb4a30c75625e00d2820"}}, "wallTime": {"$date": "2022-07-19T09:47:53.123Z"}"#,
+            r#""_id": {"_data": "82AB"}, "operationType": "update", "documentKey": {"_id": 7}, "updateDescription": {"updatedFields": {"a.b": {"$numberInt": "5"}}, "removedFields": ["c"], "truncatedArrays": []}, "fullDocument": null"#,
+            r#""operationType": "replace", "documentKey": {"_id": "k"}, "fullDocument": {"_id": "k", "n": {"$numberLong": "9"}}, "lsid": {"id": 1}, "txnNumber": 4"#,
+            // Shapes left to the JSON-value path.
+            r#""_id": "simplified", "operationType": "insert", "documentKey": {"_id": "k"}, "fullDocument": {}"#,
+            r#""operationType": "insert", "documentKey": {"_id": "k"}, "fullDocument": null"#,
+            r#""operationType": "insert", "documentKey": null, "fullDocument": {}"#,
+            r#""operationType": "update", "documentKey": {"_id": "k"}, "rawUpdateDescription": {}"#,
+            r#""operationType": "update", "documentKey": {"_id": "k"}, "updateDescription": null"#,
+            r#""operationType": "insert", "documentKey": {"_id": ""}, "fullDocument": {}"#,
+            r#""operationType": "insert", "documentKey": {"_id": "k"}, "fullDocument": {}, "wallTime": {"$date": "yesterday"}"#,
+            r#""operationType": "insert", "documentKey": {"_id": "k"}, "fullDocument": {}, "wallTime": {"$date": 1658224073123}"#,
+            r#""operationType": "drop""#,
+            r#""operationType": "shuffle", "documentKey": {"_id": "k"}"#,
+        ] {
+            events.push(format!("{{{extra}, {base}}}").into_bytes());
+        }
+        for other in [
+            r#"{"operationType": "insert", "documentKey": {"_id": "k"}, "fullDocument": {}, "clusterTime": {"$timestamp": {"t": 99999999999, "i": 1}}, "ns": {"coll": "c"}}"#,
+            r#"{"operationType": "insert", "documentKey": {"_id": "k"}, "fullDocument": {}, "clusterTime": 1654878000, "ns": {"coll": "c"}}"#,
+            r#"{"operationType": "insert", "documentKey": {"_id": "k"}, "fullDocument": {}, "clusterTime": {"$timestamp": {"t": 1, "i": 1}}, "ns": {"coll": ""}}"#,
+            r#"{"operationType": "insert", "documentKey": {"_id": "k"}, "fullDocument": {}, "clusterTime": {"$timestamp": {"t": 1, "i": 1}}}"#,
+            r#"{"operationType": "insert", "operationType": "delete", "documentKey": {"_id": "k"}, "fullDocument": {}, "clusterTime": {"$timestamp": {"t": 1, "i": 1}}, "ns": {"coll": "c"}}"#,
+        ] {
+            events.push(other.as_bytes().to_vec());
+        }
+        events
+    }
+
+    #[test]
+    fn the_fast_path_reads_what_the_json_value_path_reads() {
+        let with_model = FormatOptions {
+            model: Some(Model::new("forced").unwrap()),
+            ..FormatOptions::default()
+        };
+        let mut fast = 0;
+        for options in [FormatOptions::default(), with_model] {
+            let mongo = Mongo::new(options);
+            for raw in events() {
+                let text = String::from_utf8_lossy(&raw).into_owned();
+                if let Some(record) = mongo.consume_fast(&raw) {
+                    fast += 1;
+                    assert_eq!(
+                        Some(Consumed::Record(record)),
+                        mongo.consume_value(&raw).ok(),
+                        "{text}"
+                    );
+                }
+                if let Some(f) = fast_record(&raw) {
+                    let mut root = parse_root(&raw).unwrap();
+                    let slow = decode_record(&mut root).unwrap().unwrap();
+                    assert_eq!(f.record.change, slow.change, "{text}");
+                }
+                // Whichever path reads it, the outcome is the value path's.
+                assert_eq!(mongo.consume(&raw).ok(), mongo.consume_value(&raw).ok(), "{text}");
+            }
+        }
+        // At least the eight document changes of the relaxed fixture and the
+        // four ordinary events above took the fast path, with and without a
+        // model.
+        assert!(fast >= 2 * (8 + 4), "the fast path read {fast} events");
     }
 }
