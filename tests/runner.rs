@@ -406,6 +406,23 @@ async fn a_panicking_or_hanging_check_affects_only_its_own_execution() {
     assert_eq!(s.executions().len(), 6);
 }
 
+/// Transfers `t00` to `t59`, all committed at 1 s: of amount 13 where
+/// `unlucky` says so, else `100 + i`.
+fn sixty_transfers(unlucky: impl Fn(i64) -> bool) -> Vec<Vec<u8>> {
+    (0..60)
+        .map(|i| {
+            let amount = if unlucky(i) { 13 } else { 100 + i };
+            ev(
+                "transfers",
+                &format!("t{i:02}"),
+                1,
+                i as u64 + 1,
+                json!({ "amount": amount }),
+            )
+        })
+        .collect()
+}
+
 /// Fails (panics) for transfers whose amount is 13; sleeps a little, and
 /// records how many executions are in flight at once.
 async fn unlucky_thirteen(v: Paid) -> Verdict {
@@ -435,19 +452,7 @@ async fn a_round_of_many_runs_keeps_each_panic_to_its_run_and_at_most_concurrenc
         .start(Timestamp::from_secs(0))
         .unwrap();
     // One round of 60 runs; every tenth transfer's check panics.
-    let events: Vec<Vec<u8>> = (0..60)
-        .map(|i| {
-            let amount = if i % 10 == 3 { 13 } else { 100 + i };
-            ev(
-                "transfers",
-                &format!("t{i:02}"),
-                1,
-                i as u64 + 1,
-                json!({ "amount": amount }),
-            )
-        })
-        .collect();
-    s.feed("core", events).await.unwrap();
+    s.feed("core", sixty_transfers(|i| i % 10 == 3)).await.unwrap();
     let mut outcomes: Vec<(String, OutcomeKind)> = s
         .executions()
         .iter()
@@ -489,19 +494,7 @@ async fn a_check_blocking_its_thread_does_not_stall_the_runner() {
             .with_timeout(Duration::from_millis(100)),
     );
     let (mut s, _) = scenario(checks);
-    let events: Vec<Vec<u8>> = (0..60)
-        .map(|i| {
-            let amount = if i == 30 { 13 } else { 100 + i };
-            ev(
-                "transfers",
-                &format!("t{i:02}"),
-                1,
-                i as u64 + 1,
-                json!({ "amount": amount }),
-            )
-        })
-        .collect();
-    s.feed("core", events).await.unwrap();
+    s.feed("core", sixty_transfers(|i| i == 30)).await.unwrap();
     fn outcomes_of(s: &Scenario, id: &str) -> Vec<(OutcomeKind, String)> {
         s.executions()
             .iter()
