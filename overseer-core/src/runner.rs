@@ -202,7 +202,9 @@ pub struct Runner {
     checks: Vec<CheckSlot>,
     /// The same checks, shared with the tasks that execute them.
     runnable: Arc<[Check]>,
-    selection: HashMap<Model, Vec<(usize, Role)>, RandomState>,
+    /// The checks each model's updates trigger, and how (shared, so that
+    /// a notification takes them without copying the list).
+    selection: HashMap<Model, Arc<[(usize, Role)]>, RandomState>,
     watermarks: HashMap<SourceId, Timestamp, RandomState>,
     escalations: HashMap<String, Dispatcher>,
     escalation_errors: Arc<std::sync::atomic::AtomicU64>,
@@ -296,7 +298,7 @@ impl Runner {
             config,
             runnable: checks.iter().map(|c| c.check.clone()).collect(),
             checks,
-            selection,
+            selection: selection.into_iter().map(|(m, v)| (m, Arc::from(v))).collect(),
             watermarks: HashMap::default(),
             escalations: escalations
                 .into_iter()
@@ -351,7 +353,7 @@ impl Runner {
             let Some(selected) = self.selection.get(&n.key.model).cloned() else {
                 continue;
             };
-            for (check, role) in selected {
+            for &(check, role) in selected.iter() {
                 let roots = self.roots(check, role, n).await?;
                 for root in roots {
                     let trigger = Trigger {
@@ -420,10 +422,11 @@ impl Runner {
         let seq = self.next_seq();
         let slot_of = |plan: &Plan, seq| Slot::Timed(plan.not_before, seq);
         let c = &mut self.checks[check];
-        match c.pending.remove(&trigger.root) {
-            Some(mut pending) => {
+        // The pending run is updated where it is; only its slot moves.
+        match c.pending.get_mut(&trigger.root) {
+            Some(pending) => {
                 self.stats.coalesced += 1;
-                remove_slot(c, pending.slot);
+                let old_slot = pending.slot;
                 pending.plan = Plan {
                     as_of: pending.plan.as_of.max(plan.as_of),
                     not_before: pending.plan.not_before.max(plan.not_before),
@@ -434,8 +437,9 @@ impl Runner {
                 pending.coalesced += 1;
                 pending.attempt = 0;
                 pending.slot = slot_of(&pending.plan, seq);
-                insert_slot(c, pending.slot, pending.trigger.root.clone());
-                c.pending.insert(pending.trigger.root.clone(), pending);
+                let (slot, root) = (pending.slot, pending.trigger.root.clone());
+                remove_slot(c, old_slot);
+                insert_slot(c, slot, root);
             }
             None => {
                 let slot = slot_of(&plan, seq);
@@ -805,9 +809,9 @@ const STUCK_GRACE: Duration = Duration::from_secs(1);
 /// A check that blocks its thread (a synchronous call that never returns)
 /// cannot be ended by a timeout, and it holds up the executions that share
 /// its task. When no execution has ended for longer than the round's
-/// longest timeout, the runner stops waiting: the executions that had
-/// started end as errors, the ones that had not are indeterminate (and
-/// retried), and the round's other tasks are unaffected.
+/// longest timeout plus [`STUCK_GRACE`], the runner stops waiting: the
+/// executions that had started end as errors, the ones that had not are
+/// indeterminate (and retried), and the round's other tasks are unaffected.
 async fn execute_all(
     checks: &Arc<[Check]>,
     dal: &Dal,
