@@ -61,8 +61,8 @@ pub fn decode_segment(segment: &str) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'+' {
-            let hi = from_hex(*bytes.get(i + 1)?)?;
-            let lo = from_hex(*bytes.get(i + 2)?)?;
+            let hi = from_hex(*bytes.get(i + 1)?, UPPER_HEX)?;
+            let lo = from_hex(*bytes.get(i + 2)?, UPPER_HEX)?;
             out.push(hi << 4 | lo);
             i += 3;
         } else {
@@ -115,15 +115,10 @@ pub(crate) fn push_update_file_name(out: &mut String, commit_micros: i64, digest
 pub(crate) fn update_digest_of(path: &str) -> Option<[u8; 16]> {
     let hex = path.strip_suffix(".pb")?;
     let hex = hex.get(hex.len().checked_sub(32)?..)?.as_bytes();
-    let lower = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
     let mut digest = [0u8; 16];
     for (byte, pair) in digest.iter_mut().zip(hex.chunks_exact(2)) {
         let &[hi, lo] = pair else { return None };
-        *byte = lower(hi)? << 4 | lower(lo)?;
+        *byte = from_hex(hi, LOWER_HEX)? << 4 | from_hex(lo, LOWER_HEX)?;
     }
     Some(digest)
 }
@@ -133,16 +128,21 @@ pub(crate) fn commit_micros_of(file_name: &str) -> Option<i64> {
     file_name.get(..20)?.parse().ok()
 }
 
+/// Hex digits of escapes in segments ([`encode_segment`]).
+const UPPER_HEX: &[u8; 16] = b"0123456789ABCDEF";
+/// Hex digits of digests ([`push_hex`]).
+const LOWER_HEX: &[u8; 16] = b"0123456789abcdef";
+
 fn hex_digit(n: u8) -> char {
-    char::from(b"0123456789ABCDEF"[usize::from(n & 0x0f)])
+    char::from(UPPER_HEX[usize::from(n & 0x0f)])
 }
 
-fn from_hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
+/// The value of the hex digit `c` among `digits` (one case only).
+fn from_hex(c: u8, digits: &[u8; 16]) -> Option<u8> {
+    digits
+        .iter()
+        .position(|&d| d == c)
+        .and_then(|v| u8::try_from(v).ok())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -152,10 +152,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+        out.push(char::from(LOWER_HEX[usize::from(b >> 4)]));
+        out.push(char::from(LOWER_HEX[usize::from(b & 0x0f)]));
     }
 }
 

@@ -385,7 +385,7 @@ impl Store {
         let encoders = Arc::new(self.encoders(&docs).await);
         let parallelism = crate::parallelism();
         if docs.len() < 256 || parallelism < 2 || tokio::runtime::Handle::try_current().is_err() {
-            return self.put_chunk(docs, self.concurrency, encoders).await;
+            return self.put_chunk(docs, self.concurrency, &encoders).await;
         }
         let chunk_len = docs.len().div_ceil(parallelism);
         let per_chunk = self.concurrency.div_ceil(parallelism).max(1);
@@ -400,7 +400,7 @@ impl Store {
             .map(|chunk| {
                 let store = self.clone();
                 let encoders = encoders.clone();
-                tokio::spawn(async move { store.put_chunk(chunk, per_chunk, encoders).await })
+                tokio::spawn(async move { store.put_chunk(chunk, per_chunk, &encoders).await })
             })
             .collect();
         let mut out = Vec::new();
@@ -419,9 +419,8 @@ impl Store {
         &self,
         docs: Vec<UpdateDocument>,
         concurrency: usize,
-        encoders: Arc<Encoders>,
+        encoders: &Encoders,
     ) -> Vec<(UpdateDocument, String, Result<PutOutcome>)> {
-        let encoders = &*encoders;
         stream::iter(docs)
             .map(|d| async move {
                 let key = self.update_path(&d);
