@@ -102,13 +102,12 @@ impl Consumer for Debezium {
                         return Err(reject("no \"source.table\"; set a model".into()));
                     }
                 };
-                let [first, second] = &row.key_rows;
                 let key = relational::record_key(
                     FORMAT,
                     &self.options,
                     &table,
                     &columns,
-                    &[first.as_ref(), second.as_ref()],
+                    &relational::key_rows(&row.change, &row.key_rows),
                 )?;
                 Ok(Consumed::Record(ConsumedRecord {
                     key,
@@ -155,6 +154,8 @@ struct RowEvent {
     table: Option<String>,
     operation: Operation,
     change: Change,
+    /// Where the key values are looked up after the change's own row, in
+    /// order of preference ([`relational::key_rows`]).
     key_rows: [Option<State>; 2],
     commit_time: Timestamp,
     position: SourcePosition,
@@ -204,7 +205,7 @@ fn parse(raw: &[u8]) -> Result<Event, String> {
     // its fields; anything else (tombstones, the JSON converter's
     // `payload` wrapping, mistakes) is read again as a JSON value, whose
     // checks say precisely what is wrong.
-    match serde_json::from_slice::<Envelope<'_>>(raw) {
+    match crate::parse_json::<Envelope<'_>>(raw) {
         Ok(envelope) if envelope.op.is_some() => interpret(envelope, raw),
         _ => match envelope_of(raw)? {
             Some(envelope) => interpret(envelope, raw),
@@ -223,7 +224,7 @@ fn envelope_of(raw: &[u8]) -> Result<Option<Envelope<'static>>, String> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let value: Value = serde_json::from_slice(raw).map_err(|e| format!("not valid JSON: {e}"))?;
+    let value: Value = crate::parse_json(raw).map_err(|e| format!("not valid JSON: {e}"))?;
     let mut envelope = match value {
         Value::Null => return Ok(None),
         Value::Object(map) => map,
@@ -308,15 +309,15 @@ fn interpret(envelope: Envelope<'_>, raw: &[u8]) -> Result<Event, String> {
             let before_len = after.len();
             after.retain(|_, value| !is_unavailable(value));
             let change = if after.len() == before_len {
-                Change::Full(after.clone())
+                Change::Full(after)
             } else {
-                Change::Merge(after.clone())
+                Change::Merge(after)
             };
-            (change, [Some(after), before])
+            (change, [before, None])
         }
         _ => {
             let after = after.ok_or_else(|| format!("op {op:?} has no \"after\" row"))?;
-            (Change::Full(after.clone()), [Some(after), before])
+            (Change::Full(after), [before, None])
         }
     };
     let sequence = match (lsn, source.ts_ms) {

@@ -165,3 +165,70 @@ pub fn dal(store: Store) -> Dal {
         .into_iter()
         .fold(Dal::new(store), Dal::with_shared_builder)
 }
+
+/// Parses one raw event as JSON. The event is checked to be UTF-8 once, as
+/// a whole, and then read as text: reading bytes, `serde_json` checks every
+/// string on its own, which on events of short strings costs more than
+/// the rest of the parse. Events that are not UTF-8 are read as bytes, so
+/// the error is `serde_json`'s own (with its line and column).
+pub(crate) fn parse_json<'a, T: serde::Deserialize<'a>>(raw: &'a [u8]) -> serde_json::Result<T> {
+    match std::str::from_utf8(raw) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(raw),
+    }
+}
+
+#[cfg(test)]
+mod json_tests {
+    use std::borrow::Cow;
+
+    use super::parse_json;
+
+    #[test]
+    fn text_is_read_borrowed_and_bytes_that_are_not_utf8_get_serde_jsons_error() {
+        let raw = br#"{"id":"tr-1","n":2}"#;
+        #[derive(serde::Deserialize)]
+        struct Fields<'a> {
+            #[serde(borrow)]
+            id: Cow<'a, str>,
+            n: u32,
+        }
+        let fields: Fields<'_> = parse_json(raw).unwrap();
+        assert!(matches!(fields.id, Cow::Borrowed("tr-1")));
+        assert_eq!(fields.n, 2);
+
+        // An invalid byte inside a string: the error says where it is.
+        let error = parse_json::<serde_json::Value>(b"{\"id\":\"tr-\xff\"}").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid unicode code point at line 1 column 11"
+        );
+        assert!(parse_json::<serde_json::Value>(b"{\"id\":").is_err());
+    }
+
+    #[test]
+    fn every_format_rejects_an_event_that_is_not_utf8_with_where_it_breaks() {
+        let events: [(crate::FormatName, &[u8]); 3] = [
+            (
+                crate::FormatName::Mongo,
+                b"{\"operationType\":\"insert\",\"clusterTime\":{\"$timestamp\":{\"t\":1,\"i\":1}},\"documentKey\":{\"_id\":\"a\"},\"ns\":{\"db\":\"d\",\"coll\":\"c\"},\"fullDocument\":{\"_id\":\"a\",\"x\":\"\xff\"}}",
+            ),
+            (
+                crate::FormatName::Wal2json,
+                b"{\"action\":\"I\",\"schema\":\"public\",\"table\":\"t\",\"columns\":[{\"name\":\"id\",\"type\":\"text\",\"value\":\"\xff\"}]}",
+            ),
+            (
+                crate::FormatName::Debezium,
+                b"{\"op\":\"c\",\"before\":null,\"after\":{\"id\":\"\xff\"},\"source\":{\"table\":\"t\",\"ts_ms\":1}}",
+            ),
+        ];
+        for (format, raw) in events {
+            let consumer = crate::consumer(format, crate::FormatOptions::default()).unwrap();
+            let error = consumer.consume(raw).unwrap_err().to_string();
+            assert!(
+                error.contains("invalid unicode code point at line 1 column"),
+                "{format:?}: {error}"
+            );
+        }
+    }
+}

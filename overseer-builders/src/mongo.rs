@@ -166,7 +166,7 @@ enum Kind {
 
 /// Parses one raw event into its top-level object.
 fn parse_root(raw: &[u8]) -> Result<Map<String, Value>, ConsumeError> {
-    match serde_json::from_slice::<Value>(raw) {
+    match crate::parse_json::<Value>(raw) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(reject(format!(
             "expected a JSON object (one change event), found {}",
@@ -791,7 +791,7 @@ struct FastRecord {
 /// would reject), which that path then reads. Where it returns a record,
 /// it is the record that path reads (tested on every fixture).
 fn fast_record(raw: &[u8]) -> Option<FastRecord> {
-    let e: Envelope<'_> = serde_json::from_slice(raw).ok()?;
+    let e: Envelope<'_> = crate::parse_json(raw).ok()?;
     if !matches!(&*e.operation_type, "insert" | "update" | "replace" | "delete") {
         return None;
     }

@@ -85,7 +85,8 @@ struct RowEvent {
     key_columns: Vec<String>,
     operation: Operation,
     change: Change,
-    /// Where the key values are looked up, in order of preference.
+    /// Where the key values are looked up after the change's own row, in
+    /// order of preference ([`relational::key_rows`]).
     key_rows: [Option<State>; 2],
     commit_time: Timestamp,
     position: SourcePosition,
@@ -94,13 +95,12 @@ struct RowEvent {
 impl RowEvent {
     fn into_consumed(self, format: &str, options: &FormatOptions) -> Result<Consumed, ConsumeError> {
         let columns = relational::key_columns(&self.key_columns, options);
-        let [first, second] = &self.key_rows;
         let key = relational::record_key(
             format,
             options,
             &self.table,
             &columns,
-            &[first.as_ref(), second.as_ref()],
+            &relational::key_rows(&self.change, &self.key_rows),
         )?;
         Ok(Consumed::Record(ConsumedRecord {
             key,
@@ -199,7 +199,7 @@ fn parse_object(raw: &[u8]) -> Result<Map<String, Value>, String> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err("empty event".into());
     }
-    match serde_json::from_slice::<Value>(raw) {
+    match crate::parse_json::<Value>(raw) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(format!("expected a JSON object, got {}", json_kind(&other))),
         Err(e) => Err(format!("not valid JSON: {e}")),
@@ -219,7 +219,7 @@ fn parse_wal2json(raw: &[u8]) -> Result<Event, String> {
     // The common case, a well-formed event, is read straight into its
     // fields; anything else is read again as a JSON value, whose checks say
     // precisely what is wrong.
-    match serde_json::from_slice::<Wal2JsonFields<'_>>(raw) {
+    match crate::parse_json::<Wal2JsonFields<'_>>(raw) {
         Ok(fields) if fields.action.is_some() => interpret_wal2json(fields, raw),
         _ => interpret_wal2json(wal2json_fields_of(raw)?, raw),
     }
@@ -349,11 +349,11 @@ fn interpret_wal2json(event: Wal2JsonFields<'_>, raw: &[u8]) -> Result<Event, St
     let (change, key_rows) = match operation {
         Operation::Insert => {
             let columns = event.columns.ok_or("action I has no \"columns\"")?;
-            (Change::Full(columns.clone()), [Some(columns), event.identity])
+            (Change::Full(columns), [event.identity, None])
         }
         Operation::Update => {
             let columns = event.columns.ok_or("action U has no \"columns\"")?;
-            (Change::Merge(columns.clone()), [Some(columns), event.identity])
+            (Change::Merge(columns), [event.identity, None])
         }
         _ => {
             let identity = event
@@ -737,8 +737,8 @@ fn parse_pgoutput(raw: &[u8]) -> Result<Event, String> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err("empty event".into());
     }
-    let change: PgRowChange = serde_json::from_slice(raw)
-        .map_err(|e| format!("not a pgoutput row change (PgRowChange JSON): {e}"))?;
+    let change: PgRowChange =
+        crate::parse_json(raw).map_err(|e| format!("not a pgoutput row change (PgRowChange JSON): {e}"))?;
     if change.relation.table.is_empty() {
         return Err("relation.table is empty".into());
     }
@@ -760,16 +760,16 @@ fn parse_pgoutput(raw: &[u8]) -> Result<Event, String> {
             if omitted {
                 return Err("insert with an unchanged_toast column".into());
             }
-            (Operation::Insert, Change::Full(new.clone()), [Some(new), old])
+            (Operation::Insert, Change::Full(new), [old, None])
         }
         PgOperation::Update => {
             let new = new.ok_or("update without a \"new\" row")?;
             let row_change = if omitted {
-                Change::Merge(new.clone())
+                Change::Merge(new)
             } else {
-                Change::Full(new.clone())
+                Change::Full(new)
             };
-            (Operation::Update, row_change, [Some(new), old])
+            (Operation::Update, row_change, [old, None])
         }
         PgOperation::Delete => {
             if old.is_none() && new.is_none() {

@@ -2,10 +2,21 @@
 //! choice of key columns and model, and the parsing of Postgres text forms
 //! (LSNs, `timestamptz` output).
 
-use overseer_core::{ConsumeError, Model, RecordId, RecordKey, State, Timestamp};
+use overseer_core::{Change, ConsumeError, Model, RecordId, RecordKey, State, Timestamp};
 use serde_json::Value;
 
 use crate::FormatOptions;
+
+/// The rows a row change's key values are looked up in, in order of
+/// preference: the change's own row (the new row of an insert or update;
+/// the change holds it, so it is not copied), then `others`.
+pub(crate) fn key_rows<'a>(change: &'a Change, others: &'a [Option<State>; 2]) -> [Option<&'a State>; 3] {
+    let own = match change {
+        Change::Full(row) | Change::Merge(row) => Some(row),
+        Change::Patch(_) | Change::Delete => None,
+    };
+    [own, others[0].as_ref(), others[1].as_ref()]
+}
 
 /// The key column used when neither the event nor the options name one.
 pub(crate) const DEFAULT_KEY_COLUMN: &str = "id";

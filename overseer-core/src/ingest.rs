@@ -200,8 +200,8 @@ impl Ingestor {
             read: batch.len(),
             ..BatchReport::default()
         };
-        let mut docs = Vec::new();
-        let mut changes = Vec::new();
+        let mut docs = Vec::with_capacity(batch.len());
+        let mut changes = Vec::with_capacity(if self.prime_changes { batch.len() } else { 0 });
         let mut rejected = Vec::new();
         for (raw, outcome) in batch.iter().zip(outcomes) {
             match outcome {
@@ -241,7 +241,7 @@ impl Ingestor {
         // Data first, then the references that make it reachable.
         let outcomes = self.store.put_updates(docs).await;
         let mut changes = changes.into_iter();
-        let mut stored = Vec::new();
+        let mut stored = Vec::with_capacity(outcomes.len());
         let mut redelivered = Vec::new();
         for (doc, path, outcome) in outcomes {
             let change = changes.next();

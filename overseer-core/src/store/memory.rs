@@ -193,8 +193,16 @@ fn now_micros() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
+/// An e-tag as text: the number, quoted (every put returns one, so it is
+/// written without going through `format!`).
 fn e_tag(e_tag: u64) -> String {
-    format!("\"{e_tag}\"")
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(e_tag);
+    let mut text = String::with_capacity(digits.len() + 2);
+    text.push('"');
+    text.push_str(digits);
+    text.push('"');
+    text
 }
 
 fn not_found(location: &Path) -> object_store::Error {
@@ -229,10 +237,14 @@ fn path_of(key: &[u8]) -> Result<Path> {
 /// Stores `object` at its key, replacing any object there, or, when
 /// `create_only`, only if there is none.
 fn place(objects: &mut Objects, location: &Path, object: Object, create_only: bool) -> Result<()> {
-    if create_only && objects.contains(key_of(location)) {
-        return Err(already_exists(location));
+    if create_only {
+        // One walk down the tree: `insert` keeps what is there.
+        if !objects.insert(object) {
+            return Err(already_exists(location));
+        }
+    } else {
+        objects.replace(object);
     }
-    objects.replace(object);
     Ok(())
 }
 
