@@ -266,14 +266,13 @@ impl SourcePosition {
     /// assert_eq!(a.as_str(), "0000000000000001.0000000000000002");
     /// ```
     pub fn from_numbers(numbers: &[u64]) -> Self {
-        use std::fmt::Write;
         let mut text = String::with_capacity(numbers.len() * 17);
         for (i, n) in numbers.iter().enumerate() {
             if i > 0 {
                 text.push('.');
             }
-            // Writing to a String cannot fail.
-            let _ = write!(text, "{n:016x}");
+            // 16 lower-case hex digits, as `{n:016x}` writes them.
+            crate::store::layout::push_hex(&mut text, &n.to_be_bytes());
         }
         Self(text)
     }
@@ -408,6 +407,15 @@ pub struct Notification {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_from_numbers_are_sixteen_hex_digits_each() {
+        for n in [0, 1, 15, 16, 255, 1 << 32, 0x0123_4567_89ab_cdef, u64::MAX] {
+            let position = SourcePosition::from_numbers(&[n, u64::MAX - n]);
+            assert_eq!(position.as_str(), format!("{n:016x}.{:016x}", u64::MAX - n));
+        }
+        assert_eq!(SourcePosition::from_numbers(&[]).as_str(), "");
+    }
 
     /// Whether two names are the same allocation.
     fn same(a: &str, b: &str) -> bool {

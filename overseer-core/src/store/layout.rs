@@ -151,7 +151,8 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-fn push_hex(out: &mut String, bytes: &[u8]) {
+/// Appends `bytes` as lower-case hex, two digits a byte.
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
     for b in bytes {
         out.push(char::from(LOWER_HEX[usize::from(b >> 4)]));
         out.push(char::from(LOWER_HEX[usize::from(b & 0x0f)]));
