@@ -82,7 +82,7 @@ pub fn short_digest(bytes: &[u8]) -> String {
 
 /// Appends [`short_digest`] of `bytes` to `out`.
 pub(crate) fn push_short_digest(out: &mut String, bytes: &[u8]) {
-    push_hex(out, &Sha256::digest(bytes)[..16]);
+    push_hex(out, &short_digest_bytes(bytes));
 }
 
 /// The digest naming an update object: the first 128 bits of the SHA-256 of
@@ -97,17 +97,28 @@ pub(crate) fn update_digest(source: &str, position: &str) -> [u8; 16] {
     digest
 }
 
-/// Appends the file name of an update object to `out`: the commit time (20
-/// digits, so that names sort by time) and the [`update_digest`] of its
-/// source and position.
-pub(crate) fn push_update_file_name(out: &mut String, commit_micros: i64, digest: &[u8; 16]) {
-    use std::fmt::Write;
-    // Commit times before the epoch are rejected at ingestion.
-    let micros = commit_micros.max(0);
-    // Writing to a String cannot fail.
-    let _ = write!(out, "{micros:020}-");
+/// Appends the file name of a record's object to `out`: a time in
+/// microseconds (20 digits, so that names sort by time; negative times as
+/// 0), a dash, a 128-bit digest in hex and `.pb`. An update is named by its
+/// commit time and the [`update_digest`] of its source and position; a
+/// reference list by its earliest entry's time and the [`short_digest`] of
+/// its bytes.
+pub(crate) fn push_update_file_name(out: &mut String, micros: i64, digest: &[u8; 16]) {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(micros.max(0));
+    out.extend(std::iter::repeat_n('0', 20usize.saturating_sub(digits.len())));
+    out.push_str(digits);
+    out.push('-');
     push_hex(out, digest);
     out.push_str(".pb");
+}
+
+/// The first 128 bits of the SHA-256 of `bytes`: what [`short_digest`]
+/// writes in hex.
+pub(crate) fn short_digest_bytes(bytes: &[u8]) -> [u8; 16] {
+    let mut digest = [0u8; 16];
+    digest.copy_from_slice(&Sha256::digest(bytes)[..16]);
+    digest
 }
 
 /// Reads the [`update_digest`] back from an update object's key (or file
@@ -205,6 +216,20 @@ mod tests {
         assert!(encode_segment(&a).len() <= MAX_SEGMENT);
         assert_ne!(encode_segment(&a), encode_segment(&b));
         assert_eq!(decode_segment(&encode_segment(&a)), None);
+    }
+
+    #[test]
+    fn file_names_write_the_time_as_twenty_digits() {
+        let digest = [0xab; 16];
+        for micros in [0, 7, 1_700_000_000_000_000, i64::MAX] {
+            let mut name = String::new();
+            push_update_file_name(&mut name, micros, &digest);
+            assert_eq!(name, format!("{micros:020}-{}.pb", "ab".repeat(16)));
+        }
+        let mut name = String::new();
+        push_update_file_name(&mut name, -5, &digest);
+        assert!(name.starts_with("00000000000000000000-"), "{name}");
+        assert_eq!(hex(&short_digest_bytes(b"list")), short_digest(b"list"));
     }
 
     #[test]

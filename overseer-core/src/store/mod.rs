@@ -266,21 +266,27 @@ impl Store {
         commit_time: Timestamp,
         digest: &[u8; 16],
     ) -> String {
+        self.record_object_key("updates", key, commit_time.as_micros(), digest)
+    }
+
+    /// The key of an object of `key` under `area`, named by a time and a
+    /// digest ([`layout::push_update_file_name`]).
+    fn record_object_key(&self, area: &str, key: &RecordKey, micros: i64, digest: &[u8; 16]) -> String {
         // Every segment is already safe (see `layout`), so the key is built
         // as text, in one buffer; it equals what `Path::join` would build.
         let model = encode_segment(key.model.as_str());
         let id = encode_segment(key.id.as_str());
         let root = self.root.as_ref();
-        let mut path = String::with_capacity(root.len() + model.len() + id.len() + 64);
+        let mut path = String::with_capacity(root.len() + area.len() + model.len() + id.len() + 64);
         if !root.is_empty() {
             path.push_str(root);
             path.push('/');
         }
-        for segment in ["updates", &model, &id] {
+        for segment in [area, &model, &id] {
             path.push_str(segment);
             path.push('/');
         }
-        layout::push_update_file_name(&mut path, commit_time.as_micros(), digest);
+        layout::push_update_file_name(&mut path, micros, digest);
         path
     }
 
@@ -739,14 +745,14 @@ impl Store {
         }
         // Reverse index first: a master-document entry is only ever
         // visible once its reverse entry exists.
-        let reverse: Vec<_> = reverse
+        let reverse = reverse
             .into_iter()
             .map(|(target, entries)| self.reference_list("referrers", target, entries))
-            .collect();
-        let forward: Vec<_> = forward
+            .collect::<Result<Vec<_>>>()?;
+        let forward = forward
             .into_iter()
             .map(|(from, entries)| self.reference_list("refs", from, entries))
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         self.put_lists(reverse).await?;
         let added = self.put_lists(forward).await?;
         if let Ok(mut known) = self.known_refs.lock() {
@@ -766,16 +772,13 @@ impl Store {
         area: &str,
         key: &RecordKey,
         entries: Vec<proto::ReferenceEntry>,
-    ) -> (Path, Bytes, usize) {
+    ) -> Result<(Path, Bytes, usize)> {
         let count = entries.len();
         let first = entries.iter().map(|e| e.first_seen_micros).min().unwrap_or(0);
         let bytes = proto::ReferenceList { entries }.encode_to_vec();
-        let name = format!("{:020}-{}.pb", first.max(0), layout::short_digest(&bytes));
-        (
-            self.record_prefix(area, key).join(name),
-            Bytes::from(bytes),
-            count,
-        )
+        let digest = layout::short_digest_bytes(&bytes);
+        let path = built_path(&self.record_object_key(area, key, first, &digest))?;
+        Ok((path, Bytes::from(bytes), count))
     }
 
     /// Stores reference lists create-only; returns how many entries the
@@ -974,6 +977,38 @@ mod tests {
     use super::compression::{Decoder, Encoder, train};
     use super::*;
     use crate::model::{Format, Operation};
+
+    /// Keys built as text are the keys `Path::join` builds from the same
+    /// segments (what stores written before held), under a root or not,
+    /// for hostile ids too.
+    #[test]
+    fn object_keys_built_as_text_are_the_joined_paths() {
+        let entries = vec![proto::ReferenceEntry {
+            first_seen_micros: 1_700_000_000_000_000,
+            ..proto::ReferenceEntry::default()
+        }];
+        for store in [Store::in_memory(), Store::in_memory().with_prefix("tenant/a b")] {
+            for id in ["tr-1", "../x", "a/b", "%2F", "ü ß", "+41"] {
+                let key = RecordKey::new("transfers", id).unwrap();
+                for area in ["refs", "referrers"] {
+                    let (path, bytes, _) = store.reference_list(area, &key, entries.clone()).unwrap();
+                    let name = format!(
+                        "{:020}-{}.pb",
+                        1_700_000_000_000_000u64,
+                        layout::short_digest(&bytes)
+                    );
+                    assert_eq!(path, store.record_prefix(area, &key).join(name));
+                }
+                let digest = [7u8; 16];
+                let joined =
+                    store
+                        .record_prefix("updates", &key)
+                        .join(format!("{:020}-{}.pb", 5, "07".repeat(16)));
+                let built = store.update_path_of(&key, Timestamp::from_micros(5), &digest);
+                assert_eq!(built, joined.as_ref());
+            }
+        }
+    }
 
     fn update(i: u64) -> UpdateDocument {
         let transfer = format!("tr-{:08}", i % 500);
