@@ -103,7 +103,7 @@ pub(crate) fn update_digest(source: &str, position: &str) -> [u8; 16] {
 /// commit time and the [`update_digest`] of its source and position; a
 /// reference list by its earliest entry's time and the [`short_digest`] of
 /// its bytes.
-pub(crate) fn push_update_file_name(out: &mut String, micros: i64, digest: &[u8; 16]) {
+pub(crate) fn push_object_file_name(out: &mut String, micros: i64, digest: &[u8; 16]) {
     let mut digits = itoa::Buffer::new();
     let digits = digits.format(micros.max(0));
     out.extend(std::iter::repeat_n('0', 20usize.saturating_sub(digits.len())));
@@ -176,7 +176,7 @@ mod tests {
 
     fn update_file_name(commit_micros: i64, source: &str, position: &str) -> String {
         let mut name = String::new();
-        push_update_file_name(&mut name, commit_micros, &update_digest(source, position));
+        push_object_file_name(&mut name, commit_micros, &update_digest(source, position));
         name
     }
 
@@ -223,11 +223,11 @@ mod tests {
         let digest = [0xab; 16];
         for micros in [0, 7, 1_700_000_000_000_000, i64::MAX] {
             let mut name = String::new();
-            push_update_file_name(&mut name, micros, &digest);
+            push_object_file_name(&mut name, micros, &digest);
             assert_eq!(name, format!("{micros:020}-{}.pb", "ab".repeat(16)));
         }
         let mut name = String::new();
-        push_update_file_name(&mut name, -5, &digest);
+        push_object_file_name(&mut name, -5, &digest);
         assert!(name.starts_with("00000000000000000000-"), "{name}");
         assert_eq!(hex(&short_digest_bytes(b"list")), short_digest(b"list"));
     }
@@ -244,7 +244,7 @@ mod tests {
     fn an_update_s_digest_reads_back_from_its_key() {
         let digest = update_digest("ledger", "0/16B3748");
         let mut key = String::from("updates/ledger_entries/7/");
-        push_update_file_name(&mut key, 1_700_000_000_000_000, &digest);
+        push_object_file_name(&mut key, 1_700_000_000_000_000, &digest);
         assert_eq!(update_digest_of(&key), Some(digest));
         assert_eq!(
             update_digest_of(&update_file_name(5, "ledger", "0/16B3748")),

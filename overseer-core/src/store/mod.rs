@@ -270,7 +270,7 @@ impl Store {
     }
 
     /// The key of an object of `key` under `area`, named by a time and a
-    /// digest ([`layout::push_update_file_name`]).
+    /// digest ([`layout::push_object_file_name`]).
     fn record_object_key(&self, area: &str, key: &RecordKey, micros: i64, digest: &[u8; 16]) -> String {
         // Every segment is already safe (see `layout`), so the key is built
         // as text, in one buffer; it equals what `Path::join` would build.
@@ -286,7 +286,7 @@ impl Store {
             path.push_str(segment);
             path.push('/');
         }
-        layout::push_update_file_name(&mut path, micros, digest);
+        layout::push_object_file_name(&mut path, micros, digest);
         path
     }
 
