@@ -169,7 +169,6 @@ struct Pending {
 
 #[derive(Debug)]
 struct CheckSlot {
-    check: Check,
     root_model: Model,
     sources: Vec<SourceId>,
     timed: BTreeMap<(Timestamp, u64), RecordKey>,
@@ -199,8 +198,9 @@ pub struct Runner {
     dal: Dal,
     clock: Arc<dyn Clock>,
     config: RunnerConfig,
+    /// Each check's scheduling state, by the check's index in `runnable`.
     checks: Vec<CheckSlot>,
-    /// The same checks, shared with the tasks that execute them.
+    /// The checks, shared with the tasks that execute them.
     runnable: Arc<[Check]>,
     /// The checks each model's updates trigger, and how (shared, so that
     /// a notification takes them without copying the list).
@@ -218,7 +218,7 @@ impl std::fmt::Debug for Runner {
         f.debug_struct("Runner")
             .field(
                 "checks",
-                &self.checks.iter().map(|c| c.check.name()).collect::<Vec<_>>(),
+                &self.runnable.iter().map(Check::name).collect::<Vec<_>>(),
             )
             .field("watermarks", &self.watermarks)
             .field("stats", &self.stats)
@@ -284,7 +284,6 @@ impl Runner {
             })?;
             tracing::info!(check = check.name(), models = ?check.models(), sources = ?sources, "check registered");
             checks.push(CheckSlot {
-                check: check.clone(),
                 root_model,
                 sources,
                 timed: BTreeMap::new(),
@@ -296,7 +295,7 @@ impl Runner {
             dal,
             clock,
             config,
-            runnable: checks.iter().map(|c| c.check.clone()).collect(),
+            runnable: registry.checks().iter().cloned().collect(),
             checks,
             selection: selection.into_iter().map(|(m, v)| (m, Arc::from(v))).collect(),
             watermarks: HashMap::default(),
@@ -418,7 +417,7 @@ impl Runner {
 
     fn schedule(&mut self, check: usize, trigger: Trigger) {
         self.stats.triggers += 1;
-        let plan = self.checks[check].check.strategy().plan(&trigger);
+        let plan = self.runnable[check].strategy().plan(&trigger);
         let seq = self.next_seq();
         let slot_of = |plan: &Plan, seq| Slot::Timed(plan.not_before, seq);
         let c = &mut self.checks[check];
@@ -592,7 +591,7 @@ impl Runner {
         if !r.lagging.is_empty() {
             self.stats.degraded += 1;
         }
-        let check_name = self.checks[r.check].check.name().to_owned();
+        let check_name = self.runnable[r.check].name().to_owned();
         let mut incident = None;
         match &outcome {
             Outcome::Verdict(Verdict::Pass) => {
@@ -686,7 +685,7 @@ impl Runner {
     }
 
     async fn escalate(&mut self, check: usize, change: IncidentChange, incident: &Incident) {
-        let name = self.checks[check].check.escalation();
+        let name = self.runnable[check].escalation();
         if let Some(d) = self.escalations.get_mut(name) {
             d.send(change, incident.clone());
         }
@@ -711,7 +710,7 @@ impl Runner {
         now: Timestamp,
     ) -> Result<(IncidentChange, Incident)> {
         let key = (check, root.clone());
-        let name = self.checks[check].check.name().to_owned();
+        let name = self.runnable[check].name().to_owned();
         let (change, incident) = match self.incidents.get_mut(&key) {
             Some(open) => {
                 open.failures += 1;

@@ -43,7 +43,16 @@ impl Timestamp {
 
     /// The current wall-clock time.
     pub fn now() -> Self {
-        Self(Utc::now().timestamp_micros())
+        // Straight from the system clock: `Utc::now` would also work out
+        // the calendar date, which nothing here needs (the store stamps
+        // every object it writes with this).
+        let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        Self(
+            match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+                Ok(since) => micros(since),
+                Err(before) => -micros(before.duration()),
+            },
+        )
     }
 
     /// This time plus a duration (saturating).
@@ -103,5 +112,18 @@ impl fmt::Display for Timestamp {
 impl fmt::Debug for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn now_is_the_system_clock_in_microseconds_since_the_epoch() {
+        let before = Utc::now().timestamp_micros();
+        let now = Timestamp::now().as_micros();
+        let after = Utc::now().timestamp_micros();
+        assert!(before <= now && now <= after, "{before} <= {now} <= {after}");
     }
 }

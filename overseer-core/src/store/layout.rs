@@ -92,9 +92,7 @@ pub(crate) fn update_digest(source: &str, position: &str) -> [u8; 16] {
     h.update(source.as_bytes());
     h.update([0u8]);
     h.update(position.as_bytes());
-    let mut digest = [0u8; 16];
-    digest.copy_from_slice(&h.finalize()[..16]);
-    digest
+    first_128_bits(h)
 }
 
 /// Appends the file name of a record's object to `out`: a time in
@@ -116,8 +114,13 @@ pub(crate) fn push_object_file_name(out: &mut String, micros: i64, digest: &[u8;
 /// The first 128 bits of the SHA-256 of `bytes`: what [`short_digest`]
 /// writes in hex.
 pub(crate) fn short_digest_bytes(bytes: &[u8]) -> [u8; 16] {
+    first_128_bits(Sha256::new_with_prefix(bytes))
+}
+
+/// The first 128 bits of what `h` has hashed.
+fn first_128_bits(h: Sha256) -> [u8; 16] {
     let mut digest = [0u8; 16];
-    digest.copy_from_slice(&Sha256::digest(bytes)[..16]);
+    digest.copy_from_slice(&h.finalize()[..16]);
     digest
 }
 

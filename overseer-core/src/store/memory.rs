@@ -101,7 +101,7 @@ impl Object {
             buf: buf.into_boxed_slice(),
             key_len,
             e_tag,
-            modified_micros: now_micros(),
+            modified_micros: crate::time::Timestamp::now().as_micros(),
             attributes,
         })
     }
@@ -183,14 +183,6 @@ impl Inner {
     fn next_e_tag(&self) -> u64 {
         self.last_e_tag.fetch_add(1, Ordering::Relaxed) + 1
     }
-}
-
-/// Microseconds since the Unix epoch, now (without going through a
-/// calendar date, which `Utc::now` computes).
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// An e-tag as text: the number, quoted (every put returns one, so it is
