@@ -1167,10 +1167,9 @@ async fn a_store_under_a_prefix_keeps_its_own_references_and_dictionaries() {
     }
 }
 
-#[tokio::test]
-async fn audit_batches_are_compressed_and_read_back_with_older_uncompressed_ones() {
-    use overseer_core::store::{AuditEntry, OutcomeKind};
-    let entry = |check: &str, i: u64| AuditEntry {
+/// The `i`-th execution of `check` in the audit tests.
+fn audit_entry(check: &str, i: u64) -> overseer_core::store::AuditEntry {
+    overseer_core::store::AuditEntry {
         check: check.into(),
         root: RecordKey::new("transfers", format!("t{i}")).unwrap(),
         trigger_key: RecordKey::new("ledger_entries", format!("l{i}")).unwrap(),
@@ -1178,13 +1177,19 @@ async fn audit_batches_are_compressed_and_read_back_with_older_uncompressed_ones
         trigger_commit_time: Timestamp::from_micros(1_000 + i as i64),
         as_of: Timestamp::from_micros(2_000 + i as i64),
         executed_at: Timestamp::from_micros(3_000),
-        outcome: OutcomeKind::Pass,
+        outcome: overseer_core::store::OutcomeKind::Pass,
         message: String::new(),
         details: Value::Null,
         duration: std::time::Duration::from_micros(40 + i),
         lagging_sources: Vec::new(),
         coalesced: 1,
-    };
+    }
+}
+
+#[tokio::test]
+async fn audit_batches_are_compressed_and_read_back_with_older_uncompressed_ones() {
+    use overseer_core::store::AuditEntry;
+    let entry = audit_entry;
     for backend in backends() {
         let store = Store::new(backend.store.clone());
         let batch: Vec<AuditEntry> = (0..50).map(|i| entry("paid", i)).collect();
@@ -1225,6 +1230,38 @@ async fn audit_batches_are_compressed_and_read_back_with_older_uncompressed_ones
         assert!(matches!(err, overseer_core::Error::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains(".pb.zst"), "{err}");
     }
+}
+
+#[tokio::test]
+async fn audit_batches_are_compressed_at_the_audit_level_of_the_options() {
+    use overseer_core::store::MemoryStore;
+    // The same executions, stored by two stores that differ only in the
+    // audit level: the stronger level writes the smaller object, and both
+    // read back the same.
+    let batch: Vec<_> = (0..400).map(|i| audit_entry("paid", i)).collect();
+    let mut sizes = Vec::new();
+    for audit_level in [19, -7] {
+        let backend = std::sync::Arc::new(MemoryStore::new());
+        let store = Store::new(backend.clone()).with_compression(Compression::Zstd(ZstdOptions {
+            audit_level,
+            ..ZstdOptions::default()
+        }));
+        store.put_audit_batch(&batch).await.unwrap();
+        let objects: Vec<_> = backend.list(None).try_collect().await.unwrap();
+        assert_eq!(objects.len(), 1, "{objects:?}");
+        assert!(objects[0].location.as_ref().ends_with(".pb.zst"), "{objects:?}");
+        sizes.push(objects[0].size);
+        let read = store.audit(Some("paid"), None).await.unwrap();
+        assert_eq!(read.len(), batch.len());
+        assert!(read.iter().all(|e| batch.contains(e)));
+    }
+    assert!(
+        sizes[0] < sizes[1],
+        "level 19: {} bytes, level -7: {} bytes",
+        sizes[0],
+        sizes[1]
+    );
+    assert_eq!(ZstdOptions::default().audit_level, -1);
 }
 
 #[tokio::test]

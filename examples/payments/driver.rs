@@ -17,7 +17,7 @@ use overseer_core::{BoxError, Compression, ReferenceSpec, Registry, Store, Times
 
 use crate::payments::checks::{self, ESCALATION};
 use crate::payments::delivery::{self, Delivery, Lag, LagCurve, SOURCES, Stall};
-use crate::payments::files::{self, FORMATS, Input};
+use crate::payments::files::{self, FORMATS, Input, LineReader};
 use crate::payments::metrics::{self, IncidentRecord, Score, Summary};
 use crate::payments::sim::{Expected, Micros, Rng, SimConfig};
 
@@ -240,7 +240,7 @@ pub async fn run(cfg: &Config) -> Result<RunReport, BoxError> {
     let input = prepare(cfg)?;
     let prepare_time = started.elapsed();
     let rss_after_input = metrics::peak_rss_mb();
-    let mut readers = input.readers()?;
+    let readers = input.readers()?;
     let commits = &input.commits;
     let expected = input.expected.clone();
     let per_source = [commits[0].len(), commits[1].len(), commits[2].len()];
@@ -422,43 +422,39 @@ pub async fn run(cfg: &Config) -> Result<RunReport, BoxError> {
     let pipeline_start = Instant::now();
     let intake = overseer.intake();
     let all_read = |read: &[usize; 3]| read.iter().zip(&plans).all(|(c, p)| *c >= p.at.len());
-    // One window's deliveries: one batch per source, and what each source
-    // delivered by the window's end.
-    let mut next_window = |w: Micros, read: &mut [usize; 3], fed: &mut usize| {
+    // One window's deliveries: how many events each source delivers in it,
+    // and what each source delivered by the window's end.
+    let next_window = |w: Micros, read: &mut [usize; 3], fed: &mut usize| {
         let end = w + window;
-        let mut batches: Vec<(usize, Vec<Bytes>)> = Vec::with_capacity(3);
+        let mut counts: Vec<(usize, usize)> = Vec::with_capacity(3);
         let mut window_delivered = [None; 3];
         for s in 0..3 {
             let from = read[s];
             let at = &plans[s].at;
             let to = from + at[from..].partition_point(|&t| t < end);
             if to > from {
-                let mut batch: Vec<Bytes> = Vec::with_capacity(to - from);
-                for _ in from..to {
-                    batch.push(readers[s].next_line()?.ok_or("an input file ended early")?);
-                }
                 read[s] = to;
                 window_delivered[s] = Some((to, at[to - 1]));
                 *fed += to - from;
-                batches.push((s, batch));
+                counts.push((s, to - from));
             }
         }
-        Ok::<_, BoxError>((batches, window_delivered))
+        (counts, window_delivered)
     };
     // Each source's batches are ingested on its own thread, in order, as
     // each source's consumer would be, while the runner checks: up to
     // `WINDOWS_AHEAD` windows past the one being checked.
-    let ingesters = Ingesters::start(&intake)?;
+    let mut ingesters = Ingesters::start(&intake, readers)?;
     let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(WINDOWS_AHEAD + 1);
     let mut w = start - start.rem_euclid(window);
     let mut next_start = w;
     loop {
         let end = w + window;
         while next_start < end + WINDOWS_AHEAD as Micros * window && !all_read(&read) {
-            let (batches, window_delivered) = next_window(next_start, &mut read, &mut fed)?;
+            let (counts, window_delivered) = next_window(next_start, &mut read, &mut fed);
             in_flight.push_back(InFlight {
                 delivered: window_delivered,
-                stored: ingesters.submit(&intake, batches).await?,
+                stored: ingesters.submit(&intake, counts).await?,
             });
             next_start += window;
         }
@@ -566,12 +562,24 @@ struct InFlight {
     stored: Stored,
 }
 
-/// A batch for a source's ingestion thread, and where to send the outcome.
-type Job = (Vec<Bytes>, tokio::sync::oneshot::Sender<Result<(), BoxError>>);
+/// How many events a source's ingestion thread reads as its next batch, and
+/// where to send the outcome.
+type Job = (usize, tokio::sync::oneshot::Sender<Result<(), BoxError>>);
+
+/// Reads the next `n` events of a source's input.
+fn read_batch(reader: &mut LineReader, n: usize) -> Result<Vec<Bytes>, BoxError> {
+    let mut batch = Vec::with_capacity(n);
+    for _ in 0..n {
+        batch.push(reader.next_line()?.ok_or("an input file ended early")?);
+    }
+    Ok(batch)
+}
 
 /// One ingestion thread per source for the whole run, as each source would
-/// have its own consumer task: the sources' batches (parsing, store writes)
-/// run in parallel with each other and with the checks.
+/// have its own consumer task: the sources' batches (reading the input,
+/// parsing, store writes) run in parallel with each other and with the
+/// checks; the driver only tells each thread how many events its next batch
+/// holds.
 ///
 /// The threads are the run's own. Starting three per window cost about 3 %
 /// of the run's CPU; tokio's blocking pool spread the batches over the many
@@ -584,44 +592,59 @@ struct Ingesters {
     /// (not joined: joining on a runtime thread could wait on work that
     /// needs it).
     jobs: Vec<std::sync::mpsc::Sender<Job>>,
+    /// The sources' inputs, on a single-threaded runtime (the threads own
+    /// them otherwise).
+    readers: Option<[LineReader; 3]>,
 }
 
 impl Ingesters {
-    fn start(intake: &Intake) -> Result<Self, BoxError> {
+    fn start(intake: &Intake, readers: [LineReader; 3]) -> Result<Self, BoxError> {
         let handle = tokio::runtime::Handle::current();
-        let mut ingesters = Self { jobs: Vec::new() };
         if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
-            return Ok(ingesters);
+            return Ok(Self {
+                jobs: Vec::new(),
+                readers: Some(readers),
+            });
         }
-        for source in SOURCES {
-            let (jobs, batches) = std::sync::mpsc::channel::<Job>();
+        let mut jobs = Vec::with_capacity(SOURCES.len());
+        for (source, mut reader) in SOURCES.into_iter().zip(readers) {
+            let (sender, batches) = std::sync::mpsc::channel::<Job>();
             let (intake, handle) = (intake.clone(), handle.clone());
             std::thread::Builder::new()
                 .name(format!("ingest-{source}"))
                 .spawn(move || {
-                    for (batch, done) in batches {
-                        let outcome = handle.block_on(intake.ingest(source, &batch));
+                    for (n, done) in batches {
+                        let outcome = match read_batch(&mut reader, n) {
+                            Ok(batch) => handle
+                                .block_on(intake.ingest(source, &batch))
+                                .map(drop)
+                                .map_err(BoxError::from),
+                            Err(e) => Err(e),
+                        };
                         // The run stopped waiting (it failed): nothing to tell.
-                        let _ = done.send(outcome.map(drop).map_err(BoxError::from));
+                        let _ = done.send(outcome);
                     }
                 })?;
-            ingesters.jobs.push(jobs);
+            jobs.push(sender);
         }
-        Ok(ingesters)
+        Ok(Self { jobs, readers: None })
     }
 
-    /// Hands one window's batches (one per source) to their sources'
-    /// threads; on a single-threaded runtime, ingests them in turn.
-    async fn submit(&self, intake: &Intake, batches: Vec<(usize, Vec<Bytes>)>) -> Result<Stored, BoxError> {
-        let mut stored = Vec::with_capacity(batches.len());
-        for (s, batch) in batches {
-            let Some(jobs) = self.jobs.get(s) else {
+    /// Hands one window's batches (per source, how many events it
+    /// delivers) to their sources' threads; on a single-threaded runtime,
+    /// reads and ingests them in turn.
+    async fn submit(&mut self, intake: &Intake, counts: Vec<(usize, usize)>) -> Result<Stored, BoxError> {
+        let mut stored = Vec::with_capacity(counts.len());
+        for (s, n) in counts {
+            if let Some(readers) = &mut self.readers {
+                let reader = readers.get_mut(s).ok_or("no input for a source")?;
+                let batch = read_batch(reader, n)?;
                 intake.ingest(SOURCES[s], &batch).await?;
                 continue;
-            };
+            }
+            let jobs = self.jobs.get(s).ok_or("no ingestion thread for a source")?;
             let (done, outcome) = tokio::sync::oneshot::channel();
-            jobs.send((batch, done))
-                .map_err(|_| "an ingestion thread stopped")?;
+            jobs.send((n, done)).map_err(|_| "an ingestion thread stopped")?;
             stored.push(outcome);
         }
         Ok(stored)

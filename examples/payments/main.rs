@@ -28,7 +28,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use overseer_core::Compression;
+use overseer_core::{Compression, ZstdOptions};
 use overseer_examples::payments::delivery::{Lag, SOURCES, source_index};
 use overseer_examples::payments::{Config, RunReport, StallSpec, StoreKind, StrategyMode, run};
 
@@ -106,6 +106,11 @@ struct Args {
     /// measure what compression saves and costs).
     #[arg(long)]
     no_compression: bool,
+    /// The zstd level raw events are compressed at (the store's default
+    /// is 1; negative levels are faster and compress less).
+    #[arg(long, default_value_t = ZstdOptions::default().level, allow_negative_numbers = true,
+          conflicts_with = "no_compression")]
+    zstd_level: i32,
     /// No progress or detections on stderr, even on a terminal.
     #[arg(long)]
     quiet: bool,
@@ -149,7 +154,10 @@ fn config(args: Args) -> Result<Config, String> {
         compression: if args.no_compression {
             Compression::None
         } else {
-            Compression::default()
+            Compression::Zstd(ZstdOptions {
+                level: args.zstd_level,
+                ..ZstdOptions::default()
+            })
         },
         ..Config::default()
     };

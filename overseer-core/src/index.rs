@@ -86,7 +86,7 @@ impl Ref {
         ReferenceEntry {
             from: from.clone(),
             reference: Reference {
-                field: self.field.to_string(),
+                field: String::from(&*self.field),
                 target: target.clone(),
             },
             first_seen: self.first_seen,

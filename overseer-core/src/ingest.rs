@@ -203,11 +203,14 @@ impl Ingestor {
         let mut docs = Vec::with_capacity(batch.len());
         let mut changes = Vec::with_capacity(if self.prime_changes { batch.len() } else { 0 });
         let mut rejected = Vec::new();
+        // Whether the batch's last position is that of the last record (it
+        // is cloned once, after the loop).
+        let mut last_is_record = false;
         for (raw, outcome) in batch.iter().zip(outcomes) {
             match outcome {
                 Outcome::Record(r, references) => {
                     let r = *r;
-                    report.last_position = Some(r.position.clone());
+                    last_is_record = true;
                     report.watermark = report.watermark.max(Some(r.commit_time));
                     docs.push(UpdateDocument {
                         key: r.key,
@@ -229,10 +232,14 @@ impl Ingestor {
                     report.watermark = report.watermark.max(commit_time);
                     if position.is_some() {
                         report.last_position = position;
+                        last_is_record = false;
                     }
                 }
                 Outcome::Rejected(e) => rejected.push((raw.clone(), None, e.to_string())),
             }
+        }
+        if last_is_record {
+            report.last_position = docs.last().map(|d| d.position.clone());
         }
 
         if let Some(dal) = &self.dal {

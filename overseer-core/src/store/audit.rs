@@ -127,7 +127,7 @@ impl AuditEntry {
             check: self.check.clone(),
             root: Some(codec::key_to_proto(&self.root)),
             trigger_key: Some(codec::key_to_proto(&self.trigger_key)),
-            trigger_source: self.trigger_source.to_string(),
+            trigger_source: self.trigger_source.as_str().to_owned(),
             trigger_commit_time_micros: self.trigger_commit_time.as_micros(),
             as_of_micros: self.as_of.as_micros(),
             executed_at_micros: self.executed_at.as_micros(),
@@ -198,7 +198,7 @@ impl Store {
             // Batches repeat check names, records and messages: compressed
             // with zstd (no dictionary) under `.pb.zst` unless disabled.
             let compressed = match self.compression {
-                Compression::Zstd(options) => compression::compress(&bytes, options.level),
+                Compression::Zstd(options) => compression::compress(&bytes, options.audit_level),
                 Compression::None => None,
             };
             let (name, bytes) = match compressed {

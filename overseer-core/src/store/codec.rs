@@ -43,8 +43,8 @@ pub(crate) fn operation_from_proto(op: i32) -> Option<Operation> {
 
 pub(crate) fn key_to_proto(key: &RecordKey) -> proto::RecordKey {
     proto::RecordKey {
-        model: key.model.to_string(),
-        id: key.id.to_string(),
+        model: key.model.as_str().to_owned(),
+        id: key.id.as_str().to_owned(),
     }
 }
 
@@ -93,7 +93,7 @@ pub(crate) fn sealed_update(doc: &UpdateDocument) -> proto::SealedUpdate {
         raw: doc.raw.clone(),
         key: Some(key_to_proto(&doc.key)),
         position: doc.position.as_str().to_owned(),
-        format: doc.format.to_string(),
+        format: doc.format.as_str().to_owned(),
         references: doc.references.iter().map(reference_to_proto).collect(),
     }
 }
@@ -105,7 +105,7 @@ pub(crate) fn encode_update(doc: &UpdateDocument, encoder: Option<&Encoder>) -> 
     let sealed = sealed_update(doc);
     let mut envelope = proto::UpdateEnvelope {
         version: ENVELOPE_VERSION,
-        source: doc.source.to_string(),
+        source: doc.source.as_str().to_owned(),
         commit_time_micros: doc.commit_time.as_micros(),
         ingested_at_micros: doc.ingested_at.as_micros(),
         operation: operation_to_proto(doc.operation).into(),

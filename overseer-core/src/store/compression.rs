@@ -59,9 +59,16 @@ impl Default for Compression {
 /// Settings of [`Compression::Zstd`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ZstdOptions {
-    /// The zstd compression level (default 1: on events of this size,
-    /// higher levels gain under 1 % and cost time).
+    /// The zstd compression level of raw events (default 1: on events of
+    /// this size, higher levels gain under 1 % and cost time).
     pub level: i32,
+    /// The zstd compression level of audit batches (default -1). A batch
+    /// holds one check's executions of one round of the runner, a few
+    /// hundred bytes to a few kilobytes, compressed without a dictionary on
+    /// the runner's path: at level -1 compressing them took 2.4 times fewer
+    /// instructions than at level 1 in the payments example, for 1.4 % more
+    /// bytes.
+    pub audit_level: i32,
     /// The largest dictionary to train, in bytes (default 16 KiB).
     pub dictionary_bytes: usize,
     /// How many bytes of a source's events are collected to train its
@@ -77,6 +84,7 @@ impl Default for ZstdOptions {
     fn default() -> Self {
         Self {
             level: 1,
+            audit_level: -1,
             dictionary_bytes: 16 * 1024,
             training_bytes: 1024 * 1024,
         }
