@@ -1264,6 +1264,119 @@ async fn audit_batches_are_compressed_at_the_audit_level_of_the_options() {
     assert_eq!(ZstdOptions::default().audit_level, -1);
 }
 
+/// Every object of `store`, with its bytes.
+async fn all_objects(store: &dyn ObjectStore) -> std::collections::BTreeMap<String, bytes::Bytes> {
+    let mut out = std::collections::BTreeMap::new();
+    for key in all_keys(store).await {
+        let bytes = store
+            .get(&key.as_str().into())
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        out.insert(key, bytes);
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_in_memory_store_writes_what_a_store_over_any_memory_backend_writes() {
+    use overseer_core::store::{MemoryStore, PutOutcome};
+    use overseer_core::{Format, Operation, SourcePosition, UpdateDocument};
+    // `Store::in_memory` writes updates and reference lists a batch at a
+    // time under one lock; a store over a `MemoryStore` handed to it writes
+    // each through `put`. The same writes leave the same objects and the
+    // same outcomes: created, duplicate, position conflict.
+    let doc = |i: u64, raw: &str| UpdateDocument {
+        key: RecordKey::new(
+            "ledger_entries",
+            ["l-1", "../x", "a/b", "ü ß"][i as usize % 4].to_owned() + &i.to_string(),
+        )
+        .unwrap(),
+        source: SourceId::new("ledger").unwrap(),
+        position: SourcePosition::from_numbers(&[i]),
+        commit_time: Timestamp::from_micros(1_000_000 + i as i64),
+        ingested_at: Timestamp::from_micros(2_000_000),
+        operation: Operation::Insert,
+        format: Format::new("json").unwrap(),
+        raw: bytes::Bytes::from(format!(
+            "{{\"id\":{i},\"note\":\"{raw}\",\"account\":\"a{}\"}}",
+            i % 7
+        )),
+        references: vec![Reference {
+            field: "account".into(),
+            target: RecordKey::new("accounts", format!("a{}", i % 7)).unwrap(),
+        }],
+    };
+    let first: Vec<UpdateDocument> = (0..300).map(|i| doc(i, "first")).collect();
+    // Re-delivered (the same bytes), then at the same positions with other bytes.
+    let again: Vec<UpdateDocument> = (290..310)
+        .map(|i| doc(i, "first"))
+        .chain((0..3).map(|i| doc(i, "other")))
+        .collect();
+    // Raw events as received, so that both stores hold byte-identical
+    // objects; then compressed (a dictionary trains while events arrive, so
+    // which ones are compressed depends on timing): the same updates read back.
+    let zstd = eager_zstd(4096, ZstdOptions::default().dictionary_bytes);
+    for compression in [Compression::None, zstd] {
+        let own = Store::in_memory().with_compression(compression);
+        let backend = std::sync::Arc::new(MemoryStore::new());
+        let handed = Store::new(backend.clone()).with_compression(compression);
+        let mut outcomes = Vec::new();
+        for store in [&own, &handed] {
+            let mut seen = Vec::new();
+            for batch in [&first, &again] {
+                for (doc, key, outcome) in store.put_updates(batch.clone()).await {
+                    let outcome = match outcome {
+                        Ok(o) => format!("{o:?}"),
+                        Err(e @ overseer_core::Error::PositionConflict { .. }) => format!("conflict: {e}"),
+                        Err(e) => panic!("{key}: {e}"),
+                    };
+                    seen.push((doc.position.as_str().to_owned(), key, outcome));
+                }
+                let refs: Vec<_> = batch
+                    .iter()
+                    .map(|d| (&d.key, d.references.as_slice(), d.commit_time))
+                    .collect();
+                store.add_batch_references(&refs).await.unwrap();
+            }
+            outcomes.push(seen);
+        }
+        assert_eq!(outcomes[0], outcomes[1]);
+        let count = |what: &str| outcomes[0].iter().filter(|(_, _, o)| o.starts_with(what)).count();
+        assert_eq!(count(&format!("{:?}", PutOutcome::Created)), 310);
+        assert_eq!(count(&format!("{:?}", PutOutcome::Duplicate)), 10);
+        assert_eq!(count("conflict"), 3);
+        let own_objects = all_objects(own.object_store().as_ref()).await;
+        let handed_objects = all_objects(backend.as_ref()).await;
+        let keys = |o: &std::collections::BTreeMap<String, bytes::Bytes>| {
+            o.keys()
+                .filter(|k| !k.starts_with("dictionaries/"))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&own_objects), keys(&handed_objects));
+        assert!(own_objects.keys().any(|k| k.starts_with("referrers/accounts/")));
+        for key in keys(&own_objects) {
+            if key.starts_with("updates/") {
+                assert_eq!(
+                    own.get_update(&key).await.unwrap(),
+                    handed.get_update(&key).await.unwrap()
+                );
+            }
+            if compression == Compression::None || !key.starts_with("updates/") {
+                assert!(own_objects[&key] == handed_objects[&key], "{key}");
+            }
+        }
+        let account = RecordKey::new("accounts", "a3").unwrap();
+        assert_eq!(
+            own.referrers(&account).await.unwrap(),
+            handed.referrers(&account).await.unwrap()
+        );
+    }
+}
+
 #[tokio::test]
 async fn memory_store_passes_object_store_s_own_conformance_suite() {
     use object_store::integration::*;

@@ -161,6 +161,39 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Stores each `(key, bytes)` create-only, all under one lock: for
+    /// each, whether it was stored (`false`: an object was already at its
+    /// key, and is kept). What a create-only `put` does for each, without a
+    /// future, a payload and an e-tag text per object.
+    ///
+    /// Each key must be a valid path as text (what `Path::parse` keeps as
+    /// it is): the store's layout builds its keys so.
+    pub(crate) fn create_all<'a>(
+        &self,
+        items: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Vec<Result<bool>> {
+        // Allocated before the lock is taken.
+        let objects: Vec<Result<Object>> = items
+            .into_iter()
+            .map(|(key, bytes)| {
+                debug_assert!(
+                    Path::parse(key).is_ok_and(|p| p.as_ref() == key),
+                    "{key:?} is not a path as text"
+                );
+                Object::new(key, [bytes], bytes.len(), 0, None)
+            })
+            .collect();
+        let mut stored = self.inner.write();
+        objects
+            .into_iter()
+            .map(|object| {
+                let mut object = object?;
+                object.e_tag = self.inner.next_e_tag();
+                Ok(stored.insert(object))
+            })
+            .collect()
+    }
 }
 
 impl fmt::Display for MemoryStore {

@@ -124,6 +124,9 @@ pub struct Store {
     compression: Compression,
     /// Each source's compression dictionary, and those read back.
     dictionaries: Arc<Dictionaries>,
+    /// `inner` itself, when it is the store's own [`MemoryStore`]: updates
+    /// and reference lists are then written a batch at a time.
+    memory: Option<MemoryStore>,
 }
 
 /// The dictionary each source's updates of one batch are compressed against.
@@ -149,13 +152,18 @@ impl Store {
             concurrency: DEFAULT_CONCURRENCY,
             compression: Compression::default(),
             dictionaries: Arc::default(),
+            memory: None,
         }
     }
 
     /// A store in memory (tests, examples, the embedded default), on a
     /// [`MemoryStore`].
     pub fn in_memory() -> Self {
-        Self::new(Arc::new(MemoryStore::new()))
+        let memory = MemoryStore::new();
+        Self {
+            memory: Some(memory.clone()),
+            ..Self::new(Arc::new(memory))
+        }
     }
 
     /// A store in a local directory, created if missing.
@@ -362,20 +370,25 @@ impl Store {
         let encoder = encoders.get(&doc.source).and_then(Option::as_deref);
         match self.put_create(&path, codec::encode_update(doc, encoder)).await? {
             PutOutcome::Created => Ok(PutOutcome::Created),
-            PutOutcome::Duplicate => {
-                let existing = self
-                    .open_update(path.as_ref(), self.get_bytes(&path).await?)
-                    .await?;
-                if existing.raw == doc.raw && existing.key == doc.key {
-                    Ok(PutOutcome::Duplicate)
-                } else {
-                    Err(Error::PositionConflict {
-                        source_id: doc.source.to_string(),
-                        position: doc.position.to_string(),
-                        key: doc.key.to_string(),
-                    })
-                }
-            }
+            PutOutcome::Duplicate => self.settle_existing(doc, &path).await,
+        }
+    }
+
+    /// An object is already stored at `doc`'s key: the same raw bytes of
+    /// the same record are a [`PutOutcome::Duplicate`], anything else an
+    /// [`Error::PositionConflict`].
+    async fn settle_existing(&self, doc: &UpdateDocument, path: &Path) -> Result<PutOutcome> {
+        let existing = self
+            .open_update(path.as_ref(), self.get_bytes(path).await?)
+            .await?;
+        if existing.raw == doc.raw && existing.key == doc.key {
+            Ok(PutOutcome::Duplicate)
+        } else {
+            Err(Error::PositionConflict {
+                source_id: doc.source.to_string(),
+                position: doc.position.to_string(),
+                key: doc.key.to_string(),
+            })
         }
     }
 
@@ -427,6 +440,9 @@ impl Store {
         concurrency: usize,
         encoders: &Encoders,
     ) -> Vec<(UpdateDocument, String, Result<PutOutcome>)> {
+        if let Some(memory) = &self.memory {
+            return self.put_chunk_in_memory(memory, docs, encoders).await;
+        }
         stream::iter(docs)
             .map(|d| async move {
                 let key = self.update_path(&d);
@@ -436,6 +452,41 @@ impl Store {
             .buffered(concurrency)
             .collect()
             .await
+    }
+
+    /// [`put_chunk`](Self::put_chunk) on the store's own [`MemoryStore`]:
+    /// every update encoded, then all stored under one lock.
+    async fn put_chunk_in_memory(
+        &self,
+        memory: &MemoryStore,
+        docs: Vec<UpdateDocument>,
+        encoders: &Encoders,
+    ) -> Vec<(UpdateDocument, String, Result<PutOutcome>)> {
+        let encoded: Vec<(String, Bytes)> = docs
+            .iter()
+            .map(|d| {
+                let encoder = encoders.get(&d.source).and_then(Option::as_deref);
+                (self.update_path(d), codec::encode_update(d, encoder))
+            })
+            .collect();
+        let created = memory.create_all(encoded.iter().map(|(key, bytes)| (key.as_str(), bytes.as_ref())));
+        let mut out = Vec::with_capacity(docs.len());
+        for ((doc, (key, _)), created) in docs.into_iter().zip(encoded).zip(created) {
+            let outcome = match created {
+                Ok(true) => Ok(PutOutcome::Created),
+                Ok(false) => match built_path(&key) {
+                    Ok(path) => self.settle_existing(&doc, &path).await,
+                    Err(e) => Err(e),
+                },
+                Err(source) => Err(Error::Store {
+                    operation: "put",
+                    path: key.clone(),
+                    source,
+                }),
+            };
+            out.push((doc, key, outcome));
+        }
+        out
     }
 
     /// The updates of a record with a commit time at or before `up_to`,
@@ -748,11 +799,11 @@ impl Store {
         let reverse = reverse
             .into_iter()
             .map(|(target, entries)| self.reference_list("referrers", target, entries))
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
         let forward = forward
             .into_iter()
             .map(|(from, entries)| self.reference_list("refs", from, entries))
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
         self.put_lists(reverse).await?;
         let added = self.put_lists(forward).await?;
         if let Ok(mut known) = self.known_refs.lock() {
@@ -772,21 +823,40 @@ impl Store {
         area: &str,
         key: &RecordKey,
         entries: Vec<proto::ReferenceEntry>,
-    ) -> Result<(Path, Bytes, usize)> {
+    ) -> (String, Bytes, usize) {
         let count = entries.len();
         let first = entries.iter().map(|e| e.first_seen_micros).min().unwrap_or(0);
         let bytes = proto::ReferenceList { entries }.encode_to_vec();
         let digest = layout::short_digest_bytes(&bytes);
-        let path = built_path(&self.record_object_key(area, key, first, &digest))?;
-        Ok((path, Bytes::from(bytes), count))
+        let key = self.record_object_key(area, key, first, &digest);
+        (key, Bytes::from(bytes), count)
     }
 
-    /// Stores reference lists create-only; returns how many entries the
-    /// lists that were not stored yet hold.
-    async fn put_lists(&self, lists: Vec<(Path, Bytes, usize)>) -> Result<usize> {
+    /// Stores reference lists (key, bytes, entries) create-only; returns
+    /// how many entries the lists that were not stored yet hold.
+    async fn put_lists(&self, lists: Vec<(String, Bytes, usize)>) -> Result<usize> {
+        if let Some(memory) = &self.memory {
+            let created =
+                memory.create_all(lists.iter().map(|(key, bytes, _)| (key.as_str(), bytes.as_ref())));
+            let mut added = 0;
+            for ((key, _, count), created) in lists.iter().zip(created) {
+                match created {
+                    Ok(true) => added += count,
+                    Ok(false) => {}
+                    Err(source) => {
+                        return Err(Error::Store {
+                            operation: "put",
+                            path: key.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+            return Ok(added);
+        }
         let added: Vec<usize> = stream::iter(lists)
-            .map(|(path, bytes, count)| async move {
-                let outcome = self.put_create(&path, bytes).await?;
+            .map(|(key, bytes, count)| async move {
+                let outcome = self.put_create(&built_path(&key)?, bytes).await?;
                 Ok::<_, Error>(if outcome == PutOutcome::Created { count } else { 0 })
             })
             .buffer_unordered(self.concurrency)
@@ -991,13 +1061,13 @@ mod tests {
             for id in ["tr-1", "../x", "a/b", "%2F", "ü ß", "+41"] {
                 let key = RecordKey::new("transfers", id).unwrap();
                 for area in ["refs", "referrers"] {
-                    let (path, bytes, _) = store.reference_list(area, &key, entries.clone()).unwrap();
+                    let (path, bytes, _) = store.reference_list(area, &key, entries.clone());
                     let name = format!(
                         "{:020}-{}.pb",
                         1_700_000_000_000_000u64,
                         layout::short_digest(&bytes)
                     );
-                    assert_eq!(path, store.record_prefix(area, &key).join(name));
+                    assert_eq!(path, store.record_prefix(area, &key).join(name).as_ref());
                 }
                 let digest = [7u8; 16];
                 let joined =
