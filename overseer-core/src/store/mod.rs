@@ -15,7 +15,7 @@ pub use compression::{Compression, ZstdOptions};
 pub use counting::{CountingStore, RequestCounts};
 pub use memory::MemoryStore;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -119,7 +119,7 @@ pub struct Store {
     inner: Arc<dyn ObjectStore>,
     root: Path,
     /// References known to be stored (a derived cache that saves requests).
-    known_refs: Arc<Mutex<HashSet<(RecordKey, Reference)>>>,
+    known_refs: Arc<Mutex<KnownRefs>>,
     concurrency: usize,
     compression: Compression,
     /// Each source's compression dictionary, and those read back.
@@ -127,6 +127,37 @@ pub struct Store {
     /// `inner` itself, when it is the store's own [`MemoryStore`]: updates
     /// and reference lists are then written a batch at a time.
     memory: Option<MemoryStore>,
+}
+
+/// References known to be stored: each record's (a handful each), looked
+/// up without copying the record's key or the reference.
+#[derive(Debug, Default)]
+struct KnownRefs {
+    by_record: HashMap<RecordKey, Vec<Reference>, foldhash::fast::RandomState>,
+    len: usize,
+}
+
+impl KnownRefs {
+    fn contains(&self, from: &RecordKey, reference: &Reference) -> bool {
+        self.by_record
+            .get(from)
+            .is_some_and(|refs| refs.contains(reference))
+    }
+
+    /// Adds references not known yet, forgetting every one first when that
+    /// would hold more than [`KNOWN_REFS_CAPACITY`].
+    fn extend<'a>(&mut self, fresh: impl ExactSizeIterator<Item = (&'a RecordKey, &'a Reference)>) {
+        if self.len + fresh.len() > KNOWN_REFS_CAPACITY {
+            *self = Self::default();
+        }
+        for (from, reference) in fresh {
+            self.by_record
+                .entry(from.clone())
+                .or_default()
+                .push(reference.clone());
+            self.len += 1;
+        }
+    }
 }
 
 /// The dictionary each source's updates of one batch are compressed against.
@@ -764,10 +795,7 @@ impl Store {
             for (from, references, time) in updates {
                 let from = from.borrow();
                 for reference in references.as_ref() {
-                    if known
-                        .as_ref()
-                        .is_some_and(|k| k.contains(&(from.clone(), reference.clone())))
-                    {
+                    if known.as_ref().is_some_and(|k| k.contains(from, reference)) {
                         continue;
                     }
                     let first = fresh.entry((from, reference)).or_insert(*time);
@@ -807,10 +835,7 @@ impl Store {
         self.put_lists(reverse).await?;
         let added = self.put_lists(forward).await?;
         if let Ok(mut known) = self.known_refs.lock() {
-            if known.len() + fresh.len() > KNOWN_REFS_CAPACITY {
-                known.clear();
-            }
-            known.extend(fresh.into_keys().map(|(from, r)| (from.clone(), r.clone())));
+            known.extend(fresh.into_keys());
         }
         Ok(added)
     }
@@ -1047,6 +1072,32 @@ mod tests {
     use super::compression::{Decoder, Encoder, train};
     use super::*;
     use crate::model::{Format, Operation};
+
+    #[test]
+    fn known_references_are_found_without_copies_and_forgotten_past_the_capacity() {
+        let key = |id: &str| RecordKey::new("ledger_entries", id).unwrap();
+        let reference = |field: &str, to: &str| Reference {
+            field: field.into(),
+            target: RecordKey::new("transfers", to).unwrap(),
+        };
+        let mut known = KnownRefs::default();
+        let (l1, l2) = (key("l1"), key("l2"));
+        let (r1, r2) = (reference("transfer_id", "t1"), reference("account", "t1"));
+        known.extend([(&l1, &r1), (&l1, &r2)].into_iter());
+        assert!(known.contains(&l1, &r1) && known.contains(&l1, &r2));
+        assert!(!known.contains(&l2, &r1));
+        assert!(!known.contains(&l1, &reference("transfer_id", "t2")));
+        assert_eq!(known.len, 2);
+        // Past the capacity, what was known is forgotten (it is only a cache
+        // that saves writes) and the new references are kept.
+        let many: Vec<(RecordKey, Reference)> = (0..KNOWN_REFS_CAPACITY - 1)
+            .map(|i| (key(&format!("m{i}")), reference("transfer_id", "t1")))
+            .collect();
+        known.extend(many.iter().map(|(k, r)| (k, r)));
+        assert!(!known.contains(&l1, &r1));
+        assert!(known.contains(&key("m0"), &r1));
+        assert_eq!(known.len, KNOWN_REFS_CAPACITY - 1);
+    }
 
     /// Keys built as text are the keys `Path::join` builds from the same
     /// segments (what stores written before held), under a root or not,
