@@ -188,7 +188,9 @@ impl Store {
     }
 
     /// A store in memory (tests, examples, the embedded default), on a
-    /// [`MemoryStore`].
+    /// [`MemoryStore`]. Knowing its backend, it stores a batch of updates
+    /// (or of reference lists) under one lock of the `MemoryStore`, rather
+    /// than through one `put` each; what it stores is the same.
     pub fn in_memory() -> Self {
         let memory = MemoryStore::new();
         Self {
