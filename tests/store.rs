@@ -801,22 +801,30 @@ fn pos(position: &str) -> usize {
     usize::from_str_radix(position, 16).unwrap()
 }
 
-/// The store's update objects, by key.
-async fn update_objects(store: &dyn ObjectStore) -> Vec<(String, overseer_core::proto::UpdateEnvelope)> {
-    let mut out = Vec::new();
+/// Every object of `store`, with its bytes.
+async fn all_objects(store: &dyn ObjectStore) -> std::collections::BTreeMap<String, bytes::Bytes> {
+    let mut out = std::collections::BTreeMap::new();
     for key in all_keys(store).await {
-        if key.starts_with("updates/") {
-            let bytes = store
-                .get(&key.as_str().into())
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
-            out.push((key, overseer_core::proto::UpdateEnvelope::decode(bytes).unwrap()));
-        }
+        let bytes = store
+            .get(&key.as_str().into())
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        out.insert(key, bytes);
     }
     out
+}
+
+/// The store's update objects, by key.
+async fn update_objects(store: &dyn ObjectStore) -> Vec<(String, overseer_core::proto::UpdateEnvelope)> {
+    all_objects(store)
+        .await
+        .into_iter()
+        .filter(|(key, _)| key.starts_with("updates/"))
+        .map(|(key, bytes)| (key, overseer_core::proto::UpdateEnvelope::decode(bytes).unwrap()))
+        .collect()
 }
 
 #[tokio::test]
@@ -1262,22 +1270,6 @@ async fn audit_batches_are_compressed_at_the_audit_level_of_the_options() {
         sizes[1]
     );
     assert_eq!(ZstdOptions::default().audit_level, -1);
-}
-
-/// Every object of `store`, with its bytes.
-async fn all_objects(store: &dyn ObjectStore) -> std::collections::BTreeMap<String, bytes::Bytes> {
-    let mut out = std::collections::BTreeMap::new();
-    for key in all_keys(store).await {
-        let bytes = store
-            .get(&key.as_str().into())
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        out.insert(key, bytes);
-    }
-    out
 }
 
 #[tokio::test]
