@@ -377,13 +377,7 @@ fn position_of(root: &Map<String, Value>, cluster: (u32, u32), raw: &[u8]) -> So
 fn position_with(token: Option<String>, (t, i): (u32, u32), raw: &[u8]) -> SourcePosition {
     let base = SourcePosition::from_numbers(&[u64::from(t), u64::from(i)]);
     let base = match token {
-        Some(token) => {
-            let mut text = String::with_capacity(base.as_str().len() + 1 + token.len());
-            text.push_str(base.as_str());
-            text.push('.');
-            text.push_str(&token);
-            SourcePosition::new(text)
-        }
+        Some(token) => SourcePosition::new(format!("{base}.{token}")),
         None => base,
     };
     base.with_digest_of(raw)

@@ -2,7 +2,9 @@
 //! choice of key columns and model, and the parsing of Postgres text forms
 //! (LSNs, `timestamptz` output).
 
-use chrono::format::{self, Fixed, Item, Numeric, Pad, Parsed};
+use std::sync::LazyLock;
+
+use chrono::format::{self, Item, ParseResult, Parsed, StrftimeItems};
 use overseer_core::{Change, ConsumeError, Model, RecordId, RecordKey, State, Timestamp};
 use serde_json::Value;
 
@@ -140,25 +142,21 @@ pub(crate) fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
-/// `%Y-%m-%d` as parsed items: what `NaiveDate::parse_from_str` reads with
-/// that format, without parsing the format at every call.
-const DATE: [Item<'static>; 5] = [
-    Item::Numeric(Numeric::Year, Pad::Zero),
-    Item::Literal("-"),
-    Item::Numeric(Numeric::Month, Pad::Zero),
-    Item::Literal("-"),
-    Item::Numeric(Numeric::Day, Pad::Zero),
-];
+/// The items of `%Y-%m-%d` and `%H:%M:%S%.f`, parsed once: chrono's
+/// `parse_from_str` parses its format string at every call.
+static DATE: LazyLock<Vec<Item<'static>>> = LazyLock::new(|| StrftimeItems::new("%Y-%m-%d").collect());
+static TIME: LazyLock<Vec<Item<'static>>> = LazyLock::new(|| StrftimeItems::new("%H:%M:%S%.f").collect());
 
-/// `%H:%M:%S%.f` as parsed items (see [`DATE`]).
-const TIME: [Item<'static>; 6] = [
-    Item::Numeric(Numeric::Hour, Pad::Zero),
-    Item::Literal(":"),
-    Item::Numeric(Numeric::Minute, Pad::Zero),
-    Item::Literal(":"),
-    Item::Numeric(Numeric::Second, Pad::Zero),
-    Item::Fixed(Fixed::Nanosecond),
-];
+/// `text` read with `items`, then made a value by `to`.
+fn parse_items<T>(
+    text: &str,
+    items: &[Item<'_>],
+    to: impl FnOnce(&Parsed) -> ParseResult<T>,
+) -> ParseResult<T> {
+    let mut parsed = Parsed::new();
+    format::parse(&mut parsed, text, items.iter())?;
+    to(&parsed)
+}
 
 /// Parses a Postgres `timestamptz` in its ISO text form, as
 /// `timestamptz_to_str` writes it: `2024-03-01 12:00:00.123456+00`, with a
@@ -181,14 +179,8 @@ pub(crate) fn parse_pg_timestamp(text: &str) -> Result<Timestamp, String> {
         .find(['+', '-', 'Z', 'z'])
         .ok_or_else(|| invalid("no UTC offset (+00)"))?;
     let (time, offset) = (&rest[..offset_at], &rest[offset_at..]);
-    let mut parsed = Parsed::new();
-    let date = format::parse(&mut parsed, date, DATE.iter())
-        .and_then(|()| parsed.to_naive_date())
-        .map_err(|e| invalid(&e.to_string()))?;
-    let mut parsed = Parsed::new();
-    let time = format::parse(&mut parsed, time, TIME.iter())
-        .and_then(|()| parsed.to_naive_time())
-        .map_err(|e| invalid(&e.to_string()))?;
+    let date = parse_items(date, &DATE, Parsed::to_naive_date).map_err(|e| invalid(&e.to_string()))?;
+    let time = parse_items(time, &TIME, Parsed::to_naive_time).map_err(|e| invalid(&e.to_string()))?;
     let offset_secs = parse_offset(offset).ok_or_else(|| invalid("bad UTC offset"))?;
     let local = date.and_time(time).and_utc().timestamp_micros();
     local
@@ -241,13 +233,6 @@ fn parse_offset(text: &str) -> Option<i64> {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn the_date_and_time_items_are_the_formats_they_stand_for() {
-        use chrono::format::StrftimeItems;
-        assert!(StrftimeItems::new("%Y-%m-%d").eq(DATE.iter().cloned()));
-        assert!(StrftimeItems::new("%H:%M:%S%.f").eq(TIME.iter().cloned()));
-    }
 
     #[test]
     fn key_text_of_single_and_composite_keys() {

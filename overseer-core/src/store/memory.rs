@@ -218,16 +218,9 @@ impl Inner {
     }
 }
 
-/// An e-tag as text: the number, quoted (every put returns one, so it is
-/// written without going through `format!`).
+/// An e-tag as text: the number, quoted.
 fn e_tag(e_tag: u64) -> String {
-    let mut digits = itoa::Buffer::new();
-    let digits = digits.format(e_tag);
-    let mut text = String::with_capacity(digits.len() + 2);
-    text.push('"');
-    text.push_str(digits);
-    text.push('"');
-    text
+    format!("\"{e_tag}\"")
 }
 
 fn not_found(location: &Path) -> object_store::Error {

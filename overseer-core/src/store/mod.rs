@@ -163,6 +163,34 @@ impl KnownRefs {
 /// The dictionary each source's updates of one batch are compressed against.
 type Encoders = HashMap<SourceId, Option<Arc<Encoder>>>;
 
+/// A put to `key` that failed in the backend.
+fn put_error(key: &str, source: object_store::Error) -> Error {
+    Error::Store {
+        operation: "put",
+        path: key.to_owned(),
+        source,
+    }
+}
+
+/// Stores each `(key, bytes)` in `memory` create-only, under one lock: the
+/// outcome of each, as [`Store::put_create`] gives it. The keys are built
+/// by the store (see [`built_path`]).
+fn create_all<'a>(
+    memory: &MemoryStore,
+    items: impl IntoIterator<Item = (&'a str, &'a [u8])> + Clone,
+) -> Vec<Result<PutOutcome>> {
+    memory
+        .create_all(items.clone())
+        .into_iter()
+        .zip(items)
+        .map(|(created, (key, _))| match created {
+            Ok(true) => Ok(PutOutcome::Created),
+            Ok(false) => Ok(PutOutcome::Duplicate),
+            Err(source) => Err(put_error(key, source)),
+        })
+        .collect()
+}
+
 /// A key built by the store (every segment already safe, see [`layout`]) as
 /// a [`Path`]: validated, not encoded a second time.
 fn built_path(key: &str) -> Result<Path> {
@@ -343,11 +371,7 @@ impl Store {
         {
             Ok(_) => Ok(PutOutcome::Created),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::Duplicate),
-            Err(source) => Err(Error::Store {
-                operation: "put",
-                path: path.to_string(),
-                source,
-            }),
+            Err(source) => Err(put_error(path.as_ref(), source)),
         }
     }
 
@@ -403,16 +427,16 @@ impl Store {
         let encoder = encoders.get(&doc.source).and_then(Option::as_deref);
         match self.put_create(&path, codec::encode_update(doc, encoder)).await? {
             PutOutcome::Created => Ok(PutOutcome::Created),
-            PutOutcome::Duplicate => self.settle_existing(doc, &path).await,
+            PutOutcome::Duplicate => self.settle_existing(doc, key).await,
         }
     }
 
     /// An object is already stored at `doc`'s key: the same raw bytes of
     /// the same record are a [`PutOutcome::Duplicate`], anything else an
     /// [`Error::PositionConflict`].
-    async fn settle_existing(&self, doc: &UpdateDocument, path: &Path) -> Result<PutOutcome> {
+    async fn settle_existing(&self, doc: &UpdateDocument, key: &str) -> Result<PutOutcome> {
         let existing = self
-            .open_update(path.as_ref(), self.get_bytes(path).await?)
+            .open_update(key, self.get_bytes(&built_path(key)?).await?)
             .await?;
         if existing.raw == doc.raw && existing.key == doc.key {
             Ok(PutOutcome::Duplicate)
@@ -502,20 +526,15 @@ impl Store {
                 (self.update_path(d), codec::encode_update(d, encoder))
             })
             .collect();
-        let created = memory.create_all(encoded.iter().map(|(key, bytes)| (key.as_str(), bytes.as_ref())));
+        let created = create_all(
+            memory,
+            encoded.iter().map(|(key, bytes)| (key.as_str(), bytes.as_ref())),
+        );
         let mut out = Vec::with_capacity(docs.len());
-        for ((doc, (key, _)), created) in docs.into_iter().zip(encoded).zip(created) {
-            let outcome = match created {
-                Ok(true) => Ok(PutOutcome::Created),
-                Ok(false) => match built_path(&key) {
-                    Ok(path) => self.settle_existing(&doc, &path).await,
-                    Err(e) => Err(e),
-                },
-                Err(source) => Err(Error::Store {
-                    operation: "put",
-                    path: key.clone(),
-                    source,
-                }),
+        for ((doc, (key, _)), outcome) in docs.into_iter().zip(encoded).zip(created) {
+            let outcome = match outcome {
+                Ok(PutOutcome::Duplicate) => self.settle_existing(&doc, &key).await,
+                other => other,
             };
             out.push((doc, key, outcome));
         }
@@ -863,20 +882,14 @@ impl Store {
     /// how many entries the lists that were not stored yet hold.
     async fn put_lists(&self, lists: Vec<(String, Bytes, usize)>) -> Result<usize> {
         if let Some(memory) = &self.memory {
-            let created =
-                memory.create_all(lists.iter().map(|(key, bytes, _)| (key.as_str(), bytes.as_ref())));
+            let created = create_all(
+                memory,
+                lists.iter().map(|(key, bytes, _)| (key.as_str(), bytes.as_ref())),
+            );
             let mut added = 0;
-            for ((key, _, count), created) in lists.iter().zip(created) {
-                match created {
-                    Ok(true) => added += count,
-                    Ok(false) => {}
-                    Err(source) => {
-                        return Err(Error::Store {
-                            operation: "put",
-                            path: key.clone(),
-                            source,
-                        });
-                    }
+            for ((_, _, count), outcome) in lists.iter().zip(created) {
+                if outcome? == PutOutcome::Created {
+                    added += count;
                 }
             }
             return Ok(added);
