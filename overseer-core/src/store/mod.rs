@@ -172,25 +172,6 @@ fn put_error(key: &str, source: object_store::Error) -> Error {
     }
 }
 
-/// Stores each `(key, bytes)` in `memory` create-only, under one lock: the
-/// outcome of each, as [`Store::put_create`] gives it. The keys are built
-/// by the store (see [`built_path`]).
-fn create_all<'a>(
-    memory: &MemoryStore,
-    items: impl IntoIterator<Item = (&'a str, &'a [u8])> + Clone,
-) -> Vec<Result<PutOutcome>> {
-    memory
-        .create_all(items.clone())
-        .into_iter()
-        .zip(items)
-        .map(|(created, (key, _))| match created {
-            Ok(true) => Ok(PutOutcome::Created),
-            Ok(false) => Ok(PutOutcome::Duplicate),
-            Err(source) => Err(put_error(key, source)),
-        })
-        .collect()
-}
-
 /// A key built by the store (every segment already safe, see [`layout`]) as
 /// a [`Path`]: validated, not encoded a second time.
 fn built_path(key: &str) -> Result<Path> {
@@ -414,20 +395,14 @@ impl Store {
     /// [`Error::PositionConflict`].
     pub async fn put_update(&self, doc: &UpdateDocument) -> Result<PutOutcome> {
         let encoders = self.encoders(std::slice::from_ref(doc)).await;
-        self.put_update_at(doc, &self.update_path(doc), &encoders).await
-    }
-
-    async fn put_update_at(
-        &self,
-        doc: &UpdateDocument,
-        key: &str,
-        encoders: &Encoders,
-    ) -> Result<PutOutcome> {
-        let path = built_path(key)?;
+        let key = self.update_path(doc);
         let encoder = encoders.get(&doc.source).and_then(Option::as_deref);
-        match self.put_create(&path, codec::encode_update(doc, encoder)).await? {
+        match self
+            .put_create(&built_path(&key)?, codec::encode_update(doc, encoder))
+            .await?
+        {
             PutOutcome::Created => Ok(PutOutcome::Created),
-            PutOutcome::Duplicate => self.settle_existing(doc, key).await,
+            PutOutcome::Duplicate => self.settle_existing(doc, &key).await,
         }
     }
 
@@ -491,32 +466,13 @@ impl Store {
         out
     }
 
+    /// Stores one chunk of updates: each encoded and named, all stored
+    /// create-only ([`put_all`](Self::put_all)), then each found already
+    /// stored settled as a duplicate or a position conflict.
     async fn put_chunk(
         &self,
         docs: Vec<UpdateDocument>,
         concurrency: usize,
-        encoders: &Encoders,
-    ) -> Vec<(UpdateDocument, String, Result<PutOutcome>)> {
-        if let Some(memory) = &self.memory {
-            return self.put_chunk_in_memory(memory, docs, encoders).await;
-        }
-        stream::iter(docs)
-            .map(|d| async move {
-                let key = self.update_path(&d);
-                let outcome = self.put_update_at(&d, &key, encoders).await;
-                (d, key, outcome)
-            })
-            .buffered(concurrency)
-            .collect()
-            .await
-    }
-
-    /// [`put_chunk`](Self::put_chunk) on the store's own [`MemoryStore`]:
-    /// every update encoded, then all stored under one lock.
-    async fn put_chunk_in_memory(
-        &self,
-        memory: &MemoryStore,
-        docs: Vec<UpdateDocument>,
         encoders: &Encoders,
     ) -> Vec<(UpdateDocument, String, Result<PutOutcome>)> {
         let encoded: Vec<(String, Bytes)> = docs
@@ -526,19 +482,53 @@ impl Store {
                 (self.update_path(d), codec::encode_update(d, encoder))
             })
             .collect();
-        let created = create_all(
-            memory,
-            encoded.iter().map(|(key, bytes)| (key.as_str(), bytes.as_ref())),
-        );
-        let mut out = Vec::with_capacity(docs.len());
-        for ((doc, (key, _)), outcome) in docs.into_iter().zip(encoded).zip(created) {
-            let outcome = match outcome {
-                Ok(PutOutcome::Duplicate) => self.settle_existing(&doc, &key).await,
-                other => other,
-            };
-            out.push((doc, key, outcome));
+        let outcomes = self.put_all(&encoded, concurrency).await;
+        let mut out: Vec<(UpdateDocument, String, Result<PutOutcome>)> = docs
+            .into_iter()
+            .zip(encoded)
+            .zip(outcomes)
+            .map(|((doc, (key, _)), outcome)| (doc, key, outcome))
+            .collect();
+        let duplicates: Vec<usize> = (0..out.len())
+            .filter(|&i| matches!(out[i].2, Ok(PutOutcome::Duplicate)))
+            .collect();
+        let settles: Vec<_> = duplicates
+            .iter()
+            .map(|&i| self.settle_existing(&out[i].0, &out[i].1))
+            .collect();
+        let settled: Vec<Result<PutOutcome>> = stream::iter(settles).buffered(concurrency).collect().await;
+        for (i, outcome) in duplicates.into_iter().zip(settled) {
+            out[i].2 = outcome;
         }
         out
+    }
+
+    /// Stores each `(key, bytes)` create-only, up to `concurrency` at a
+    /// time; the outcome of each, in order, as [`put_create`](Self::put_create)
+    /// gives it. On the store's own [`MemoryStore`] they are all stored
+    /// under one lock instead, without a put per object. The keys are
+    /// built by the store (see [`built_path`]).
+    async fn put_all(&self, objects: &[(String, Bytes)], concurrency: usize) -> Vec<Result<PutOutcome>> {
+        if let Some(memory) = &self.memory {
+            let created =
+                memory.create_all(objects.iter().map(|(key, bytes)| (key.as_str(), bytes.as_ref())));
+            return created
+                .into_iter()
+                .zip(objects)
+                .map(|(created, (key, _))| match created {
+                    Ok(true) => Ok(PutOutcome::Created),
+                    Ok(false) => Ok(PutOutcome::Duplicate),
+                    Err(source) => Err(put_error(key, source)),
+                })
+                .collect();
+        }
+        // The futures are made first: a stream holding the closure that
+        // makes them would not be `Send` for every lifetime.
+        let puts: Vec<_> = objects
+            .iter()
+            .map(|(key, bytes)| async move { self.put_create(&built_path(key)?, bytes.clone()).await })
+            .collect();
+        stream::iter(puts).buffered(concurrency).collect().await
     }
 
     /// The updates of a record with a commit time at or before `up_to`,
@@ -881,28 +871,20 @@ impl Store {
     /// Stores reference lists (key, bytes, entries) create-only; returns
     /// how many entries the lists that were not stored yet hold.
     async fn put_lists(&self, lists: Vec<(String, Bytes, usize)>) -> Result<usize> {
-        if let Some(memory) = &self.memory {
-            let created = create_all(
-                memory,
-                lists.iter().map(|(key, bytes, _)| (key.as_str(), bytes.as_ref())),
-            );
-            let mut added = 0;
-            for ((_, _, count), outcome) in lists.iter().zip(created) {
-                if outcome? == PutOutcome::Created {
-                    added += count;
-                }
+        let (objects, counts): (Vec<(String, Bytes)>, Vec<usize>) = lists
+            .into_iter()
+            .map(|(key, bytes, count)| ((key, bytes), count))
+            .unzip();
+        let mut added = 0;
+        for (count, outcome) in counts
+            .into_iter()
+            .zip(self.put_all(&objects, self.concurrency).await)
+        {
+            if outcome? == PutOutcome::Created {
+                added += count;
             }
-            return Ok(added);
         }
-        let added: Vec<usize> = stream::iter(lists)
-            .map(|(key, bytes, count)| async move {
-                let outcome = self.put_create(&built_path(&key)?, bytes).await?;
-                Ok::<_, Error>(if outcome == PutOutcome::Created { count } else { 0 })
-            })
-            .buffer_unordered(self.concurrency)
-            .try_collect()
-            .await?;
-        Ok(added.into_iter().sum())
+        Ok(added)
     }
 
     fn reference_entry(path: &Path, e: proto::ReferenceEntry) -> Result<ReferenceEntry> {
