@@ -30,7 +30,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use overseer_core::{Compression, ZstdOptions};
 use overseer_examples::payments::delivery::{Lag, SOURCES, source_index};
-use overseer_examples::payments::{Config, RunReport, StallSpec, StoreKind, StrategyMode, run};
+use overseer_examples::payments::{Config, RunReport, StallSpec, StoreKind, StrategyMode, metrics, run};
 
 /// The example is an application: it picks its allocator (glibc's malloc
 /// fragments under this allocation pattern; mimalloc is what the benches use).
@@ -114,6 +114,11 @@ struct Args {
     /// No progress or detections on stderr, even on a terminal.
     #[arg(long)]
     quiet: bool,
+    /// Let the kernel back the heap with transparent huge pages, as the
+    /// system allows (by default they are off for this process: the same
+    /// speed for less memory).
+    #[arg(long)]
+    huge_pages: bool,
 }
 
 fn source_arg(text: &str, what: &str) -> Result<(usize, String), String> {
@@ -239,7 +244,13 @@ fn describe(cfg: &Config, r: &RunReport) {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> ExitCode {
-    let cfg = match config(Args::parse()) {
+    let args = Args::parse();
+    if !args.huge_pages
+        && let Err(e) = metrics::disable_transparent_huge_pages()
+    {
+        eprintln!("payments: transparent huge pages stay as the system sets them: {e}");
+    }
+    let cfg = match config(args) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("payments: {e}");

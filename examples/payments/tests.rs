@@ -77,3 +77,11 @@ fn single_and_multi_threaded_runtimes_store_and_detect_the_same() {
     assert_eq!(single.summary.events, multi.summary.events);
     assert_eq!(single.stats.notifications, multi.stats.notifications);
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_main_job_can_turn_transparent_huge_pages_off() {
+    overseer_examples::payments::metrics::disable_transparent_huge_pages()
+        .expect("prctl(PR_SET_THP_DISABLE) is allowed to any process");
+    assert_eq!(nix::sys::prctl::get_thp_disable(), Ok(true));
+}
