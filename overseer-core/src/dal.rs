@@ -296,6 +296,11 @@ impl Dal {
             return;
         }
         let found = self.memo.entry(&update.key, None, |_, memo| {
+            if memo.generation == generation && memo.n == n {
+                // A read folded this update already (the index had it
+                // before this call): the memo holds the same state.
+                return EntryAction::Retain(());
+            }
             if memo.generation != generation || memo.n + 1 != n || !memo.is_extended_by(update) {
                 return EntryAction::Remove;
             }
@@ -825,6 +830,44 @@ mod tests {
         assert_eq!(latest_v(&dal).await, Some(Value::from("five")));
         ingest(&dal, tied(7, "seven"), true).await;
         assert_eq!(latest_v(&dal).await, Some(Value::from("seven")));
+    }
+
+    /// Ingestion indexes an update, then folds it into the memo once the
+    /// index is unlocked: a read in between folds the update itself and
+    /// leaves a memo that already holds it, which the fold that follows
+    /// keeps rather than drops.
+    #[tokio::test]
+    async fn a_memo_a_read_folded_before_the_write_through_is_kept() {
+        let (dal, key) = (indexed_dal().await, record());
+        let index = dal.index.clone().unwrap();
+        let at = |secs: u64| {
+            let mut u = tied(secs, "");
+            u.commit_time = Timestamp::from_secs(secs as i64);
+            u.raw = bytes::Bytes::from(format!("v{secs}"));
+            u
+        };
+        ingest(&dal, at(1), true).await;
+        let generation = dal.memo.get(&key).unwrap().generation;
+        // The second update is stored and indexed, not yet folded.
+        let second = at(2);
+        let stored = dal.store.put_updates(vec![second]).await;
+        let (second, path, outcome) = stored.into_iter().next().unwrap();
+        outcome.unwrap();
+        let mut indexed = None;
+        index.add_update(&path, &second, |g, n| indexed = Some((g, n)));
+        assert_eq!(indexed, Some((generation, 2)));
+        // A check reads the record meanwhile.
+        assert_eq!(latest_v(&dal).await, Some(Value::from("v2")));
+        assert_eq!(dal.memo.get(&key).map(|m| m.n), Some(2));
+        // Then ingestion's fold arrives.
+        let mut change = Some(Values.decode(&second).unwrap());
+        dal.extend_memo(&second, &mut change, generation, 2);
+        let memo = dal.memo.get(&key).expect("the read's memo is kept");
+        assert_eq!((memo.generation, memo.n), (generation, 2));
+        assert!(change.is_some(), "the change is not folded twice");
+        ingest(&dal, at(3), true).await;
+        assert_eq!(dal.memo.get(&key).map(|m| m.n), Some(3));
+        assert_eq!(latest_v(&dal).await, Some(Value::from("v3")));
     }
 
     /// An update written through without its change (the DAL folds it when

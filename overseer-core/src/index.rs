@@ -314,24 +314,35 @@ impl Index {
 
     /// Write-through: an update was stored at `path` (its object key, which
     /// names it by its digest). When it is the record's latest (and the
-    /// record is seeded), `extend` is called, under the record's lock, with
-    /// the record's generation and update count.
+    /// record is seeded), `extend` is called with the record's generation
+    /// and update count as of the insert.
+    ///
+    /// `extend` runs after the record's shard of the map is unlocked, so
+    /// that folding the update (the costly part) does not hold up readers
+    /// and writers of the other records of the shard. By then another
+    /// update of the record may have been indexed: whatever `extend` builds
+    /// must hold for the record's first `n` updates of that generation
+    /// only, which is what readers check a memo against.
     pub(crate) fn add_update(&self, path: &str, update: &UpdateDocument, extend: impl FnOnce(u64, usize)) {
         let fresh = self.fresh();
-        let mut tracked = self.records.entry(update.key.clone()).or_insert_with(|| Tracked {
-            seeded: fresh,
-            refs_seeded: fresh,
-            ..Tracked::default()
-        });
-        let generation = tracked.generation;
-        // The digest in the key ingestion just built, rather than hashing
-        // the source and position again.
-        let entry = match layout::update_digest_of(path) {
-            Some(digest) => Indexed::new(update, digest),
-            None => Indexed::of(update),
+        let latest = {
+            let mut tracked = self.records.entry(update.key.clone()).or_insert_with(|| Tracked {
+                seeded: fresh,
+                refs_seeded: fresh,
+                ..Tracked::default()
+            });
+            let generation = tracked.generation;
+            // The digest in the key ingestion just built, rather than
+            // hashing the source and position again.
+            let entry = match layout::update_digest_of(path) {
+                Some(digest) => Indexed::new(update, digest),
+                None => Indexed::of(update),
+            };
+            (tracked.insert(entry) && tracked.seeded && tracked.generation == generation)
+                .then(|| (generation, tracked.updates.len()))
         };
-        if tracked.insert(entry) && tracked.seeded && tracked.generation == generation {
-            extend(generation, tracked.updates.len());
+        if let Some((generation, n)) = latest {
+            extend(generation, n);
         }
     }
 
@@ -548,7 +559,48 @@ impl Index {
 
 #[cfg(test)]
 mod tests {
-    use super::reserve_tight;
+    use super::*;
+    use crate::model::{Operation, SourceId, SourcePosition};
+
+    fn update(id: &str, secs: i64) -> UpdateDocument {
+        UpdateDocument {
+            key: RecordKey::new("transfers", id).unwrap(),
+            source: SourceId::new("s").unwrap(),
+            position: SourcePosition::from_numbers(&[secs as u64]),
+            commit_time: Timestamp::from_secs(secs),
+            ingested_at: Timestamp::from_secs(secs),
+            operation: Operation::Update,
+            format: crate::model::Format::new("json").unwrap(),
+            raw: bytes::Bytes::from_static(b"{}"),
+            references: Vec::new(),
+        }
+    }
+
+    /// Folding an update into its record's memo is the costly part of
+    /// indexing it: it runs with the record's shard unlocked, so that reads
+    /// and writes of that shard's other records go on meanwhile.
+    #[tokio::test]
+    async fn the_latest_update_is_folded_with_its_shard_unlocked() {
+        let index = Index::new(Store::in_memory());
+        assert!(index.start().await.unwrap(), "an empty store");
+        for secs in 1..=3 {
+            let u = update("t-1", secs);
+            let path = format!("updates/transfers/t-1/{secs}.pb");
+            let mut folded = None;
+            index.add_update(&path, &u, |generation, n| {
+                let unlocked = index.records.try_get_mut(&u.key).is_present();
+                folded = Some((generation, n, unlocked));
+            });
+            assert_eq!(folded, Some((0, secs as usize, true)));
+        }
+        // An update that goes before the others is not the latest: nothing
+        // to fold (a read folds the record again).
+        let mut called = false;
+        index.add_update("updates/transfers/t-1/0.pb", &update("t-1", 0), |_, _| {
+            called = true
+        });
+        assert!(!called);
+    }
 
     #[test]
     fn short_lists_hold_no_spare_room_and_long_ones_still_grow_geometrically() {
