@@ -281,13 +281,17 @@ impl Dal {
     /// in place when no reader holds the memo or its state. The change is
     /// taken (its values move into the state) when the memo then holds the
     /// state after this update; it is left where it is otherwise.
+    ///
+    /// The index calls this once it is unlocked, so a read may have folded
+    /// the update into the memo in between: a memo of the record's first
+    /// `n` updates is kept as it is, with or without the change.
     fn extend_memo(&self, update: &UpdateDocument, change: &mut Option<Change>, generation: u64, n: usize) {
         if change.is_none() {
             // A read folds the update on top of the memo later, unless it
             // goes before the memo's last update (they tie on commit time
             // and source): then the memo folds updates out of order.
             self.memo.entry(&update.key, None, |_, memo| {
-                if memo.is_extended_by(update) {
+                if memo.folds(generation, n) || memo.is_extended_by(update) {
                     EntryAction::Retain(())
                 } else {
                     EntryAction::Remove
@@ -296,9 +300,7 @@ impl Dal {
             return;
         }
         let found = self.memo.entry(&update.key, None, |_, memo| {
-            if memo.generation == generation && memo.n == n {
-                // A read folded this update already (the index had it
-                // before this call): the memo holds the same state.
+            if memo.folds(generation, n) {
                 return EntryAction::Retain(());
             }
             if memo.generation != generation || memo.n + 1 != n || !memo.is_extended_by(update) {
@@ -835,7 +837,7 @@ mod tests {
     /// Ingestion indexes an update, then folds it into the memo once the
     /// index is unlocked: a read in between folds the update itself and
     /// leaves a memo that already holds it, which the fold that follows
-    /// keeps rather than drops.
+    /// keeps rather than drops (with the update's change or without).
     #[tokio::test]
     async fn a_memo_a_read_folded_before_the_write_through_is_kept() {
         let (dal, key) = (indexed_dal().await, record());
@@ -865,6 +867,10 @@ mod tests {
         let memo = dal.memo.get(&key).expect("the read's memo is kept");
         assert_eq!((memo.generation, memo.n), (generation, 2));
         assert!(change.is_some(), "the change is not folded twice");
+        // The same for an update written through without its change.
+        dal.extend_memo(&second, &mut None, generation, 2);
+        let memo = dal.memo.get(&key).expect("the read's memo is kept");
+        assert_eq!((memo.generation, memo.n), (generation, 2));
         ingest(&dal, at(3), true).await;
         assert_eq!(dal.memo.get(&key).map(|m| m.n), Some(3));
         assert_eq!(latest_v(&dal).await, Some(Value::from("v3")));

@@ -236,6 +236,12 @@ impl Memo {
         self.state_size + self.last.as_ref().map_or(0, |l| l.position.as_str().len())
     }
 
+    /// Whether the memo is the fold of its record's first `n` updates of
+    /// `generation` (which of them, the generation fixes).
+    pub(crate) fn folds(&self, generation: u64, n: usize) -> bool {
+        self.generation == generation && self.n == n
+    }
+
     /// Whether `update` goes after every update folded into the memo, so
     /// that folding it on top keeps the history's order.
     pub(crate) fn is_extended_by(&self, update: &UpdateDocument) -> bool {
