@@ -21,7 +21,7 @@ cargo build --release --locked --example payments >&2
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/overseer-instructions.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
-    target/release/examples/payments --transfers "$TRANSFERS" --quiet >"$WORK/summary.json" 2>/dev/null
+    "${CARGO_TARGET_DIR:-target}"/release/examples/payments --transfers "$TRANSFERS" --quiet >"$WORK/summary.json" 2>/dev/null
 callgrind_annotate --inclusive=yes "$WORK/callgrind.out" >"$WORK/inclusive.txt" 2>/dev/null
 # The inclusive count of the first function whose name contains $1 (0 if none).
 count() {

@@ -166,9 +166,9 @@ struct RowEvent {
 struct Envelope<'a> {
     #[serde(borrow, default)]
     op: Option<Cow<'a, str>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::exact::opt_object")]
     before: Option<State>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::exact::opt_object")]
     after: Option<State>,
     #[serde(borrow, default)]
     source: Option<SourceFields<'a>>,
@@ -224,7 +224,7 @@ fn envelope_of(raw: &[u8]) -> Result<Option<Envelope<'static>>, String> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let value: Value = crate::parse_json(raw).map_err(|e| format!("not valid JSON: {e}"))?;
+    let value = crate::exact::parse(raw).map_err(|e| format!("not valid JSON: {e}"))?;
     let mut envelope = match value {
         Value::Null => return Ok(None),
         Value::Object(map) => map,

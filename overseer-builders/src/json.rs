@@ -120,7 +120,7 @@ fn type_name(value: &Value) -> &'static str {
 
 /// Parses one event into its object.
 fn parse_object(raw: &[u8]) -> Result<Map<String, Value>, ConsumeError> {
-    match crate::parse_json::<Value>(raw) {
+    match crate::exact::parse(raw) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(reject(format!(
             "expected a JSON object (one record), found {}",

@@ -25,6 +25,7 @@
 //! ```
 
 pub mod debezium;
+mod exact;
 pub mod json;
 pub mod migrate;
 pub mod mongo;

@@ -166,7 +166,7 @@ enum Kind {
 
 /// Parses one raw event into its top-level object.
 fn parse_root(raw: &[u8]) -> Result<Map<String, Value>, ConsumeError> {
-    match crate::parse_json::<Value>(raw) {
+    match crate::exact::parse(raw) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(reject(format!(
             "expected a JSON object (one change event), found {}",
@@ -739,11 +739,19 @@ struct Envelope<'a> {
     wall_time: Option<DateFields<'a>>,
     #[serde(borrow, default)]
     ns: Option<NamespaceFields<'a>>,
-    #[serde(rename = "documentKey", default)]
+    #[serde(rename = "documentKey", default, deserialize_with = "crate::exact::opt_value")]
     document_key: Option<Value>,
-    #[serde(rename = "fullDocument", default)]
+    #[serde(
+        rename = "fullDocument",
+        default,
+        deserialize_with = "crate::exact::opt_value"
+    )]
     full_document: Option<Value>,
-    #[serde(rename = "updateDescription", default)]
+    #[serde(
+        rename = "updateDescription",
+        default,
+        deserialize_with = "crate::exact::opt_value"
+    )]
     update_description: Option<Value>,
 }
 

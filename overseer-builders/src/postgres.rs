@@ -199,7 +199,7 @@ fn parse_object(raw: &[u8]) -> Result<Map<String, Value>, String> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err("empty event".into());
     }
-    match crate::parse_json::<Value>(raw) {
+    match crate::exact::parse(raw) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(format!("expected a JSON object, got {}", json_kind(&other))),
         Err(e) => Err(format!("not valid JSON: {e}")),
@@ -254,6 +254,7 @@ struct Wal2JsonFields<'a> {
 struct Wal2JsonColumn<'a> {
     #[serde(borrow)]
     name: Cow<'a, str>,
+    #[serde(deserialize_with = "crate::exact::value")]
     value: Value,
 }
 
@@ -637,7 +638,9 @@ fn text_to_json(type_oid: u32, text: &str) -> Result<Value, String> {
             None if special(text) || is_json_number(text) => Ok(Value::String(text.to_owned())),
             None => Err(format!("{text:?} is not a numeric")),
         },
-        oid::JSON | oid::JSONB => serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}")),
+        oid::JSON | oid::JSONB => {
+            crate::exact::parse(text.as_bytes()).map_err(|e| format!("not valid JSON: {e}"))
+        }
         _ => Ok(Value::String(text.to_owned())),
     }
 }
