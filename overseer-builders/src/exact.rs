@@ -11,7 +11,7 @@
 //! reused from one event to the next, then moved into a map allocated for
 //! exactly that many: the same value (same entries, same order, the same
 //! duplicate-key rule: the last value wins, at the first key's place), in
-//! less memory, read faster and freed faster.
+//! less memory (`docs/performance.md` has the figures).
 
 use std::cell::RefCell;
 use std::fmt;
@@ -31,9 +31,13 @@ thread_local! {
     static OBJECTS: RefCell<Vec<Vec<(String, Value)>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Takes a buffer from `pool` (an empty one, possibly with room).
+/// Takes a buffer from `pool` (an empty one, possibly with room; a new one
+/// when the pool is empty or the thread is exiting).
 fn take<T>(pool: &'static std::thread::LocalKey<RefCell<Vec<Vec<T>>>>) -> Vec<T> {
-    pool.with(|p| p.borrow_mut().pop()).unwrap_or_default()
+    pool.try_with(|p| p.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }
 
 /// Gives an emptied buffer back to `pool`, unless it is too big to keep.
@@ -42,7 +46,8 @@ fn give<T>(pool: &'static std::thread::LocalKey<RefCell<Vec<Vec<T>>>>, mut buffe
     if buffer.capacity() == 0 || buffer.capacity() > POOLED_CAPACITY {
         return;
     }
-    pool.with(|p| {
+    // A thread that is exiting frees it instead.
+    let _ = pool.try_with(|p| {
         let mut p = p.borrow_mut();
         if p.len() < POOLED_BUFFERS {
             p.push(buffer);
