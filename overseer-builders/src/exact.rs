@@ -300,6 +300,17 @@ mod tests {
         assert_eq!(parse(br#"{"c":[3]}"#).unwrap(), json!({"c": [3]}));
     }
 
+    #[test]
+    fn hostile_nesting_is_an_error_not_a_stack_overflow() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let ours = parse(deep.as_bytes()).unwrap_err().to_string();
+        let theirs = serde_json::from_str::<Value>(&deep).unwrap_err().to_string();
+        assert_eq!(ours, theirs);
+        assert!(ours.contains("recursion limit"), "{ours}");
+        // Nothing of it is left in the buffers.
+        assert_eq!(parse(b"[[1]]").unwrap(), json!([[1]]));
+    }
+
     #[derive(Deserialize, Debug, PartialEq)]
     struct Fields {
         #[serde(default, deserialize_with = "super::opt_value")]
