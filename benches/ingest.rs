@@ -5,6 +5,7 @@
 //! cargo bench -p overseer-benches --bench ingest -- local  [EVENTS]   # default 100,000; raw put rate in the same run
 //! cargo bench -p overseer-benches --bench ingest -- state  [UPDATES]  # default 1,000
 //! cargo bench -p overseer-benches --bench ingest -- objects [OBJECTS] # default 500,000; MemoryStore's and InMemory's memory per object
+//! cargo bench -p overseer-benches --bench ingest -- values [EVENTS]   # default 200,000; JSON values read by serde_json and exactly sized, alternated
 //! ```
 #![allow(clippy::print_stdout, clippy::unwrap_used, missing_docs)]
 
@@ -292,6 +293,52 @@ async fn objects(objects: usize) {
     );
 }
 
+/// The same MongoDB events read into JSON values by `serde_json` and by
+/// `overseer_builders::exact` (both as text), in alternated rounds of one
+/// run: microseconds per event to parse every event and keep its value, and
+/// to drop them all; medians of five rounds each.
+fn values(events: usize) {
+    let input: Vec<Bytes> = mongo_events(events, 42).collect();
+    let read = |raw: &Bytes, exact: bool| -> serde_json::Value {
+        if exact {
+            overseer_builders::exact::parse(raw).unwrap()
+        } else {
+            serde_json::from_str(std::str::from_utf8(raw).unwrap()).unwrap()
+        }
+    };
+    let per_event = |secs: f64| secs * 1e6 / events as f64;
+    let (mut parse, mut free) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    for _ in 0..5 {
+        for (side, exact) in [false, true].into_iter().enumerate() {
+            let start = Instant::now();
+            let kept: Vec<serde_json::Value> = input.iter().map(|raw| read(raw, exact)).collect();
+            parse[side].push(per_event(start.elapsed().as_secs_f64()));
+            let start = Instant::now();
+            drop(kept);
+            free[side].push(per_event(start.elapsed().as_secs_f64()));
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let [serde_parse, exact_parse] = parse.map(median);
+    let [serde_drop, exact_drop] = free.map(median);
+    println!(
+        "{}",
+        json!({
+            "mode": "values",
+            "events": events,
+            "serde_json_parse_us": serde_parse,
+            "exact_parse_us": exact_parse,
+            "parse_ratio": exact_parse / serde_parse,
+            "serde_json_drop_us": serde_drop,
+            "exact_drop_us": exact_drop,
+            "drop_ratio": exact_drop / serde_drop,
+        })
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -310,6 +357,7 @@ fn main() {
             "local" => local(n(100_000)).await,
             "state" => state(n(1000)).await,
             "objects" => objects(n(500_000)).await,
+            "values" => values(n(200_000)),
             _ => {
                 memory(n(1_000_000)).await;
                 local(100_000).await;

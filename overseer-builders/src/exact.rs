@@ -12,6 +12,30 @@
 //! exactly that many: the same value (same entries, same order, the same
 //! duplicate-key rule: the last value wins, at the first key's place), in
 //! less memory (`docs/performance.md` has the figures).
+//!
+//! The built-in formats read every value that ends up in a record's state
+//! through this module; a consumer of another format can too, for the
+//! `State`s it returns.
+//!
+//! ```
+//! use serde::Deserialize;
+//! use serde_json::{Map, Value, json};
+//!
+//! let value = overseer_builders::exact::parse(br#"{"a":[1,2],"b":{"c":null}}"#)?;
+//! assert_eq!(value, json!({"a": [1, 2], "b": {"c": null}}));
+//!
+//! // A typed envelope whose document is read exactly sized.
+//! #[derive(Deserialize)]
+//! struct Envelope {
+//!     op: String,
+//!     #[serde(default, deserialize_with = "overseer_builders::exact::opt_object")]
+//!     after: Option<Map<String, Value>>,
+//! }
+//! let e: Envelope = serde_json::from_str(r#"{"op":"u","after":{"id":7}}"#)?;
+//! assert_eq!(e.op, "u");
+//! assert_eq!(e.after.map(Value::Object), Some(json!({"id": 7})));
+//! # Ok::<(), serde_json::Error>(())
+//! ```
 
 use std::cell::RefCell;
 use std::fmt;
@@ -168,7 +192,7 @@ impl<'de> Visitor<'de> for ExactObject {
 }
 
 /// Any JSON value, exactly sized: for `#[serde(deserialize_with)]`.
-pub(crate) fn value<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Value, D::Error> {
+pub fn value<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Value, D::Error> {
     Exact.deserialize(deserializer)
 }
 
@@ -198,22 +222,28 @@ impl<'de, V: Visitor<'de> + Copy> Visitor<'de> for Opt<V> {
 }
 
 /// An optional JSON value, exactly sized (`null` is `None`).
-pub(crate) fn opt_value<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+pub fn opt_value<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
     deserializer.deserialize_option(Opt(Exact))
 }
 
 /// An optional JSON object, exactly sized (`null` is `None`; any other
 /// kind of value is an error).
-pub(crate) fn opt_object<'de, D: Deserializer<'de>>(
+pub fn opt_object<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Map<String, Value>>, D::Error> {
     deserializer.deserialize_option(Opt(ExactObject))
 }
 
-/// Parses one raw event into a JSON value, exactly sized, reading it as
-/// [`crate::parse_json`] does (as text when it is UTF-8, with
-/// `serde_json`'s own errors otherwise).
-pub(crate) fn parse(raw: &[u8]) -> serde_json::Result<Value> {
+/// Parses one raw event into a JSON value, exactly sized: read as text when
+/// it is UTF-8 (`serde_json` then checks no string on its own), as bytes
+/// otherwise, so that an error is `serde_json`'s own, with its line and
+/// column.
+///
+/// # Errors
+///
+/// `serde_json`'s error when `raw` is not one JSON value (trailing
+/// whitespace allowed), or nests deeper than its recursion limit.
+pub fn parse(raw: &[u8]) -> serde_json::Result<Value> {
     fn read<'de, R: serde_json::de::Read<'de>>(
         mut de: serde_json::Deserializer<R>,
     ) -> serde_json::Result<Value> {

@@ -12,6 +12,9 @@
 //! | [`debezium`] | `debezium` | Debezium relational connector envelopes, with or without the `schema`/`payload` wrapper |
 //! | [`json`] | `json` | whole records written by an application |
 //!
+//! Every format reads the JSON values that end up in a record's state
+//! through [`exact`], which allocates objects and arrays at their exact size.
+//!
 //! For relational sources a row's record id is its primary-key value as text
 //! (`42`, `abc`; a composite key as the JSON array text of its values), and
 //! its state is a JSON object of column name to value with the JSON types the
@@ -25,7 +28,7 @@
 //! ```
 
 pub mod debezium;
-mod exact;
+pub mod exact;
 pub mod json;
 pub mod migrate;
 pub mod mongo;
