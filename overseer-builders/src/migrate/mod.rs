@@ -5,7 +5,8 @@
 //! the same verification as Overseer checks for the shadow phase.
 //!
 //! The backfill itself (generate, copy tables, triggers, import, resolve,
-//! concurrent indexes, flip) is [`backfill`]; see `docs/migrations-backfill.md`.
+//! concurrent indexes, flip) is the `backfill` module (feature
+//! `postgres`); see `docs/migrations-backfill.md`.
 //!
 //! See `docs/migrations-verify.md`.
 
