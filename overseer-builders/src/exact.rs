@@ -192,6 +192,10 @@ impl<'de> Visitor<'de> for ExactObject {
 }
 
 /// Any JSON value, exactly sized: for `#[serde(deserialize_with)]`.
+///
+/// # Errors
+///
+/// The deserializer's own (malformed input, nesting past its limit).
 pub fn value<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Value, D::Error> {
     Exact.deserialize(deserializer)
 }
@@ -221,13 +225,23 @@ impl<'de, V: Visitor<'de> + Copy> Visitor<'de> for Opt<V> {
     }
 }
 
-/// An optional JSON value, exactly sized (`null` is `None`).
+/// An optional JSON value, exactly sized (`null` is `None`; an absent
+/// field needs `#[serde(default)]` as well).
+///
+/// # Errors
+///
+/// The deserializer's own (malformed input, nesting past its limit).
 pub fn opt_value<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
     deserializer.deserialize_option(Opt(Exact))
 }
 
-/// An optional JSON object, exactly sized (`null` is `None`; any other
-/// kind of value is an error).
+/// An optional JSON object, exactly sized (`null` is `None`; an absent
+/// field needs `#[serde(default)]` as well).
+///
+/// # Errors
+///
+/// Any other kind of value ("invalid type: …, expected a JSON object"),
+/// and the deserializer's own.
 pub fn opt_object<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Map<String, Value>>, D::Error> {
