@@ -355,6 +355,91 @@ mod tests {
         assert_eq!(parse(b"[[1]]").unwrap(), json!([[1]]));
     }
 
+    /// Every array in the state a change writes holds exactly its length.
+    fn change_arrays_exact(change: &overseer_core::Change) -> bool {
+        use overseer_core::Change;
+        match change {
+            Change::Full(state) | Change::Merge(state) => state.values().all(arrays_exact),
+            Change::Patch(patch) => patch.updated.iter().all(|(_, v)| arrays_exact(v)),
+            Change::Delete => true,
+        }
+    }
+
+    #[test]
+    fn every_built_in_format_reads_its_states_exactly_sized() {
+        use overseer_core::{Consumed, Model};
+
+        use crate::{FormatName, FormatOptions, consumer};
+
+        // Each event's document holds arrays of three (that serde_json's
+        // doubling would give room for four).
+        let mongo_tail =
+            r#""clusterTime": {"$timestamp": {"t": 1654878000, "i": 3}}, "ns": {"db": "d", "coll": "c"}"#;
+        let cases: [(FormatName, Option<&str>, String); 7] = [
+            (
+                FormatName::Mongo,
+                None,
+                format!(
+                    r#"{{"_id": {{"_data": "82AB"}}, "operationType": "insert", "documentKey": {{"_id": "k"}}, "fullDocument": {{"_id": "k", "h": [{{"s": 1}}, 2, [3, 4, 5]]}}, {mongo_tail}}}"#
+                ),
+            ),
+            (
+                FormatName::Mongo,
+                None,
+                format!(
+                    r#"{{"_id": {{"_data": "82AB"}}, "operationType": "update", "documentKey": {{"_id": "k"}}, "updateDescription": {{"updatedFields": {{"h": [1, 2, 3]}}, "removedFields": [], "truncatedArrays": []}}, {mongo_tail}}}"#
+                ),
+            ),
+            (
+                // The simplified shape, read through the JSON-value path.
+                FormatName::Mongo,
+                None,
+                format!(
+                    r#"{{"_id": "simplified", "operationType": "insert", "documentKey": {{"_id": "k"}}, "fullDocument": {{"h": [1, 2, 3]}}, {mongo_tail}}}"#
+                ),
+            ),
+            (
+                FormatName::Debezium,
+                None,
+                r#"{"before": null, "after": {"id": 1, "tags": ["a", "b", "c"]}, "source": {"ts_ms": 1709294400000, "table": "t", "lsn": 1}, "op": "c"}"#.to_owned(),
+            ),
+            (
+                // With the JSON converter's wrapping: the JSON-value path.
+                FormatName::Debezium,
+                None,
+                r#"{"schema": null, "payload": {"before": null, "after": {"id": 1, "tags": ["a", "b", "c"]}, "source": {"ts_ms": 1709294400000, "table": "t", "lsn": 1}, "op": "c"}}"#.to_owned(),
+            ),
+            (
+                FormatName::Wal2json,
+                None,
+                r#"{"action": "I", "timestamp": "2024-03-01 12:00:00.000000+00", "lsn": "0/16B3750", "schema": "public", "table": "t", "columns": [{"name": "id", "type": "integer", "value": 1}, {"name": "tags", "type": "jsonb", "value": ["a", "b", "c"]}], "pk": [{"name": "id", "type": "integer"}]}"#.to_owned(),
+            ),
+            (
+                FormatName::Json,
+                Some("records"),
+                r#"{"id": "r-1", "tags": ["a", "b", "c"], "updated_at": "2024-05-01T12:00:00Z"}"#.to_owned(),
+            ),
+        ];
+        for (format, model, raw) in cases {
+            let options = FormatOptions {
+                model: model.map(|m| Model::new(m).unwrap()),
+                ..FormatOptions::default()
+            };
+            let consumed = consumer(format, options).unwrap().consume(raw.as_bytes());
+            let Ok(Consumed::Record(record)) = consumed else {
+                panic!("{format:?}: {consumed:?} for {raw}");
+            };
+            assert!(
+                change_arrays_exact(&record.change),
+                "{format:?}: {:?}",
+                record.change
+            );
+        }
+        // And serde_json alone would not have sized them so.
+        let doubled: Value = serde_json::from_str(r#"{"h": [1, 2, 3]}"#).unwrap();
+        assert!(!arrays_exact(&doubled));
+    }
+
     #[derive(Deserialize, Debug, PartialEq)]
     struct Fields {
         #[serde(default, deserialize_with = "super::opt_value")]
