@@ -375,7 +375,7 @@ mod tests {
         // doubling would give room for four).
         let mongo_tail =
             r#""clusterTime": {"$timestamp": {"t": 1654878000, "i": 3}}, "ns": {"db": "d", "coll": "c"}"#;
-        let cases: [(FormatName, Option<&str>, String); 7] = [
+        let cases: [(FormatName, Option<&str>, String); 8] = [
             (
                 FormatName::Mongo,
                 None,
@@ -413,6 +413,12 @@ mod tests {
                 FormatName::Wal2json,
                 None,
                 r#"{"action": "I", "timestamp": "2024-03-01 12:00:00.000000+00", "lsn": "0/16B3750", "schema": "public", "table": "t", "columns": [{"name": "id", "type": "integer", "value": 1}, {"name": "tags", "type": "jsonb", "value": ["a", "b", "c"]}], "pk": [{"name": "id", "type": "integer"}]}"#.to_owned(),
+            ),
+            (
+                // A jsonb column's text (type 3802), parsed.
+                FormatName::Pgoutput,
+                None,
+                r#"{"relation": {"schema": "public", "table": "t", "key_columns": ["id"]}, "op": "insert", "commit_time": "2024-03-01T12:00:00Z", "lsn": "0/1A2B3C4D", "new": [{"name": "id", "type_oid": 23, "value": {"text": "1"}}, {"name": "tags", "type_oid": 3802, "value": {"text": "[\"a\", \"b\", \"c\"]"}}]}"#.to_owned(),
             ),
             (
                 FormatName::Json,
