@@ -39,6 +39,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::thread::LocalKey;
 
 use serde::Deserializer;
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -57,7 +58,7 @@ thread_local! {
 
 /// Takes a buffer from `pool` (an empty one, possibly with room; a new one
 /// when the pool is empty or the thread is exiting).
-fn take<T>(pool: &'static std::thread::LocalKey<RefCell<Vec<Vec<T>>>>) -> Vec<T> {
+fn take<T>(pool: &'static LocalKey<RefCell<Vec<Vec<T>>>>) -> Vec<T> {
     pool.try_with(|p| p.borrow_mut().pop())
         .ok()
         .flatten()
@@ -65,7 +66,7 @@ fn take<T>(pool: &'static std::thread::LocalKey<RefCell<Vec<Vec<T>>>>) -> Vec<T>
 }
 
 /// Gives an emptied buffer back to `pool`, unless it is too big to keep.
-fn give<T>(pool: &'static std::thread::LocalKey<RefCell<Vec<Vec<T>>>>, mut buffer: Vec<T>) {
+fn give<T>(pool: &'static LocalKey<RefCell<Vec<Vec<T>>>>, mut buffer: Vec<T>) {
     buffer.clear();
     if buffer.capacity() == 0 || buffer.capacity() > POOLED_CAPACITY {
         return;
@@ -77,6 +78,20 @@ fn give<T>(pool: &'static std::thread::LocalKey<RefCell<Vec<Vec<T>>>>, mut buffe
             p.push(buffer);
         }
     });
+}
+
+/// What `fill` reads, gathered in a buffer of `pool` and then collected
+/// into a `C` allocated for exactly that many (a `Vec`, or a `Map`, sizes
+/// itself from the iterator's exact length). The buffer goes back to the
+/// pool emptied, when `fill` fails too.
+fn gather<T, C: FromIterator<T>, E>(
+    pool: &'static LocalKey<RefCell<Vec<Vec<T>>>>,
+    fill: impl FnOnce(&mut Vec<T>) -> Result<(), E>,
+) -> Result<C, E> {
+    let mut buffer = take(pool);
+    let gathered = fill(&mut buffer).map(|()| buffer.drain(..).collect());
+    give(pool, buffer);
+    gathered
 }
 
 /// Reads one JSON value of any kind, exactly sized (a [`DeserializeSeed`]
@@ -137,19 +152,13 @@ impl<'de> Visitor<'de> for Exact {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = take(&ARRAYS);
-        let read = (|| {
+        gather(&ARRAYS, |items| {
             while let Some(item) = seq.next_element_seed(Exact)? {
                 items.push(item);
             }
             Ok(())
-        })();
-        // Moved into an array of exactly their number; the buffer keeps
-        // its room for the next array.
-        let mut array = Vec::with_capacity(items.len());
-        array.append(&mut items);
-        give(&ARRAYS, items);
-        read.map(|()| Value::Array(array))
+        })
+        .map(Value::Array)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
@@ -157,22 +166,17 @@ impl<'de> Visitor<'de> for Exact {
     }
 }
 
-/// Reads an object's entries into a map of exactly their number.
+/// Reads an object's entries into a map of exactly their number (a
+/// repeated key keeps its first place and takes its last value, as
+/// `serde_json` reads it).
 fn read_object<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Map<String, Value>, A::Error> {
-    let mut entries = take(&OBJECTS);
-    let read = (|| {
+    gather(&OBJECTS, |entries| {
         while let Some(key) = map.next_key::<String>()? {
             let value = map.next_value_seed(Exact)?;
             entries.push((key, value));
         }
         Ok(())
-    })();
-    let mut object = Map::with_capacity(entries.len());
-    // A repeated key keeps its first place and takes its last value, as
-    // `serde_json` reads it.
-    object.extend(entries.drain(..));
-    give(&OBJECTS, entries);
-    read.map(|()| object)
+    })
 }
 
 /// Reads a JSON object only (a [`Visitor`] that refuses anything else).
@@ -258,17 +262,7 @@ pub fn opt_object<'de, D: Deserializer<'de>>(
 /// `serde_json`'s error when `raw` is not one JSON value (trailing
 /// whitespace allowed), or nests deeper than its recursion limit.
 pub fn parse(raw: &[u8]) -> serde_json::Result<Value> {
-    fn read<'de, R: serde_json::de::Read<'de>>(
-        mut de: serde_json::Deserializer<R>,
-    ) -> serde_json::Result<Value> {
-        let value = Exact.deserialize(&mut de)?;
-        de.end()?;
-        Ok(value)
-    }
-    match std::str::from_utf8(raw) {
-        Ok(text) => read(serde_json::Deserializer::from_str(text)),
-        Err(_) => read(serde_json::Deserializer::from_slice(raw)),
-    }
+    crate::parse_json_seed(raw, Exact)
 }
 
 #[cfg(test)]

@@ -176,9 +176,26 @@ pub fn dal(store: Store) -> Dal {
 /// the rest of the parse. Events that are not UTF-8 are read as bytes, so
 /// the error is `serde_json`'s own (with its line and column).
 pub(crate) fn parse_json<'a, T: serde::Deserialize<'a>>(raw: &'a [u8]) -> serde_json::Result<T> {
+    parse_json_seed(raw, std::marker::PhantomData)
+}
+
+/// [`parse_json`] through a [`DeserializeSeed`](serde::de::DeserializeSeed)
+/// (such as [`exact`]'s), the whole of `raw` being one JSON value.
+pub(crate) fn parse_json_seed<'a, S: serde::de::DeserializeSeed<'a>>(
+    raw: &'a [u8],
+    seed: S,
+) -> serde_json::Result<S::Value> {
+    fn read<'a, R: serde_json::de::Read<'a>, S: serde::de::DeserializeSeed<'a>>(
+        mut de: serde_json::Deserializer<R>,
+        seed: S,
+    ) -> serde_json::Result<S::Value> {
+        let value = seed.deserialize(&mut de)?;
+        de.end()?;
+        Ok(value)
+    }
     match std::str::from_utf8(raw) {
-        Ok(text) => serde_json::from_str(text),
-        Err(_) => serde_json::from_slice(raw),
+        Ok(text) => read(serde_json::Deserializer::from_str(text), seed),
+        Err(_) => read(serde_json::Deserializer::from_slice(raw), seed),
     }
 }
 

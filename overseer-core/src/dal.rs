@@ -303,7 +303,8 @@ impl Dal {
             if memo.folds(generation, n) {
                 return EntryAction::Retain(());
             }
-            if memo.generation != generation || memo.n + 1 != n || !memo.is_extended_by(update) {
+            // Folded on top of the memo of the first `n - 1` only.
+            if !memo.folds(generation, n.saturating_sub(1)) || !memo.is_extended_by(update) {
                 return EntryAction::Remove;
             }
             let Some(c) = change.take() else {
