@@ -299,40 +299,43 @@ impl Dal {
             });
             return;
         }
+        // The memo is taken out of the cache (its place held, so that it
+        // keeps its standing there) and folded outside the cache's lock,
+        // which readers of the other records of its shard wait for.
         let found = self.memo.entry(&update.key, None, |_, memo| {
             if memo.folds(generation, n) {
-                return EntryAction::Retain(());
+                EntryAction::Retain(())
+            } else if memo.folds(generation, n.saturating_sub(1)) && memo.is_extended_by(update) {
+                // Folded on top of the memo of the first `n - 1` only.
+                EntryAction::ReplaceWithGuard
+            } else {
+                EntryAction::Remove
             }
-            // Folded on top of the memo of the first `n - 1` only.
-            if !memo.folds(generation, n.saturating_sub(1)) || !memo.is_extended_by(update) {
-                return EntryAction::Remove;
-            }
-            let Some(c) = change.take() else {
-                return EntryAction::Remove;
-            };
-            // In place when no reader holds the memo or its state.
-            let owned = |s: Arc<State>| Arc::try_unwrap(s).unwrap_or_else(|s| (*s).clone());
-            let previous = match Arc::get_mut(memo) {
-                Some(m) => m.state.take().map(owned),
-                None => memo.state.clone().map(owned),
-            };
-            let state = change::apply_owned(previous, c).map(Arc::new);
-            let folded = Memo::new(generation, n, state, Some(HistoryOrder::of(update)));
-            match Arc::get_mut(memo) {
-                Some(m) => *m = folded,
-                None => *memo = Arc::new(folded),
-            }
-            EntryAction::Retain(())
         });
-        if let EntryResult::Vacant(guard) = found
-            && n == 1
-            && let Some(c) = change.take()
-        {
-            let state = change::apply_owned(None, c).map(Arc::new);
-            let memo = Memo::new(generation, n, state, Some(HistoryOrder::of(update)));
-            // Refused only if the memo alone exceeds the cache's budget.
-            let _ = guard.insert(Arc::new(memo));
-        }
+        let (guard, previous) = match found {
+            EntryResult::Replaced(guard, memo) => {
+                // In place when no reader holds the memo or its state.
+                let state = match Arc::try_unwrap(memo) {
+                    Ok(mut memo) => memo.state.take(),
+                    Err(memo) => memo.state.clone(),
+                };
+                (
+                    guard,
+                    state.map(|s| Arc::try_unwrap(s).unwrap_or_else(|s| (*s).clone())),
+                )
+            }
+            EntryResult::Vacant(guard) if n == 1 => (guard, None),
+            _ => return,
+        };
+        let Some(c) = change.take() else {
+            return;
+        };
+        let state = change::apply_owned(previous, c).map(Arc::new);
+        let memo = Memo::new(generation, n, state, Some(HistoryOrder::of(update)));
+        // Refused if the memo alone exceeds the cache's budget, or if a
+        // read put a memo in its place meanwhile (which a read checks
+        // before using, as it checks this one).
+        let _ = guard.insert(Arc::new(memo));
     }
 
     /// Write-through from ingestion: the references of an update of `from`
@@ -874,6 +877,38 @@ mod tests {
         assert_eq!((memo.generation, memo.n), (generation, 2));
         ingest(&dal, at(3), true).await;
         assert_eq!(dal.memo.get(&key).map(|m| m.n), Some(3));
+        assert_eq!(latest_v(&dal).await, Some(Value::from("v3")));
+    }
+
+    /// Ingestion folds an update into the memo outside the cache's lock:
+    /// a state a reader holds is left as it was (the fold works on a copy),
+    /// and either way the memo stays cached, now of one more update.
+    #[tokio::test]
+    async fn a_fold_leaves_a_state_a_reader_holds_as_it_was() {
+        let (dal, key) = (indexed_dal().await, record());
+        let at = |secs: u64| {
+            let mut u = tied(secs, "");
+            u.commit_time = Timestamp::from_secs(secs as i64);
+            u.raw = bytes::Bytes::from(format!("v{secs}"));
+            u
+        };
+        ingest(&dal, at(1), true).await;
+        let held = dal.shared_state_at(&key, Timestamp::MAX).await.unwrap().unwrap();
+        ingest(&dal, at(2), true).await;
+        assert_eq!(
+            held.get("v"),
+            Some(&Value::from("v1")),
+            "the reader's state is not changed"
+        );
+        assert_eq!(dal.memo.get(&key).map(|m| m.n), Some(2));
+        drop(held);
+        ingest(&dal, at(3), true).await;
+        let memo = dal.memo.get(&key).expect("the memo stays cached");
+        assert_eq!(memo.n, 3);
+        assert_eq!(
+            memo.state.as_ref().and_then(|s| s.get("v")),
+            Some(&Value::from("v3"))
+        );
         assert_eq!(latest_v(&dal).await, Some(Value::from("v3")));
     }
 
