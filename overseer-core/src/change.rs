@@ -34,22 +34,94 @@ pub enum Change {
 /// 80 bytes with `preserve_order`), the bytes of every key and string, and
 /// the elements of arrays, recursively.
 pub(crate) fn approx_size(state: &State) -> usize {
-    const MAP: usize = 64;
-    const SLOT: usize = 80;
     MAP + state
         .iter()
         .map(|(k, v)| SLOT + k.len() + value_size(v))
         .sum::<usize>()
 }
 
+/// [`approx_size`]'s weight of a map.
+const MAP: usize = 64;
+/// [`approx_size`]'s weight of a map's slot, beyond its key's bytes.
+const SLOT: usize = 80;
+/// [`approx_size`]'s weight of an array's element, beyond its heap.
+const VALUE: usize = 32;
+
 /// The heap memory a value holds beyond its own 32 bytes.
 fn value_size(v: &Value) -> usize {
-    const VALUE: usize = 32;
     match v {
         Value::String(s) => s.len(),
         Value::Array(items) => items.iter().map(|i| VALUE + value_size(i)).sum(),
         Value::Object(map) => approx_size(map),
         Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+    }
+}
+
+/// How a change moves a state's [`approx_size`], counted as the change is
+/// applied (so in time proportional to the change, not to the state);
+/// nothing is counted when off.
+#[derive(Default)]
+struct Delta {
+    on: bool,
+    added: usize,
+    removed: usize,
+}
+
+impl Delta {
+    fn counting() -> Self {
+        Self {
+            on: true,
+            ..Self::default()
+        }
+    }
+
+    /// `key` of a map was set to a value of `new` size, replacing `old`.
+    fn field(&mut self, key: &str, new: usize, old: Option<&Value>) {
+        if self.on {
+            match old {
+                None => self.added += SLOT + key.len() + new,
+                Some(old) => self.replaced(new, old),
+            }
+        }
+    }
+
+    /// An element or field now holds a value of `new` size instead of `old`.
+    fn replaced(&mut self, new: usize, old: &Value) {
+        if self.on {
+            self.added += new;
+            self.removed += value_size(old);
+        }
+    }
+
+    /// `key` and its value were removed from a map.
+    fn removed_field(&mut self, key: &str, old: &Value) {
+        if self.on {
+            self.removed += SLOT + key.len() + value_size(old);
+        }
+    }
+
+    /// Nulls were appended to an array.
+    fn padded(&mut self, nulls: usize) {
+        if self.on {
+            self.added += VALUE * nulls;
+        }
+    }
+
+    /// Elements were cut off an array.
+    fn cut(&mut self, items: &[Value]) {
+        if self.on {
+            self.removed += items.iter().map(|i| VALUE + value_size(i)).sum::<usize>();
+        }
+    }
+
+    /// The size of a value, when counting.
+    fn size_of(&self, v: &Value) -> usize {
+        if self.on { value_size(v) } else { 0 }
+    }
+
+    /// `size` moved by what was counted.
+    fn applied_to(&self, size: usize) -> usize {
+        (size + self.added).saturating_sub(self.removed)
     }
 }
 
@@ -142,10 +214,16 @@ fn step<'a>(value: &'a Value, segment: &str) -> Option<&'a Value> {
     }
 }
 
-fn step_mut<'a>(value: &'a mut Value, segment: &str, create: bool) -> Option<&'a mut Value> {
+fn step_mut<'a>(
+    value: &'a mut Value,
+    segment: &str,
+    create: bool,
+    delta: &mut Delta,
+) -> Option<&'a mut Value> {
     match value {
         Value::Object(map) => {
             if create && !map.contains_key(segment) {
+                delta.field(segment, MAP, None);
                 map.insert(segment.to_owned(), Value::Object(Map::new()));
             }
             map.get_mut(segment)
@@ -153,10 +231,7 @@ fn step_mut<'a>(value: &'a mut Value, segment: &str, create: bool) -> Option<&'a
         Value::Array(items) => {
             let i = segment.parse::<usize>().ok()?;
             if create {
-                // MongoDB pads with nulls when setting past the end.
-                while items.len() <= i {
-                    items.push(Value::Null);
-                }
+                pad(items, i, delta)?;
             }
             items.get_mut(i)
         }
@@ -164,38 +239,69 @@ fn step_mut<'a>(value: &'a mut Value, segment: &str, create: bool) -> Option<&'a
     }
 }
 
+/// The highest array index a change may set: a MongoDB document (16 MiB
+/// at most) cannot hold an array this long, so a change setting past it
+/// did not come from one.
+const MAX_ARRAY_INDEX: usize = 1 << 24;
+
+/// Element `i` of `items`, padding the array with nulls up to it as
+/// MongoDB does when a field is set past the end; `None` (and nothing
+/// changed) past [`MAX_ARRAY_INDEX`].
+fn pad<'a>(items: &'a mut Vec<Value>, i: usize, delta: &mut Delta) -> Option<&'a mut Value> {
+    if i > MAX_ARRAY_INDEX {
+        tracing::warn!(
+            index = i,
+            max = MAX_ARRAY_INDEX,
+            "array index too large to set; change ignored"
+        );
+        return None;
+    }
+    if items.len() <= i {
+        delta.padded(i + 1 - items.len());
+        items.resize(i + 1, Value::Null);
+    }
+    items.get_mut(i)
+}
+
 /// Walks to the parent of the path's last segment. With `create`, missing
 /// intermediate documents are created (as MongoDB does for `$set`).
-fn parent_mut<'a>(state: &'a mut State, path: &[String], create: bool) -> Option<&'a mut Value> {
+fn parent_mut<'a>(
+    state: &'a mut State,
+    path: &[String],
+    create: bool,
+    delta: &mut Delta,
+) -> Option<&'a mut Value> {
     let (first, rest) = path.split_first()?;
     if create && !state.contains_key(first) {
+        delta.field(first, MAP, None);
         state.insert(first.clone(), Value::Object(Map::new()));
     }
     let mut current = state.get_mut(first)?;
     for segment in rest {
-        current = step_mut(current, segment, create)?;
+        current = step_mut(current, segment, create, delta)?;
     }
     Some(current)
 }
 
-fn set(state: &mut State, path: &FieldPath, value: Value) {
+fn set(state: &mut State, path: &FieldPath, value: Value, delta: &mut Delta) {
+    let size = delta.size_of(&value);
     match path.0.split_last() {
         None => {}
         Some((last, [])) => {
-            state.insert(last.clone(), value);
+            let old = state.insert(last.clone(), value);
+            delta.field(last, size, old.as_ref());
         }
         Some((last, parents)) => {
-            if let Some(parent) = parent_mut(state, parents, true) {
+            if let Some(parent) = parent_mut(state, parents, true, delta) {
                 match parent {
                     Value::Object(map) => {
-                        map.insert(last.clone(), value);
+                        let old = map.insert(last.clone(), value);
+                        delta.field(last, size, old.as_ref());
                     }
                     Value::Array(items) => {
-                        if let Ok(i) = last.parse::<usize>() {
-                            while items.len() <= i {
-                                items.push(Value::Null);
-                            }
-                            items[i] = value;
+                        if let Some(slot) = last.parse::<usize>().ok().and_then(|i| pad(items, i, delta)) {
+                            let old = std::mem::replace(slot, value);
+                            delta.replaced(size, &old);
                         }
                     }
                     _ => {}
@@ -205,22 +311,27 @@ fn set(state: &mut State, path: &FieldPath, value: Value) {
     }
 }
 
-fn remove(state: &mut State, path: &FieldPath) {
+fn remove(state: &mut State, path: &FieldPath, delta: &mut Delta) {
     match path.0.split_last() {
         None => {}
         Some((last, [])) => {
-            state.shift_remove(last);
+            if let Some(old) = state.shift_remove(last) {
+                delta.removed_field(last, &old);
+            }
         }
         Some((last, parents)) => {
-            if let Some(parent) = parent_mut(state, parents, false) {
+            if let Some(parent) = parent_mut(state, parents, false, delta) {
                 match parent {
                     Value::Object(map) => {
-                        map.shift_remove(last);
+                        if let Some(old) = map.shift_remove(last) {
+                            delta.removed_field(last, &old);
+                        }
                     }
                     // `$unset` of an array element sets it to null.
                     Value::Array(items) => {
                         if let Some(item) = last.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
-                            *item = Value::Null;
+                            let old = std::mem::take(item);
+                            delta.replaced(0, &old);
                         }
                     }
                     _ => {}
@@ -230,13 +341,18 @@ fn remove(state: &mut State, path: &FieldPath) {
     }
 }
 
-fn truncate(state: &mut State, path: &FieldPath, len: usize) {
+fn truncate(state: &mut State, path: &FieldPath, len: usize, delta: &mut Delta) {
     let target = match path.0.split_last() {
         None => None,
         Some((last, [])) => state.get_mut(last),
-        Some((last, parents)) => parent_mut(state, parents, false).and_then(|p| step_mut(p, last, false)),
+        Some((last, parents)) => {
+            parent_mut(state, parents, false, delta).and_then(|p| step_mut(p, last, false, delta))
+        }
     };
-    if let Some(Value::Array(items)) = target {
+    if let Some(Value::Array(items)) = target
+        && items.len() > len
+    {
+        delta.cut(&items[len..]);
         items.truncate(len);
     }
 }
@@ -246,6 +362,11 @@ fn truncate(state: &mut State, path: &FieldPath, len: usize) {
 /// A [`Change::Patch`] or [`Change::Merge`] on a record that does not exist
 /// (its insert was never seen, e.g. a change stream opened mid-life) applies
 /// to an empty document, so the fields that are known are not lost.
+///
+/// A patch that sets an array element past the end pads the array with
+/// nulls, as MongoDB does; one that sets an index past 16,777,216 (longer
+/// than any array a 16 MiB MongoDB document can hold) is ignored, with a
+/// warning logged, instead of growing the array without bound.
 ///
 /// ```
 /// use overseer_core::change::{apply, Change, FieldPath, Patch};
@@ -261,14 +382,20 @@ fn truncate(state: &mut State, path: &FieldPath, len: usize) {
 /// assert_eq!(serde_json::Value::Object(state), json!({"_id": "t1", "type": "balloon", "color": "blue"}));
 /// ```
 pub fn apply(state: Option<State>, change: &Change) -> Option<State> {
+    let delta = &mut Delta::default();
     match change {
         Change::Full(full) => Some(full.clone()),
         Change::Delete => None,
-        Change::Merge(columns) => Some(merge(state, columns.iter().map(|(n, v)| (n.clone(), v.clone())))),
+        Change::Merge(columns) => Some(merge(
+            state,
+            columns.iter().map(|(n, v)| (n.clone(), v.clone())),
+            delta,
+        )),
         Change::Patch(patch) => Some(patch_state(
             state,
             patch,
             patch.updated.iter().map(|(p, v)| (p, v.clone())),
+            delta,
         )),
     }
 }
@@ -285,24 +412,61 @@ pub fn apply(state: Option<State>, change: &Change) -> Option<State> {
 /// assert_eq!(apply(None, &change), apply_owned(None, change));
 /// ```
 pub fn apply_owned(state: Option<State>, change: Change) -> Option<State> {
+    apply_counted(state, change, &mut Delta::default())
+}
+
+/// [`apply_owned`] to a state whose [`approx_size`] is `size` (any value
+/// when `state` is `None`), with the new state's: what the change adds and
+/// removes is weighed as it is applied, so a small change to a large state
+/// is weighed in time proportional to the change, not to the state.
+pub(crate) fn apply_owned_sized(state: Option<State>, size: usize, change: Change) -> (Option<State>, usize) {
+    let full = match &change {
+        Change::Full(full) => Some(approx_size(full)),
+        Change::Merge(columns) if state.is_none() => Some(approx_size(columns)),
+        Change::Delete => Some(0),
+        Change::Merge(_) | Change::Patch(_) => None,
+    };
+    let size = if state.is_some() { size } else { MAP };
+    let mut delta = Delta::counting();
+    let state = apply_counted(state, change, &mut delta);
+    (state, full.unwrap_or_else(|| delta.applied_to(size)))
+}
+
+fn apply_counted(state: Option<State>, change: Change, delta: &mut Delta) -> Option<State> {
     match change {
         Change::Full(full) => Some(full),
         Change::Delete => None,
         Change::Merge(columns) => Some(match state {
             None => columns,
-            state => merge(state, columns),
+            state => merge(state, columns, delta),
         }),
         Change::Patch(mut patch) => {
             let updated = std::mem::take(&mut patch.updated);
-            Some(patch_state(state, &patch, updated))
+            Some(patch_state(state, &patch, updated, delta))
         }
     }
 }
 
 /// `columns` written over `state` (or over an empty document).
-fn merge(state: Option<State>, columns: impl IntoIterator<Item = (String, Value)>) -> State {
+fn merge(
+    state: Option<State>,
+    columns: impl IntoIterator<Item = (String, Value)>,
+    delta: &mut Delta,
+) -> State {
     let mut state = state.unwrap_or_default();
-    state.extend(columns);
+    for (name, value) in columns {
+        let size = delta.size_of(&value);
+        match state.get_mut(&name) {
+            Some(slot) => {
+                let old = std::mem::replace(slot, value);
+                delta.replaced(size, &old);
+            }
+            None => {
+                delta.field(&name, size, None);
+                state.insert(name, value);
+            }
+        }
+    }
     state
 }
 
@@ -312,16 +476,17 @@ fn patch_state<P: std::borrow::Borrow<FieldPath>>(
     state: Option<State>,
     patch: &Patch,
     updated: impl IntoIterator<Item = (P, Value)>,
+    delta: &mut Delta,
 ) -> State {
     let mut state = state.unwrap_or_default();
     for (path, len) in &patch.truncated {
-        truncate(&mut state, path, *len);
+        truncate(&mut state, path, *len, delta);
     }
     for path in &patch.removed {
-        remove(&mut state, path);
+        remove(&mut state, path, delta);
     }
     for (path, value) in updated {
-        set(&mut state, path.borrow(), value);
+        set(&mut state, path.borrow(), value, delta);
     }
     state
 }
@@ -438,6 +603,102 @@ mod tests {
                 assert_eq!(apply_owned(before, change.clone()), by_ref, "{change:?}");
             }
         }
+    }
+
+    mod sized {
+        use proptest::prelude::*;
+        use serde_json::{Map, Value};
+
+        use super::super::*;
+
+        /// Keys and path segments from a small set, some of them array
+        /// indexes, so that changes often meet what the state holds.
+        const NAMES: &str = "[abc0-2]|5";
+
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<i64>().prop_map(Value::from),
+                "[xyz]{0,20}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 32, 5, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                    prop::collection::vec((NAMES, inner), 0..5)
+                        .prop_map(|e| Value::Object(e.into_iter().collect::<Map<_, _>>())),
+                ]
+            })
+        }
+
+        fn state() -> impl Strategy<Value = State> {
+            prop::collection::vec((NAMES, value()), 0..6).prop_map(|e| e.into_iter().collect())
+        }
+
+        fn path() -> impl Strategy<Value = FieldPath> {
+            prop::collection::vec(NAMES, 1..4).prop_map(FieldPath::from_segments)
+        }
+
+        fn change() -> impl Strategy<Value = Change> {
+            prop_oneof![
+                state().prop_map(Change::Full),
+                state().prop_map(Change::Merge),
+                Just(Change::Delete),
+                (
+                    prop::collection::vec((path(), 0usize..4), 0..3),
+                    prop::collection::vec(path(), 0..3),
+                    prop::collection::vec((path(), value()), 0..4),
+                )
+                    .prop_map(|(truncated, removed, updated)| {
+                        Change::Patch(Patch {
+                            truncated,
+                            removed,
+                            updated,
+                        })
+                    }),
+            ]
+        }
+
+        proptest! {
+            /// Weighing a fold by what the change adds and removes gives
+            /// the weight of the state it leads to, and the same state.
+            #[test]
+            fn a_fold_weighs_its_state_as_a_walk_of_it_does(
+                before in proptest::option::of(state()),
+                changes in prop::collection::vec(change(), 1..5),
+            ) {
+                let mut state = before;
+                let mut size = state.as_ref().map_or(0, approx_size);
+                for change in changes {
+                    let expected = apply(state.clone(), &change);
+                    let (next, next_size) = apply_owned_sized(state, size, change);
+                    prop_assert_eq!(&next, &expected);
+                    prop_assert_eq!(next_size, next.as_ref().map_or(0, approx_size));
+                    (state, size) = (next, next_size);
+                }
+            }
+        }
+    }
+
+    /// A hostile array index (past what a MongoDB document can hold) is
+    /// ignored: no giant array, no panic, and the rest of the change is
+    /// applied.
+    #[test]
+    fn an_array_index_no_document_can_hold_is_ignored() {
+        let state = obj(json!({"arr": [1], "n": 0}));
+        let patch = Patch {
+            updated: vec![
+                (FieldPath::parse("arr.18446744073709551615"), json!(1)),
+                (FieldPath::parse("arr.4000000000"), json!(1)),
+                (FieldPath::parse("arr.4000000000.deep"), json!(1)),
+                (FieldPath::parse("arr.2"), json!(3)),
+                (FieldPath::parse("n"), json!(1)),
+            ],
+            ..Patch::default()
+        };
+        let (out, size) = apply_owned_sized(Some(state.clone()), approx_size(&state), Change::Patch(patch));
+        let out = out.unwrap();
+        assert_eq!(Value::Object(out.clone()), json!({"arr": [1, null, 3], "n": 1}));
+        assert_eq!(size, approx_size(&out));
     }
 
     #[test]

@@ -312,26 +312,28 @@ impl Dal {
                 EntryAction::Remove
             }
         });
-        let (guard, previous) = match found {
+        let (guard, previous, size) = match found {
             EntryResult::Replaced(guard, memo) => {
+                let size = memo.state_size();
                 // In place when no reader holds the memo or its state.
                 let state = match Arc::try_unwrap(memo) {
                     Ok(mut memo) => memo.state.take(),
                     Err(memo) => memo.state.clone(),
                 };
-                (
-                    guard,
-                    state.map(|s| Arc::try_unwrap(s).unwrap_or_else(|s| (*s).clone())),
-                )
+                let state = state.map(|s| Arc::try_unwrap(s).unwrap_or_else(|s| (*s).clone()));
+                (guard, state, size)
             }
-            EntryResult::Vacant(guard) if n == 1 => (guard, None),
+            EntryResult::Vacant(guard) if n == 1 => (guard, None, 0),
             _ => return,
         };
         let Some(c) = change.take() else {
             return;
         };
-        let state = change::apply_owned(previous, c).map(Arc::new);
-        let memo = Memo::new(generation, n, state, Some(HistoryOrder::of(update)));
+        // Weighed by what the change adds and removes, not by walking the
+        // whole state again.
+        let (state, size) = change::apply_owned_sized(previous, size, c);
+        let last = Some(HistoryOrder::of(update));
+        let memo = Memo::with_size(generation, n, state.map(Arc::new), size, last);
         // Refused if the memo alone exceeds the cache's budget, or if a
         // read put a memo in its place meanwhile (which a read checks
         // before using, as it checks this one).

@@ -220,6 +220,18 @@ impl Memo {
         last: Option<HistoryOrder>,
     ) -> Self {
         let state_size = state.as_deref().map_or(0, crate::change::approx_size);
+        Self::with_size(generation, n, state, state_size, last)
+    }
+
+    /// A memo whose state's [`approx_size`](crate::change::approx_size) is
+    /// already known (`state_size`).
+    pub(crate) fn with_size(
+        generation: u64,
+        n: usize,
+        state: Option<Arc<State>>,
+        state_size: usize,
+        last: Option<HistoryOrder>,
+    ) -> Self {
         Self {
             generation,
             n,
@@ -227,6 +239,12 @@ impl Memo {
             state_size,
             last,
         }
+    }
+
+    /// The [`approx_size`](crate::change::approx_size) of its state (0 for
+    /// none).
+    pub(crate) fn state_size(&self) -> usize {
+        self.state_size
     }
 
     /// The estimated memory of the memo beyond its fixed size: its state
