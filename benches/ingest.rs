@@ -6,6 +6,7 @@
 //! cargo bench -p overseer-benches --bench ingest -- state  [UPDATES]  # default 1,000
 //! cargo bench -p overseer-benches --bench ingest -- objects [OBJECTS] # default 500,000; MemoryStore's and InMemory's memory per object
 //! cargo bench -p overseer-benches --bench ingest -- values [EVENTS]   # default 200,000; JSON values read by serde_json and exactly sized, alternated
+//! cargo bench -p overseer-benches --bench ingest -- wide [UPDATES]    # default 5,000; one-field updates folded into documents of 10 to 10,000 fields
 //! ```
 #![allow(clippy::print_stdout, clippy::unwrap_used, missing_docs)]
 
@@ -339,6 +340,60 @@ fn values(events: usize) {
     );
 }
 
+/// One-field updates of one record, folded by ingestion into the record's
+/// memo (write-through to an indexed DAL), for documents of 10 to 10,000
+/// fields: what an update costs as its document grows.
+async fn wide(updates: usize) {
+    let mut results = Vec::new();
+    for fields in [10usize, 100, 1_000, 10_000] {
+        let start_ms: i64 = 1_700_000_000_000;
+        let event = |i: usize| {
+            let ms = start_ms + i as i64;
+            let (t, inc) = (ms / 1000, (ms % 1000) as u64 + 1);
+            let head = format!(
+                r#"{{"_id":{{"_data":"82{t:08X}{inc:08X}"}},"operationType":"{op}","clusterTime":{{"$timestamp":{{"t":{t},"i":{inc}}}}},"ns":{{"db":"payments","coll":"transfers"}},"documentKey":{{"_id":"tr-wide"}}"#,
+                op = if i == 0 { "insert" } else { "update" },
+            );
+            let body = if i == 0 {
+                let document: serde_json::Map<String, serde_json::Value> = (0..fields)
+                    .map(|f| (format!("field_{f}"), json!(format!("value of field {f}"))))
+                    .chain([("_id".to_owned(), json!("tr-wide")), ("n".to_owned(), json!(0))])
+                    .collect();
+                format!(r#","fullDocument":{}}}"#, serde_json::Value::Object(document))
+            } else {
+                format!(
+                    r#","updateDescription":{{"updatedFields":{{"n":{i}}},"removedFields":[],"truncatedArrays":[]}}}}"#
+                )
+            };
+            Bytes::from(head + &body)
+        };
+        let store = Store::in_memory();
+        let dal = overseer_builders::dal(store.clone()).indexed();
+        let ing = ingestor(store).with_dal(&dal);
+        ing.ingest_batch(&[event(0)]).await.unwrap();
+        let batches: Vec<Vec<Bytes>> = (1..=updates)
+            .map(event)
+            .collect::<Vec<_>>()
+            .chunks(500)
+            .map(<[Bytes]>::to_vec)
+            .collect();
+        let start = Instant::now();
+        for batch in &batches {
+            ing.ingest_batch(batch).await.unwrap();
+        }
+        let per_update_us = start.elapsed().as_secs_f64() * 1e6 / updates as f64;
+        let key = RecordKey::new("transfers", "tr-wide").unwrap();
+        let state = dal.shared_state_at(&key, Timestamp::MAX).await.unwrap().unwrap();
+        assert_eq!(state["n"], json!(updates));
+        assert_eq!(state.len(), fields + 2);
+        results.push(json!({"fields": fields, "per_update_us": per_update_us}));
+    }
+    println!(
+        "{}",
+        json!({"mode": "wide", "updates": updates, "documents": results})
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -358,6 +413,7 @@ fn main() {
             "state" => state(n(1000)).await,
             "objects" => objects(n(500_000)).await,
             "values" => values(n(200_000)),
+            "wide" => wide(n(5_000)).await,
             _ => {
                 memory(n(1_000_000)).await;
                 local(100_000).await;
