@@ -44,7 +44,9 @@
 //! majority-committed document at lookup time, which may already include
 //! later changes, while the delta is what this event changed at its own
 //! time. An insert or replace whose `fullDocument` has no `_id` gets the
-//! document key's `_id` as its first field.
+//! document key's `_id` as its first field. A path deeper than a MongoDB
+//! document can nest (more than [`MAX_PATH_SEGMENTS`] levels) is
+//! rejected: such an event is corrupt or forged.
 //!
 //! **Simplified events.** Events without `operationType`, shaped like
 //! `{"_id": "t-1", "fullDocument": {...}, "clusterTime": 1658224073}` or
@@ -72,7 +74,7 @@
 //! ```
 
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
-use overseer_core::change::{FieldPath, Patch};
+use overseer_core::change::{FieldPath, MAX_PATH_SEGMENTS, Patch};
 use overseer_core::{
     Change, ConsumeError, Consumed, ConsumedRecord, Consumer, Format, Model, Operation, RecordId, RecordKey,
     SourcePosition, StateBuilder, Timestamp, UpdateDocument,
@@ -538,8 +540,25 @@ fn array_field<'a>(
 }
 
 /// The path of an updated or removed field: from `disambiguatedPaths` when
-/// it lists the dotted name, else the dotted name split on dots.
+/// it lists the dotted name, else the dotted name split on dots. A path
+/// deeper than a MongoDB document can nest is refused.
 fn field_path(dotted: &str, disambiguated: Option<&Map<String, Value>>) -> Result<FieldPath, ConsumeError> {
+    let path = split_field_path(dotted, disambiguated)?;
+    let depth = path.segments().len();
+    if depth > MAX_PATH_SEGMENTS {
+        let start: String = dotted.chars().take(40).collect();
+        return Err(reject(format!(
+            "updated path {start:?}… has {depth} levels; MongoDB documents nest at most \
+             {MAX_PATH_SEGMENTS}, so the event is corrupt or forged"
+        )));
+    }
+    Ok(path)
+}
+
+fn split_field_path(
+    dotted: &str,
+    disambiguated: Option<&Map<String, Value>>,
+) -> Result<FieldPath, ConsumeError> {
     let Some(entry) = disambiguated.and_then(|d| d.get(dotted)) else {
         return Ok(FieldPath::parse(dotted));
     };

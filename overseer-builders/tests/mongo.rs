@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use overseer_builders::mongo::{Mongo, id_text, to_relaxed};
 use overseer_builders::{FormatName, FormatOptions};
-use overseer_core::change::{FieldPath, Patch};
+use overseer_core::change::{FieldPath, MAX_PATH_SEGMENTS, Patch};
 use overseer_core::store::layout::short_digest;
 use overseer_core::{
     BatchReport, Change, Consumed, ConsumedRecord, Consumer, Ingestor, Model, Operation, RecordKey,
@@ -456,6 +456,53 @@ fn update_description_becomes_a_patch() {
     deep["updateDescription"]["disambiguatedPaths"] = json!({"a.b": ["a.b"], "x.y": ["x", "y.z"]});
     let reason = rejection(&Mongo::default(), &deep.to_string());
     assert!(reason.contains("contains a dot"), "{reason}");
+}
+
+/// A path deeper than any MongoDB document nests (updated, removed or
+/// truncated) is a typed rejection, which ingestion dead-letters, not a
+/// state nested too deep to drop; a path at the limit is read as usual.
+#[test]
+fn a_path_deeper_than_any_document_is_rejected() {
+    let deep = vec!["a"; 200_000].join(".");
+    let at_limit = vec!["b"; MAX_PATH_SEGMENTS].join(".");
+    let update = |description: Value| {
+        json!({
+            "_id": {"_data": "8262A3714F000000012B022C0100296E5A1004"},
+            "operationType": "update",
+            "clusterTime": {"$timestamp": {"t": 1654878543, "i": 1}},
+            "ns": {"db": "engineering", "coll": "users"},
+            "documentKey": {"_id": "u1"},
+            "updateDescription": description,
+        })
+        .to_string()
+    };
+    let mongo = Mongo::default();
+    for description in [
+        json!({"updatedFields": {deep.clone(): 1}, "removedFields": []}),
+        json!({"updatedFields": {}, "removedFields": [deep.clone()]}),
+        json!({"updatedFields": {}, "removedFields": [], "truncatedArrays": [{"field": deep.clone(), "newSize": 0}]}),
+    ] {
+        let reason = rejection(&mongo, &update(description));
+        assert!(
+            reason.contains("has 200000 levels") && reason.contains("nest at most 100"),
+            "{reason}"
+        );
+        assert!(
+            reason.len() < 300,
+            "the reason quotes the path's start only: {reason}"
+        );
+    }
+    let record = consume(
+        &mongo,
+        &update(json!({"updatedFields": {at_limit.clone(): 1}, "removedFields": []})),
+    );
+    assert_eq!(
+        record.change,
+        Change::Patch(Patch {
+            updated: vec![(FieldPath::parse(&at_limit), json!(1))],
+            ..Patch::default()
+        })
+    );
 }
 
 #[test]

@@ -239,6 +239,26 @@ fn step_mut<'a>(
     }
 }
 
+/// The most segments a patch's path may have: MongoDB nests documents at
+/// most 100 levels deep. A deeper path, which no MongoDB update can carry,
+/// is ignored with a warning when applied (a path of a hundred thousand
+/// segments would build a state nested so deep that dropping it overflows
+/// the stack); the MongoDB consumer rejects such an event instead.
+pub const MAX_PATH_SEGMENTS: usize = 100;
+
+/// Whether `path` may be applied (see [`MAX_PATH_SEGMENTS`]).
+fn applicable(path: &FieldPath) -> bool {
+    let ok = path.0.len() <= MAX_PATH_SEGMENTS;
+    if !ok {
+        tracing::warn!(
+            segments = path.0.len(),
+            max = MAX_PATH_SEGMENTS,
+            "field path too deep to apply; change ignored"
+        );
+    }
+    ok
+}
+
 /// The highest array index a change may set: a MongoDB document (16 MiB
 /// at most) cannot hold an array this long, so a change setting past it
 /// did not come from one.
@@ -284,6 +304,9 @@ fn parent_mut<'a>(
 }
 
 fn set(state: &mut State, path: &FieldPath, value: Value, delta: &mut Delta) {
+    if !applicable(path) {
+        return;
+    }
     let size = delta.size_of(&value);
     match path.0.split_last() {
         None => {}
@@ -312,6 +335,9 @@ fn set(state: &mut State, path: &FieldPath, value: Value, delta: &mut Delta) {
 }
 
 fn remove(state: &mut State, path: &FieldPath, delta: &mut Delta) {
+    if !applicable(path) {
+        return;
+    }
     match path.0.split_last() {
         None => {}
         Some((last, [])) => {
@@ -342,6 +368,9 @@ fn remove(state: &mut State, path: &FieldPath, delta: &mut Delta) {
 }
 
 fn truncate(state: &mut State, path: &FieldPath, len: usize, delta: &mut Delta) {
+    if !applicable(path) {
+        return;
+    }
     let target = match path.0.split_last() {
         None => None,
         Some((last, [])) => state.get_mut(last),
@@ -366,7 +395,8 @@ fn truncate(state: &mut State, path: &FieldPath, len: usize, delta: &mut Delta) 
 /// A patch that sets an array element past the end pads the array with
 /// nulls, as MongoDB does; one that sets an index past 16,777,216 (longer
 /// than any array a 16 MiB MongoDB document can hold) is ignored, with a
-/// warning logged, instead of growing the array without bound.
+/// warning logged, instead of growing the array without bound; so is a
+/// path of more than [`MAX_PATH_SEGMENTS`] segments.
 ///
 /// ```
 /// use overseer_core::change::{apply, Change, FieldPath, Patch};
@@ -698,6 +728,24 @@ mod tests {
         let (out, size) = apply_owned_sized(Some(state.clone()), approx_size(&state), Change::Patch(patch));
         let out = out.unwrap();
         assert_eq!(Value::Object(out.clone()), json!({"arr": [1, null, 3], "n": 1}));
+        assert_eq!(size, approx_size(&out));
+    }
+
+    /// A path deeper than any MongoDB document nests is ignored, so a
+    /// hostile event cannot build a state too deep to drop.
+    #[test]
+    fn a_path_deeper_than_any_document_is_ignored() {
+        let deep = FieldPath::parse(&vec!["a"; 200_000].join("."));
+        let at_limit = FieldPath::from_segments(vec!["b".to_owned(); MAX_PATH_SEGMENTS]);
+        let patch = Patch {
+            truncated: vec![(deep.clone(), 0)],
+            removed: vec![deep.clone()],
+            updated: vec![(deep, json!(1)), (at_limit.clone(), json!(2))],
+        };
+        let (out, size) = apply_owned_sized(None, 0, Change::Patch(patch));
+        let out = out.unwrap();
+        assert!(!out.contains_key("a"));
+        assert_eq!(at_limit.lookup(&out), Some(&json!(2)));
         assert_eq!(size, approx_size(&out));
     }
 
