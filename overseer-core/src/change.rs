@@ -260,9 +260,11 @@ fn applicable(path: &FieldPath) -> bool {
 }
 
 /// The highest array index a change may set: a MongoDB document (16 MiB
-/// at most) cannot hold an array this long, so a change setting past it
-/// did not come from one.
-const MAX_ARRAY_INDEX: usize = 1 << 24;
+/// at most) cannot hold an array this long (in BSON, each element past
+/// index 999,999 takes at least 9 bytes, so such a document holds under
+/// 2.1 million), so a change setting past it did not come from one. Padding
+/// up to it still allocates about 130 MB.
+const MAX_ARRAY_INDEX: usize = 1 << 22;
 
 /// Element `i` of `items`, padding the array with nulls up to it as
 /// MongoDB does when a field is set past the end; `None` (and nothing
@@ -393,7 +395,7 @@ fn truncate(state: &mut State, path: &FieldPath, len: usize, delta: &mut Delta) 
 /// to an empty document, so the fields that are known are not lost.
 ///
 /// A patch that sets an array element past the end pads the array with
-/// nulls, as MongoDB does; one that sets an index past 16,777,216 (longer
+/// nulls, as MongoDB does; one that sets an index past 4,194,304 (longer
 /// than any array a 16 MiB MongoDB document can hold) is ignored, with a
 /// warning logged, instead of growing the array without bound; so is a
 /// path of more than [`MAX_PATH_SEGMENTS`] segments.
