@@ -543,16 +543,26 @@ fn array_field<'a>(
 /// it lists the dotted name, else the dotted name split on dots. A path
 /// deeper than a MongoDB document can nest is refused.
 fn field_path(dotted: &str, disambiguated: Option<&Map<String, Value>>) -> Result<FieldPath, ConsumeError> {
-    let path = split_field_path(dotted, disambiguated)?;
-    let depth = path.segments().len();
-    if depth > MAX_PATH_SEGMENTS {
+    let too_deep = |depth: usize| {
         let start: String = dotted.chars().take(40).collect();
-        return Err(reject(format!(
+        reject(format!(
             "updated path {start:?}… has {depth} levels; MongoDB documents nest at most \
              {MAX_PATH_SEGMENTS}, so the event is corrupt or forged"
-        )));
+        ))
+    };
+    // A dotted path is measured before it is split, so that a forged one
+    // is not split first; one listed in `disambiguatedPaths` once read.
+    if !disambiguated.is_some_and(|d| d.contains_key(dotted)) {
+        let depth = dotted.bytes().filter(|&b| b == b'.').count() + 1;
+        if depth > MAX_PATH_SEGMENTS {
+            return Err(too_deep(depth));
+        }
     }
-    Ok(path)
+    let path = split_field_path(dotted, disambiguated)?;
+    match path.segments().len() {
+        depth if depth > MAX_PATH_SEGMENTS => Err(too_deep(depth)),
+        _ => Ok(path),
+    }
 }
 
 fn split_field_path(

@@ -733,7 +733,9 @@ fn decimal_parts(text: &str) -> Option<(bool, String, i64)> {
     }
     let frac_len = i64::try_from(frac.len()).ok()?;
     let trailing = i64::try_from(digits.len() - significant.len()).ok()?;
-    Some((negative, significant.to_owned(), exponent - frac_len + trailing))
+    // An exponent at the edge of i64 (a forged value) has no such form.
+    let last = exponent.checked_sub(frac_len)?.checked_add(trailing)?;
+    Some((negative, significant.to_owned(), last))
 }
 
 fn parse_pgoutput(raw: &[u8]) -> Result<Event, String> {
@@ -974,6 +976,14 @@ mod tests {
         assert!(!same_decimal("0.5", "-0.5"));
         assert!(!same_decimal("1.2345678901234567e19", "12345678901234567890"));
         assert!(!same_decimal("abc", "abc"));
+        // An exponent at the edge of i64 (a forged value) compares unequal
+        // rather than overflowing.
+        assert!(!same_decimal("1.5e-9223372036854775808", "0"));
+        assert!(!same_decimal(
+            "0.1e-9223372036854775808",
+            "0.1e-9223372036854775808"
+        ));
+        assert!(!same_decimal("100e9223372036854775807", "1e9223372036854775807"));
     }
 
     #[test]

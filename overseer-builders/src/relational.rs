@@ -72,7 +72,13 @@ pub(crate) fn record_key(
             .map_err(|_| ConsumeError::new(format, "the table name is empty; set a model"))?,
     };
     let mut values = Vec::with_capacity(columns.len());
-    for column in columns {
+    for (i, column) in columns.iter().enumerate() {
+        if columns[..i].contains(column) {
+            return Err(ConsumeError::new(
+                format,
+                format!("the key of table {table:?} lists column {column:?} twice"),
+            ));
+        }
         let value = rows
             .iter()
             .flatten()
@@ -240,6 +246,24 @@ mod tests {
         assert_eq!(key_text(&[&json!("abc")]).as_deref(), Some("abc"));
         assert_eq!(key_text(&[&json!(1), &json!("a")]).as_deref(), Some(r#"[1,"a"]"#));
         assert_eq!(key_text(&[&Value::Null]), None);
+    }
+
+    /// A key that lists a column twice (a forged event: each repeat would
+    /// copy the value into the id again) is refused.
+    #[test]
+    fn a_key_listing_a_column_twice_is_refused() {
+        let row: State = json!({"id": "x".repeat(1000), "n": 1})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let options = FormatOptions::default();
+        let key = record_key("wal2json", &options, "t", &["id", "n"], &[Some(&row)]);
+        assert_eq!(
+            key.map(|k| k.id.to_string()),
+            Ok(format!(r#"["{}",1]"#, "x".repeat(1000)))
+        );
+        let error = record_key("wal2json", &options, "t", &["id", "n", "id"], &[Some(&row)]).unwrap_err();
+        assert_eq!(error.reason, r#"the key of table "t" lists column "id" twice"#);
     }
 
     #[test]

@@ -492,6 +492,14 @@ fn a_path_deeper_than_any_document_is_rejected() {
             "the reason quotes the path's start only: {reason}"
         );
     }
+    // The same through `disambiguatedPaths`.
+    let listed = json!({
+        "updatedFields": {"k": 1},
+        "removedFields": [],
+        "disambiguatedPaths": {"k": vec!["a"; MAX_PATH_SEGMENTS + 1]},
+    });
+    let reason = rejection(&mongo, &update(listed));
+    assert!(reason.contains("has 101 levels"), "{reason}");
     let record = consume(
         &mongo,
         &update(json!({"updatedFields": {at_limit.clone(): 1}, "removedFields": []})),

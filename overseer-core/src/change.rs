@@ -59,12 +59,24 @@ fn value_size(v: &Value) -> usize {
 
 /// How a change moves a state's [`approx_size`], counted as the change is
 /// applied (so in time proportional to the change, not to the state);
-/// nothing is counted when off.
-#[derive(Default)]
+/// nothing is counted when off. It also holds what is left of the change's
+/// padding budget ([`MAX_PADDING`]).
 struct Delta {
     on: bool,
     added: usize,
     removed: usize,
+    padding_left: usize,
+}
+
+impl Default for Delta {
+    fn default() -> Self {
+        Self {
+            on: false,
+            added: 0,
+            removed: 0,
+            padding_left: MAX_PADDING,
+        }
+    }
 }
 
 impl Delta {
@@ -259,27 +271,30 @@ fn applicable(path: &FieldPath) -> bool {
     ok
 }
 
-/// The highest array index a change may set: a MongoDB document (16 MiB
-/// at most) cannot hold an array this long (in BSON, each element past
-/// index 999,999 takes at least 9 bytes, so such a document holds under
-/// 2.1 million), so a change setting past it did not come from one. Padding
-/// up to it still allocates about 130 MB.
-const MAX_ARRAY_INDEX: usize = 1 << 22;
+/// The most nulls one change may pad arrays with, in all: more array
+/// elements than a 16 MiB BSON document can hold (each takes at least 3
+/// bytes: its type, a one-digit key and the key's NUL), so a change padding
+/// more did not come from MongoDB. It bounds what one forged event can make
+/// a state allocate (about 180 MB at most).
+const MAX_PADDING: usize = (16 << 20) / 3;
 
 /// Element `i` of `items`, padding the array with nulls up to it as
 /// MongoDB does when a field is set past the end; `None` (and nothing
-/// changed) past [`MAX_ARRAY_INDEX`].
+/// changed) when that would exceed what is left of the change's padding
+/// budget ([`MAX_PADDING`]).
 fn pad<'a>(items: &'a mut Vec<Value>, i: usize, delta: &mut Delta) -> Option<&'a mut Value> {
-    if i > MAX_ARRAY_INDEX {
-        tracing::warn!(
-            index = i,
-            max = MAX_ARRAY_INDEX,
-            "array index too large to set; change ignored"
-        );
-        return None;
-    }
-    if items.len() <= i {
-        delta.padded(i + 1 - items.len());
+    if let Some(beyond) = i.checked_sub(items.len()) {
+        // `beyond + 1` nulls are needed; compared first, so nothing overflows.
+        if beyond >= delta.padding_left {
+            tracing::warn!(
+                index = i,
+                budget = delta.padding_left,
+                "array index past what the change may pad; set ignored"
+            );
+            return None;
+        }
+        delta.padding_left -= beyond + 1;
+        delta.padded(beyond + 1);
         items.resize(i + 1, Value::Null);
     }
     items.get_mut(i)
@@ -395,10 +410,11 @@ fn truncate(state: &mut State, path: &FieldPath, len: usize, delta: &mut Delta) 
 /// to an empty document, so the fields that are known are not lost.
 ///
 /// A patch that sets an array element past the end pads the array with
-/// nulls, as MongoDB does; one that sets an index past 4,194,304 (longer
-/// than any array a 16 MiB MongoDB document can hold) is ignored, with a
-/// warning logged, instead of growing the array without bound; so is a
-/// path of more than [`MAX_PATH_SEGMENTS`] segments.
+/// nulls, as MongoDB does, up to 5,592,405 nulls per change in all (more
+/// array elements than a 16 MiB MongoDB document can hold): a set that
+/// would pad past that is ignored, with a warning logged, instead of
+/// growing arrays without bound; so is a path of more than
+/// [`MAX_PATH_SEGMENTS`] segments.
 ///
 /// ```
 /// use overseer_core::change::{apply, Change, FieldPath, Patch};
@@ -731,6 +747,46 @@ mod tests {
         let out = out.unwrap();
         assert_eq!(Value::Object(out.clone()), json!({"arr": [1, null, 3], "n": 1}));
         assert_eq!(size, approx_size(&out));
+        // The bound is on the change's padding in all, not per index: once
+        // one array took the whole budget, another cannot pad one null.
+        let path = |p: &str| FieldPath::parse(p);
+        let patch = Patch {
+            updated: vec![
+                (path("x"), json!([[], []])),
+                (path(&format!("x.1.{}", MAX_PADDING)), json!(1)),
+                (path(&format!("x.1.{}", MAX_PADDING - 1)), json!(1)),
+                (path("x.0.0"), json!(1)),
+            ],
+            ..Patch::default()
+        };
+        let out = apply(None, &Change::Patch(patch)).unwrap();
+        let lens: Vec<usize> = out["x"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_array().unwrap().len())
+            .collect();
+        assert_eq!(lens, [0, MAX_PADDING]);
+    }
+
+    /// The padding budget is spent across the sets of one change and
+    /// refreshed for the next.
+    #[test]
+    fn the_padding_budget_is_per_change() {
+        let mut delta = Delta {
+            padding_left: 10,
+            ..Delta::default()
+        };
+        let mut items = Vec::new();
+        assert!(pad(&mut items, 5, &mut delta).is_some());
+        assert_eq!((items.len(), delta.padding_left), (6, 4));
+        assert!(pad(&mut items, 7, &mut delta).is_some());
+        assert_eq!((items.len(), delta.padding_left), (8, 2));
+        assert!(pad(&mut items, 3, &mut delta).is_some(), "no padding needed");
+        assert!(pad(&mut items, 10, &mut delta).is_none(), "3 more nulls, 2 left");
+        assert!(pad(&mut items, usize::MAX, &mut delta).is_none());
+        assert_eq!((items.len(), delta.padding_left), (8, 2));
+        assert_eq!(Delta::default().padding_left, MAX_PADDING);
     }
 
     /// A path deeper than any MongoDB document nests is ignored, so a
