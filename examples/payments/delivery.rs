@@ -57,6 +57,9 @@ impl Lag {
     }
 }
 
+/// The longest delivery lag (or stall) the simulation accepts.
+pub const MAX_LAG: Duration = Duration::from_secs(24 * 3600);
+
 impl FromStr for Lag {
     type Err = String;
 
@@ -66,19 +69,26 @@ impl FromStr for Lag {
             humantime::parse_duration(t.trim())
                 .map_err(|e| format!("{t:?} is not a duration like 500ms or 5s: {e}"))
         };
-        match s.split_once("..") {
+        let lag = match s.split_once("..") {
             Some((a, b)) => {
                 let (min, max) = (parse(a)?, parse(b)?);
                 if min > max {
                     return Err(format!("lag range {s:?} has its minimum above its maximum"));
                 }
-                Ok(Lag { min, max })
+                Lag { min, max }
             }
             None => {
                 let d = parse(s)?;
-                Ok(Lag { min: d, max: d })
+                Lag { min: d, max: d }
             }
+        };
+        if lag.max > MAX_LAG {
+            return Err(format!(
+                "lag {s:?} is longer than {} (the simulation steps through it window by window)",
+                humantime::format_duration(MAX_LAG)
+            ));
         }
+        Ok(lag)
     }
 }
 

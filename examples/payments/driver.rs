@@ -16,7 +16,7 @@ use overseer_core::strategy::{FixedDelay, Immediate};
 use overseer_core::{BoxError, Compression, ReferenceSpec, Registry, Store, Timestamp};
 
 use crate::payments::checks::{self, ESCALATION};
-use crate::payments::delivery::{self, Delivery, Lag, LagCurve, SOURCES, Stall};
+use crate::payments::delivery::{self, Delivery, Lag, LagCurve, MAX_LAG, SOURCES, Stall};
 use crate::payments::files::{self, FORMATS, Input, LineReader};
 use crate::payments::metrics::{self, IncidentRecord, Score, Summary};
 use crate::payments::sim::{Expected, Micros, Rng, SimConfig};
@@ -91,6 +91,60 @@ pub struct Config {
     pub cache_bytes: u64,
     /// How the store keeps raw events (the store's default: zstd).
     pub compression: Compression,
+}
+
+/// The slowest [`Config::max_rate`] accepted, in events per second.
+pub const MIN_RATE: f64 = 0.001;
+
+impl Config {
+    /// Checks the settings a run steps through or sleeps on: the window
+    /// (1 ms to 1 h), the heartbeat, each lag and the stall (at most
+    /// [`MAX_LAG`]), the rate (at least [`MIN_RATE`]). The simulation moves
+    /// window by window to a horizon past the longest lag, so a lag of
+    /// years or a window of a microsecond would run for hours.
+    pub fn validate(&self) -> Result<(), String> {
+        let span = |d: Duration| humantime::format_duration(d).to_string();
+        if self.window < Duration::from_millis(1) || self.window > Duration::from_secs(3600) {
+            return Err(format!(
+                "the window {} must be between 1ms and 1h",
+                span(self.window)
+            ));
+        }
+        if self.heartbeat > MAX_LAG {
+            return Err(format!(
+                "the heartbeat {} must be at most {}",
+                span(self.heartbeat),
+                span(MAX_LAG)
+            ));
+        }
+        for (source, lag) in SOURCES.iter().zip(&self.lags) {
+            if lag.min > lag.max || lag.max > MAX_LAG {
+                return Err(format!(
+                    "the lag of {source} ({lag}) must be a range of at most {}",
+                    span(MAX_LAG)
+                ));
+            }
+        }
+        if let StallSpec::Source(source, d) = self.stall {
+            if source >= SOURCES.len() {
+                return Err(format!(
+                    "the stalled source {source} is not one of {}",
+                    SOURCES.join(", ")
+                ));
+            }
+            if d > MAX_LAG {
+                return Err(format!("the stall {} must be at most {}", span(d), span(MAX_LAG)));
+            }
+        }
+        if let Some(rate) = self.max_rate
+            && !(rate.is_finite() && rate >= MIN_RATE)
+        {
+            return Err(format!(
+                "the rate {rate:?} must be a number of events per second of at least {MIN_RATE}"
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -236,6 +290,16 @@ fn prepare(cfg: &Config) -> Result<Input, BoxError> {
 
 /// Runs the simulation end to end and scores it.
 pub async fn run(cfg: &Config) -> Result<RunReport, BoxError> {
+    cfg.validate()?;
+    // Created first, so that a path that cannot be written fails the run
+    // before it starts, not after.
+    let report = match &cfg.report {
+        Some(path) => Some(
+            std::fs::File::create(path)
+                .map_err(|e| format!("cannot create the report {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
     let started = Instant::now();
     let input = prepare(cfg)?;
     let prepare_time = started.elapsed();
@@ -493,7 +557,8 @@ pub async fn run(cfg: &Config) -> Result<RunReport, BoxError> {
             ));
         }
         if let Some(rate) = cfg.max_rate.filter(|r| *r > 0.0) {
-            let due = Duration::from_secs_f64(fed as f64 / rate);
+            // Past what a Duration holds, the run waits as long as it can.
+            let due = Duration::try_from_secs_f64(fed as f64 / rate).unwrap_or(Duration::MAX);
             let spent = pipeline_start.elapsed();
             if due > spent {
                 tokio::time::sleep(due - spent).await;
@@ -524,8 +589,9 @@ pub async fn run(cfg: &Config) -> Result<RunReport, BoxError> {
         ttd_p99_ms: metrics::percentile(&score.ttd_ms, 99.0),
         peak_rss_mb: metrics::peak_rss_mb(),
     };
-    if let Some(path) = &cfg.report {
-        write_report(path, &incidents)?;
+    if let (Some(file), Some(path)) = (report, &cfg.report) {
+        write_report(file, &incidents)
+            .map_err(|e| format!("cannot write the report {}: {e}", path.display()))?;
     }
     Ok(RunReport {
         summary,
@@ -659,9 +725,9 @@ impl Ingesters {
     }
 }
 
-fn write_report(path: &std::path::Path, incidents: &[IncidentRecord]) -> Result<(), BoxError> {
+fn write_report(file: std::fs::File, incidents: &[IncidentRecord]) -> Result<(), BoxError> {
     use std::io::Write;
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut out = std::io::BufWriter::new(file);
     for i in incidents {
         serde_json::to_writer(&mut out, &i.report_line())?;
         out.write_all(b"\n")?;

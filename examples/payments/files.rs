@@ -85,7 +85,7 @@ pub fn generate(cfg: &SimConfig, dir: Option<&Path>) -> Result<Input, BoxError> 
             (std::env::temp_dir().join(name), true)
         }
     };
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     // From here on, a failure removes a temporary directory.
     let mut input = Input {
         dir,
@@ -94,10 +94,10 @@ pub fn generate(cfg: &SimConfig, dir: Option<&Path>) -> Result<Input, BoxError> 
         temporary,
     };
     let create = |file: &str| -> Result<BufWriter<std::fs::File>, BoxError> {
-        Ok(BufWriter::with_capacity(
-            1 << 20,
-            std::fs::File::create(input.dir.join(file))?,
-        ))
+        let path = input.dir.join(file);
+        let file =
+            std::fs::File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        Ok(BufWriter::with_capacity(1 << 20, file))
     };
     let (mut t, mut l, mut b) = (create(FILES[0])?, create(FILES[1])?, create(FILES[2])?);
     let generated = sim::generate(cfg, [&mut t, &mut l, &mut b])?;
@@ -123,17 +123,20 @@ pub fn write_expected(dir: &Path, expected: &[Expected]) -> Result<(), BoxError>
         })
         .collect();
     let text = serde_json::to_string_pretty(&json!({ "discrepancies": list }))?;
-    std::fs::write(dir.join(EXPECTED), text + "\n")?;
+    let path = dir.join(EXPECTED);
+    std::fs::write(&path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(())
 }
 
 /// Copies the three files (and `expected.json`, if any) from `from` to `to`.
 pub fn copy(from: &Path, to: &Path) -> Result<(), BoxError> {
-    std::fs::create_dir_all(to)?;
+    std::fs::create_dir_all(to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
     for file in FILES.iter().chain([&EXPECTED]) {
         let source = from.join(file);
         if source.exists() {
-            std::fs::copy(&source, to.join(file))?;
+            let target = to.join(file);
+            std::fs::copy(&source, &target)
+                .map_err(|e| format!("cannot copy {} to {}: {e}", source.display(), target.display()))?;
         }
     }
     Ok(())
@@ -182,18 +185,31 @@ fn commit_times(path: &Path, format: FormatName) -> Result<Vec<Micros>, BoxError
     let consumer = overseer_builders::consumer(format, FormatOptions::default())?;
     let mut reader = LineReader::open(path)?;
     let mut out = Vec::new();
-    let mut last: Micros = 0;
-    while let Some(line) = reader.next_line()? {
+    let mut last: Option<Micros> = None;
+    let mut leading = 0;
+    while let Some(line) = reader
+        .next_line()
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+    {
         let time = match consumer.consume(&line) {
             Ok(Consumed::Record(r)) => Some(r.commit_time),
             Ok(Consumed::Control { commit_time, .. }) => commit_time,
             Err(_) => None,
         };
         if let Some(t) = time {
-            last = t.as_micros();
+            last = Some(t.as_micros());
         }
-        out.push(last);
+        match last {
+            Some(t) => out.push(t),
+            None => leading += 1,
+        }
     }
+    // An event without a time of its own (unreadable: it is dead-lettered)
+    // is delivered with the event before it; those before the first event
+    // with a time, with that one (not at time 0, which would stretch the
+    // simulated time back to 1970).
+    let first = out.first().copied().unwrap_or_default();
+    out.splice(0..0, std::iter::repeat_n(first, leading));
     Ok(out)
 }
 
@@ -230,8 +246,9 @@ impl LineReader {
 }
 
 fn read_expected(path: &Path) -> Result<Vec<Expected>, BoxError> {
-    let value: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
     let bad = |why: &str| format!("{}: {why}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| bad(&e.to_string()))?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
     let list = value
         .get("discrepancies")
         .and_then(Value::as_array)
@@ -248,9 +265,19 @@ fn read_expected(path: &Path) -> Result<Vec<Expected>, BoxError> {
             .and_then(Value::as_str)
             .ok_or_else(|| bad("a discrepancy without a string transfer_id"))?
             .to_owned();
-        let observable_at = match item.get("observable_at").and_then(Value::as_str) {
-            Some(t) => Some(Timestamp::parse(t)?.as_micros()),
-            None => None,
+        let observable_at = match item.get("observable_at") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) => Some(
+                Timestamp::parse(t)
+                    .map_err(|e| bad(&format!("observable_at of {transfer_id}: {e}")))?
+                    .as_micros(),
+            ),
+            Some(other) => {
+                return Err(bad(&format!(
+                    "observable_at of {transfer_id} is {other}, not an RFC 3339 time"
+                ))
+                .into());
+            }
         };
         out.push(Expected {
             kind,

@@ -155,7 +155,10 @@ fn config(args: Args) -> Result<Config, String> {
         window: args.window,
         heartbeat: args.heartbeat,
         audit: !args.no_audit,
-        cache_bytes: args.cache_mb * 1024 * 1024,
+        cache_bytes: args
+            .cache_mb
+            .checked_mul(1024 * 1024)
+            .ok_or_else(|| format!("--cache-mb {} is too large", args.cache_mb))?,
         compression: if args.no_compression {
             Compression::None
         } else {
@@ -179,9 +182,7 @@ fn config(args: Args) -> Result<Config, String> {
             StallSpec::Source(source, d)
         }
     };
-    if cfg.window.is_zero() {
-        return Err("--window must be positive".into());
-    }
+    cfg.validate()?;
     Ok(cfg)
 }
 

@@ -85,3 +85,165 @@ fn the_main_job_can_turn_transparent_huge_pages_off() {
         .expect("prctl(PR_SET_THP_DISABLE) is allowed to any process");
     assert_eq!(nix::sys::prctl::get_thp_disable(), Ok(true));
 }
+
+/// Settings the simulation would step through for hours (a window of a
+/// microsecond, a lag or stall of days) or sleep on forever (a rate of
+/// nearly nothing) are refused before anything runs, naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_a_run_cannot_step_through_are_refused() {
+    use overseer_examples::payments::StallSpec;
+    use overseer_examples::payments::delivery::{Lag, MAX_LAG};
+    use std::time::Duration;
+
+    let day = Duration::from_secs(24 * 3600);
+    let long = Lag {
+        min: Duration::ZERO,
+        max: day * 2,
+    };
+    let cases: Vec<(Config, &str)> = vec![
+        (
+            Config {
+                window: Duration::from_micros(1),
+                ..config(1, StrategyMode::Freshness)
+            },
+            "window",
+        ),
+        (
+            Config {
+                window: day,
+                ..config(1, StrategyMode::Freshness)
+            },
+            "window",
+        ),
+        (
+            Config {
+                heartbeat: day * 2,
+                ..config(1, StrategyMode::Freshness)
+            },
+            "heartbeat",
+        ),
+        (
+            Config {
+                lags: [Lag::default_for(0), Lag::default_for(1), long],
+                ..config(1, StrategyMode::Freshness)
+            },
+            "lag of bank",
+        ),
+        (
+            Config {
+                stall: StallSpec::Source(2, MAX_LAG * 2),
+                ..config(1, StrategyMode::Freshness)
+            },
+            "stall",
+        ),
+        (
+            Config {
+                stall: StallSpec::Source(7, day),
+                ..config(1, StrategyMode::Freshness)
+            },
+            "stalled source",
+        ),
+        (
+            Config {
+                max_rate: Some(0.0),
+                ..config(1, StrategyMode::Freshness)
+            },
+            "rate",
+        ),
+        (
+            Config {
+                max_rate: Some(1e-300),
+                ..config(1, StrategyMode::Freshness)
+            },
+            "rate",
+        ),
+        (
+            Config {
+                max_rate: Some(f64::NAN),
+                ..config(1, StrategyMode::Freshness)
+            },
+            "rate",
+        ),
+    ];
+    for (cfg, what) in cases {
+        let error = run(&cfg).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains(what), "{what}: {error:?}");
+    }
+}
+
+/// A report path that cannot be written fails the run before it starts,
+/// naming the path, rather than after the whole run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_report_fails_before_the_run() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("no such directory").join("report.jsonl");
+    let cfg = Config {
+        report: Some(path.clone()),
+        ..config(1, StrategyMode::Freshness)
+    };
+    let started = std::time::Instant::now();
+    let error = run(&cfg).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains(&path.display().to_string()), "{error:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "the run did not start"
+    );
+}
+
+/// Input files from another tool: an unreadable first line (dead-lettered)
+/// is delivered with the first readable event, not at time 0 (which made
+/// the simulated time start in 1970, and the run take hours); a broken
+/// `expected.json` is an error naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_files_with_broken_lines_or_expectations() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let small = Config {
+        transfers: 100,
+        write_input: Some(dir.path().to_path_buf()),
+        ..config(1, StrategyMode::Freshness)
+    };
+    let generated = run(&small).await.expect("the generated run");
+    let ledger = dir.path().join("ledger.wal2json.jsonl");
+    let text = std::fs::read_to_string(&ledger).expect("the ledger file");
+    std::fs::write(&ledger, format!("nope\n{text}")).expect("rewritten");
+    let from_files = Config {
+        transfers: 100,
+        input: Some(dir.path().to_path_buf()),
+        ..config(1, StrategyMode::Freshness)
+    };
+    let r = tokio::time::timeout(std::time::Duration::from_secs(120), run(&from_files))
+        .await
+        .expect("the run ends in minutes, not hours")
+        .expect("the run completes");
+    assert_eq!(r.summary.events, generated.summary.events + 1);
+    assert_eq!(
+        r.summary.detected, r.summary.injected,
+        "missed {:?}",
+        r.score.missed
+    );
+    assert_eq!(r.summary.false_alarms, Some(0));
+
+    let expected = dir.path().join("expected.json");
+    for (content, why) in [
+        ("{", "EOF while parsing"),
+        (
+            r#"{"discrepancies": [{"kind": "amount_mismatch", "transfer_id": "t", "observable_at": 5}]}"#,
+            "observable_at of t is 5",
+        ),
+        (
+            r#"{"discrepancies": [{"kind": "amount_mismatch", "transfer_id": "t", "observable_at": "soon"}]}"#,
+            "observable_at of t",
+        ),
+    ] {
+        std::fs::write(&expected, content).expect("written");
+        let error = run(&from_files)
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            error.contains("expected.json") && error.contains(why),
+            "{content}: {error:?}"
+        );
+    }
+}
