@@ -211,8 +211,20 @@ async fn input_files_with_broken_lines_or_expectations() {
         input: Some(dir.path().to_path_buf()),
         ..config(1, StrategyMode::Freshness)
     };
-    let r = tokio::time::timeout(std::time::Duration::from_secs(120), run(&from_files))
-        .await
+    // On a thread of its own, so that a run stuck in its (synchronous)
+    // preparation fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let cfg = from_files.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let _ = tx.send(runtime.block_on(run(&cfg)).map_err(|e| e.to_string()));
+    });
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
         .expect("the run ends in minutes, not hours")
         .expect("the run completes");
     assert_eq!(r.summary.events, generated.summary.events + 1);
