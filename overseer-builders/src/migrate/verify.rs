@@ -644,8 +644,14 @@ impl fmt::Display for VerifyReport {
         if let Some(i) = &self.integrity {
             write!(f, "{i}")?;
         }
-        if let Some(c) = &self.comparison {
-            write!(f, "{c}")?;
+        match &self.comparison {
+            Some(c) => write!(f, "{c}")?,
+            // Said, so that a configuration without `legacy` (or with it
+            // misspelt) is not read as a clean comparison.
+            None => writeln!(
+                f,
+                "comparison with the legacy store: not run (no legacy store given)"
+            )?,
         }
         Ok(())
     }
@@ -697,5 +703,15 @@ mod tests {
         let back: VerifyReport = serde_json::from_str(&json).unwrap();
         assert_eq!(back, report);
         assert!(VerifyReport::default().is_clean());
+        // Without a comparison, the report says it did not compare.
+        let integrity_only = VerifyReport {
+            comparison: None,
+            ..report
+        };
+        let text = integrity_only.to_string();
+        assert!(
+            text.contains("comparison with the legacy store: not run"),
+            "{text}"
+        );
     }
 }
