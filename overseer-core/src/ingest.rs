@@ -14,6 +14,11 @@ use crate::time::Timestamp;
 /// Batches at least this large are consumed on several threads.
 const PARALLEL_CONSUME_THRESHOLD: usize = 512;
 
+/// The latest commit time ingestion accepts: the last microsecond of the
+/// year 9999. A later one comes from a corrupt or forged event, and would
+/// move its source's watermark past any real time.
+const LATEST_COMMIT: Timestamp = Timestamp::from_micros(253_402_300_799_999_999);
+
 /// What ingesting one batch did.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BatchReport {
@@ -52,6 +57,11 @@ impl BatchReport {
 }
 
 /// Ingests the events of one source through one consumer into a store.
+///
+/// An event the consumer rejects, or whose commit time is before 1970 or
+/// after the year 9999 (which no source writes, and which would move the
+/// source's watermark past any real time), is dead-lettered: kept in the
+/// store's dead-letter area, counted, and logged; the batch goes on.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -134,13 +144,19 @@ impl Ingestor {
     }
 
     fn consume_one(&self, raw: &[u8]) -> Outcome {
+        let reject = |why: String| Outcome::Rejected(ConsumeError::new(self.consumer.format().as_str(), why));
         match self.consumer.consume(raw) {
             Ok(Consumed::Record(r)) if r.commit_time < Timestamp::EPOCH => {
-                Outcome::Rejected(ConsumeError::new(
-                    self.consumer.format().as_str(),
-                    format!("commit time {} is before 1970", r.commit_time),
-                ))
+                reject(format!("commit time {} is before 1970", r.commit_time))
             }
+            Ok(Consumed::Record(r)) if r.commit_time > LATEST_COMMIT => reject(format!(
+                "commit time {} is after the year 9999 (a corrupt or forged event; it would move \
+                 the source's watermark past any real time)",
+                r.commit_time
+            )),
+            Ok(Consumed::Control {
+                commit_time: Some(t), ..
+            }) if t > LATEST_COMMIT => reject(format!("commit time {t} is after the year 9999")),
             Ok(Consumed::Record(mut r)) => {
                 let references = self.references.extract(&r.key, &r.change);
                 if !self.prime_changes {
@@ -347,5 +363,38 @@ impl Ingestor {
                 .await?;
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::References;
+    use crate::testing::LinesConsumer;
+
+    /// A commit time before 1970 or after the year 9999 is a corrupt or
+    /// forged event: dead-lettered, and the source's watermark does not
+    /// move to it; the batch's other events are stored.
+    #[tokio::test]
+    async fn commit_times_no_source_can_have_are_dead_lettered() {
+        let store = Store::in_memory();
+        let ingestor = Ingestor::new(
+            store,
+            SourceId::new("app").unwrap(),
+            LinesConsumer,
+            References::new(),
+        );
+        let last_second = LATEST_COMMIT.as_micros() / 1_000_000;
+        let batch: Vec<Bytes> = [
+            "a 7",
+            "b -5",
+            &format!("c {}", last_second + 1),
+            &format!("d {last_second}"),
+        ]
+        .map(|line| Bytes::from(line.to_owned()))
+        .into();
+        let report = ingestor.ingest_batch(&batch).await.unwrap();
+        assert_eq!((report.read, report.stored, report.dead_lettered), (4, 2, 2));
+        assert_eq!(report.watermark, Some(Timestamp::from_secs(last_second)));
     }
 }
