@@ -342,7 +342,7 @@ pub struct AuditArgs {
     pub store: StoreArgs,
 
     /// Only this check.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = non_empty)]
     pub check: Option<String>,
 
     /// Only this root record's model (with --id).
@@ -455,6 +455,20 @@ mod tests {
     #[test]
     fn cli_definition_is_valid() {
         Cli::command().debug_assert();
+    }
+
+    /// An empty `--check` is refused, not read as "every check".
+    #[test]
+    fn an_empty_check_name_is_refused() {
+        let error = Cli::try_parse_from(["overseer", "audit", "--store", "/tmp/x", "--check", ""])
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("--check") && error.contains("it is empty"),
+            "{error}"
+        );
+        assert!(Cli::try_parse_from(["overseer", "audit", "--store", "/tmp/x", "--check", "c"]).is_ok());
     }
 
     #[test]

@@ -80,8 +80,21 @@ impl Timestamp {
     /// ```
     pub fn parse(text: &str) -> Result<Self> {
         let text = text.trim();
-        if let Ok(secs) = text.parse::<i64>() {
-            return Ok(Self::from_secs(secs));
+        let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            // Integer Unix seconds, as far as microseconds in an i64 go.
+            return text
+                .parse::<i64>()
+                .ok()
+                .and_then(|secs| secs.checked_mul(1_000_000))
+                .map(Self)
+                .ok_or_else(|| Error::InvalidInput {
+                    what: "time",
+                    reason: format!(
+                        "{text:?} is out of range as Unix seconds (at most {})",
+                        i64::MAX / 1_000_000
+                    ),
+                });
         }
         DateTime::parse_from_rfc3339(text)
             .map(|t| Self(t.timestamp_micros()))
@@ -125,5 +138,27 @@ mod tests {
         let now = Timestamp::now().as_micros();
         let after = Utc::now().timestamp_micros();
         assert!(before <= now && now <= after, "{before} <= {now} <= {after}");
+    }
+
+    #[test]
+    fn times_parse_as_rfc_3339_or_unix_seconds_in_range() {
+        let parse = |text: &str| Timestamp::parse(text).ok();
+        assert_eq!(parse("1700000000"), Some(Timestamp::from_secs(1_700_000_000)));
+        assert_eq!(parse(" -5 "), Some(Timestamp::from_secs(-5)));
+        assert_eq!(parse("+5"), Some(Timestamp::from_secs(5)));
+        assert_eq!(
+            parse("2024-05-01T12:00:00Z"),
+            Some(Timestamp::from_secs(1_714_564_800))
+        );
+        for out_of_range in ["99999999999999999999", "9223372036855", "-9223372036855"] {
+            let error = Timestamp::parse(out_of_range).unwrap_err().to_string();
+            assert!(
+                error.contains("out of range as Unix seconds"),
+                "{out_of_range}: {error}"
+            );
+        }
+        let error = Timestamp::parse("soon").unwrap_err().to_string();
+        assert!(error.contains("neither RFC 3339"), "{error}");
+        assert!(Timestamp::parse("-").is_err());
     }
 }
