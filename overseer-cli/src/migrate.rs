@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use overseer_builders::migrate::backfill::{Backfill, BackfillConfig, BackfillError, Step, TableReport};
+use overseer_core::object_store::ObjectStore;
 use overseer_core::object_store::local::LocalFileSystem;
+use overseer_core::object_store::memory::InMemory;
 
 use crate::{Error, output};
 
@@ -82,18 +84,34 @@ impl From<BackfillError> for Error {
     }
 }
 
-fn open(path: &Path, progress: bool) -> Result<Backfill, Error> {
+/// Whether opening a backfill may create its `data_dir`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// It writes state (`run`, `reset`, ...).
+    Write,
+    /// It only reads (`plan`, `status`): a `data_dir` that does not exist
+    /// yet holds nothing, and is not created.
+    Read,
+}
+
+fn open(path: &Path, progress: bool, access: Access) -> Result<Backfill, Error> {
     let config = BackfillConfig::load(path)?;
     let settings = config.settings()?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        Error::Usage(format!(
-            "cannot create data_dir {}: {e}",
-            config.data_dir.display()
-        ))
-    })?;
-    let store = LocalFileSystem::new_with_prefix(&config.data_dir)
-        .map_err(|e| Error::Usage(format!("data_dir {}: {e}", config.data_dir.display())))?;
-    let backfill = Backfill::new(settings, Arc::new(store))?;
+    let store: Arc<dyn ObjectStore> = if access == Access::Read && !config.data_dir.exists() {
+        Arc::new(InMemory::new())
+    } else {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::Usage(format!(
+                "cannot create data_dir {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        Arc::new(
+            LocalFileSystem::new_with_prefix(&config.data_dir)
+                .map_err(|e| Error::Usage(format!("data_dir {}: {e}", config.data_dir.display())))?,
+        )
+    };
+    let backfill = Backfill::new(settings, store)?;
     Ok(if progress {
         backfill.on_progress(|p| {
             let _ = writeln!(std::io::stderr(), "{} {}: {}", p.table, p.step, p.message);
@@ -110,7 +128,7 @@ fn json_value<T: serde::Serialize>(value: &T) -> serde_json::Value {
 
 /// `overseer migrate plan`: every step's SQL, from the target's catalog.
 pub(crate) async fn plan(args: &MigratePlanArgs, out: &mut dyn Write) -> Result<(), Error> {
-    let plan = open(&args.config.config, false)?.plan().await?;
+    let plan = open(&args.config.config, false, Access::Read)?.plan().await?;
     if args.json {
         output::json_line(out, &json_value(&plan))
     } else {
@@ -120,7 +138,7 @@ pub(crate) async fn plan(args: &MigratePlanArgs, out: &mut dyn Write) -> Result<
 
 /// `overseer migrate run`: every step not done yet (up to `--until`).
 pub(crate) async fn run(args: &MigrateRunArgs, out: &mut dyn Write) -> Result<(), Error> {
-    let backfill = open(&args.config.config, true)?;
+    let backfill = open(&args.config.config, true, Access::Write)?;
     let report = backfill.run_until(args.until.unwrap_or(Step::Flip)).await?;
     if args.json {
         return output::json_line(out, &json_value(&report));
@@ -154,7 +172,7 @@ fn summary_line(t: &TableReport) -> String {
 
 /// `overseer migrate status`: one line per table and step.
 pub(crate) async fn status(args: &MigrateStatusArgs, out: &mut dyn Write) -> Result<(), Error> {
-    let status = open(&args.config.config, false)?.status().await?;
+    let status = open(&args.config.config, false, Access::Read)?.status().await?;
     for t in &status {
         if args.json {
             output::json_line(out, &json_value(t))?;
@@ -186,7 +204,7 @@ pub(crate) async fn status(args: &MigrateStatusArgs, out: &mut dyn Write) -> Res
 /// `overseer migrate reset`: forget the progress, drop what an unfinished
 /// run left.
 pub(crate) async fn reset(args: &MigrateResetArgs, out: &mut dyn Write) -> Result<(), Error> {
-    let backfill = open(&args.config.config, false)?;
+    let backfill = open(&args.config.config, false, Access::Write)?;
     backfill.reset().await?;
     for t in &backfill.settings().tables {
         output::line(out, &format!("{}\treset", output::field(&t.qualified())))?;

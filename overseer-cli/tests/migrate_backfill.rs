@@ -262,6 +262,10 @@ fn configuration_errors_exit_2_with_every_problem() {
         "{}",
         stderr(&o)
     );
+    // `plan` and `status` only read: they create no data_dir.
+    let o = overseer(&["migrate", "plan", "--config", s(&config)]);
+    assert_code(&o, 2);
+    assert!(!dir.path().join("d").exists(), "plan and status created data_dir");
 
     let o = overseer(&["migrate", "run", "--config", s(&config), "--until", "later"]);
     assert_code(&o, 2);
