@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{StreamExt, stream};
-use overseer_benches::{Rng, mongo_events, one_record_events, peak_rss_mib};
+use overseer_benches::{Rng, mongo_events, one_record_events, peak_rss_mib, record_events};
 use overseer_builders::{FormatName, FormatOptions};
 use overseer_core::object_store::local::LocalFileSystem;
 use overseer_core::object_store::memory::InMemory;
@@ -346,39 +346,18 @@ fn values(events: usize) {
 async fn wide(updates: usize) {
     let mut results = Vec::new();
     for fields in [10usize, 100, 1_000, 10_000] {
-        let start_ms: i64 = 1_700_000_000_000;
-        let event = |i: usize| {
-            let ms = start_ms + i as i64;
-            let (t, inc) = (ms / 1000, (ms % 1000) as u64 + 1);
-            let head = format!(
-                r#"{{"_id":{{"_data":"82{t:08X}{inc:08X}"}},"operationType":"{op}","clusterTime":{{"$timestamp":{{"t":{t},"i":{inc}}}}},"ns":{{"db":"payments","coll":"transfers"}},"documentKey":{{"_id":"tr-wide"}}"#,
-                op = if i == 0 { "insert" } else { "update" },
-            );
-            let body = if i == 0 {
-                let document: serde_json::Map<String, serde_json::Value> = (0..fields)
-                    .map(|f| (format!("field_{f}"), json!(format!("value of field {f}"))))
-                    .chain([("_id".to_owned(), json!("tr-wide")), ("n".to_owned(), json!(0))])
-                    .collect();
-                format!(r#","fullDocument":{}}}"#, serde_json::Value::Object(document))
-            } else {
-                format!(
-                    r#","updateDescription":{{"updatedFields":{{"n":{i}}},"removedFields":[],"truncatedArrays":[]}}}}"#
-                )
-            };
-            Bytes::from(head + &body)
-        };
+        let document: serde_json::Map<String, serde_json::Value> = (0..fields)
+            .map(|f| (format!("field_{f}"), json!(format!("value of field {f}"))))
+            .chain([("_id".to_owned(), json!("tr-wide")), ("n".to_owned(), json!(0))])
+            .collect();
+        let document = serde_json::Value::Object(document).to_string();
+        let (_, events) = record_events("tr-wide", updates + 1, &document, |i| format!(r#"{{"n":{i}}}"#));
         let store = Store::in_memory();
         let dal = overseer_builders::dal(store.clone()).indexed();
         let ing = ingestor(store).with_dal(&dal);
-        ing.ingest_batch(&[event(0)]).await.unwrap();
-        let batches: Vec<Vec<Bytes>> = (1..=updates)
-            .map(event)
-            .collect::<Vec<_>>()
-            .chunks(500)
-            .map(<[Bytes]>::to_vec)
-            .collect();
+        ing.ingest_batch(&events[..1]).await.unwrap();
         let start = Instant::now();
-        for batch in &batches {
+        for batch in events[1..].chunks(500) {
             ing.ingest_batch(batch).await.unwrap();
         }
         let per_update_us = start.elapsed().as_secs_f64() * 1e6 / updates as f64;

@@ -64,20 +64,41 @@ pub fn mongo_events(n: usize, seed: u64) -> impl Iterator<Item = Bytes> {
 /// `updates` MongoDB change events of ONE transfer: an insert, then updates
 /// of its fields, one millisecond apart, starting at the returned time (ms).
 pub fn one_record_events(updates: usize) -> (i64, Vec<Bytes>) {
+    record_events(
+        "tr-hot",
+        updates,
+        r#"{"_id":"tr-hot","status":"created","n":0,"meta":{"attempt":0}}"#,
+        |i| format!(r#"{{"n":{i},"meta.attempt":{i}}}"#),
+    )
+}
+
+/// The change stream of one `transfers` record `id`, one event per
+/// millisecond: an insert of `document` (its JSON text), then `updates - 1`
+/// updates whose `updatedFields` are `fields(i)` (JSON text), for `i` from 1.
+/// Returns the first event's time in milliseconds, and the events.
+pub fn record_events(
+    id: &str,
+    updates: usize,
+    document: &str,
+    fields: impl Fn(usize) -> String,
+) -> (i64, Vec<Bytes>) {
     let start_ms: i64 = 1_700_000_000_000;
     let events = (0..updates)
         .map(|i| {
             let ms = start_ms + i as i64;
             let (t, inc) = (ms / 1000, (ms % 1000) as u64 + 1);
             let head = format!(
-                r#"{{"_id":{{"_data":"82{t:08X}{inc:08X}"}},"operationType":"{op}","clusterTime":{{"$timestamp":{{"t":{t},"i":{inc}}}}},"wallTime":{{"$date":"{wall}"}},"ns":{{"db":"payments","coll":"transfers"}},"documentKey":{{"_id":"tr-hot"}}"#,
+                r#"{{"_id":{{"_data":"82{t:08X}{inc:08X}"}},"operationType":"{op}","clusterTime":{{"$timestamp":{{"t":{t},"i":{inc}}}}},"wallTime":{{"$date":"{wall}"}},"ns":{{"db":"payments","coll":"transfers"}},"documentKey":{{"_id":"{id}"}}"#,
                 op = if i == 0 { "insert" } else { "update" },
                 wall = iso(ms),
             );
             let body = if i == 0 {
-                r#","fullDocument":{"_id":"tr-hot","status":"created","n":0,"meta":{"attempt":0}}}"#.to_owned()
+                format!(r#","fullDocument":{document}}}"#)
             } else {
-                format!(r#","updateDescription":{{"updatedFields":{{"n":{i},"meta.attempt":{i}}},"removedFields":[],"truncatedArrays":[]}}}}"#)
+                format!(
+                    r#","updateDescription":{{"updatedFields":{},"removedFields":[],"truncatedArrays":[]}}}}"#,
+                    fields(i)
+                )
             };
             Bytes::from(head + &body)
         })

@@ -556,7 +556,7 @@ pub async fn run(cfg: &Config) -> Result<RunReport, BoxError> {
                 d.false_alarms
             ));
         }
-        if let Some(rate) = cfg.max_rate.filter(|r| *r > 0.0) {
+        if let Some(rate) = cfg.max_rate {
             // Past what a Duration holds, the run waits as long as it can.
             let due = Duration::try_from_secs_f64(fed as f64 / rate).unwrap_or(Duration::MAX);
             let spent = pipeline_start.elapsed();

@@ -24,6 +24,9 @@ pub(crate) fn key_rows<'a>(change: &'a Change, others: &'a [Option<State>; 2]) -
 /// The key column used when neither the event nor the options name one.
 pub(crate) const DEFAULT_KEY_COLUMN: &str = "id";
 
+/// The most columns a key may list (Postgres's `INDEX_MAX_KEYS`).
+const MAX_KEY_COLUMNS: usize = 32;
+
 /// The record id of a row from its key values: one value as text (`42`,
 /// `abc`), several as the JSON array text of the values.
 pub(crate) fn key_text(values: &[&Value]) -> Option<String> {
@@ -71,6 +74,17 @@ pub(crate) fn record_key(
         None => Model::new(table)
             .map_err(|_| ConsumeError::new(format, "the table name is empty; set a model"))?,
     };
+    // Postgres keys have at most 32 columns (INDEX_MAX_KEYS); a longer list
+    // is forged, and would make the check for repeats below quadratic.
+    if columns.len() > MAX_KEY_COLUMNS {
+        return Err(ConsumeError::new(
+            format,
+            format!(
+                "the key of table {table:?} lists {} columns; a Postgres key has at most {MAX_KEY_COLUMNS}",
+                columns.len()
+            ),
+        ));
+    }
     let mut values = Vec::with_capacity(columns.len());
     for (i, column) in columns.iter().enumerate() {
         if columns[..i].contains(column) {
@@ -249,7 +263,8 @@ mod tests {
     }
 
     /// A key that lists a column twice (a forged event: each repeat would
-    /// copy the value into the id again) is refused.
+    /// copy the value into the id again), or more columns than a Postgres
+    /// key can have, is refused.
     #[test]
     fn a_key_listing_a_column_twice_is_refused() {
         let row: State = json!({"id": "x".repeat(1000), "n": 1})
@@ -264,6 +279,10 @@ mod tests {
         );
         let error = record_key("wal2json", &options, "t", &["id", "n", "id"], &[Some(&row)]).unwrap_err();
         assert_eq!(error.reason, r#"the key of table "t" lists column "id" twice"#);
+        let many: Vec<String> = (0..=MAX_KEY_COLUMNS).map(|i| format!("c{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let error = record_key("wal2json", &options, "t", &many, &[Some(&row)]).unwrap_err();
+        assert!(error.reason.contains("lists 33 columns"), "{}", error.reason);
     }
 
     #[test]

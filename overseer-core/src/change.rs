@@ -87,11 +87,12 @@ impl Delta {
         }
     }
 
-    /// `key` of a map was set to a value of `new` size, replacing `old`.
-    fn field(&mut self, key: &str, new: usize, old: Option<&Value>) {
+    /// A key of `key_len` bytes of a map was set to a value of `new` size,
+    /// replacing `old`.
+    fn field(&mut self, key_len: usize, new: usize, old: Option<&Value>) {
         if self.on {
             match old {
-                None => self.added += SLOT + key.len() + new,
+                None => self.added += SLOT + key_len + new,
                 Some(old) => self.replaced(new, old),
             }
         }
@@ -235,7 +236,7 @@ fn step_mut<'a>(
     match value {
         Value::Object(map) => {
             if create && !map.contains_key(segment) {
-                delta.field(segment, MAP, None);
+                delta.field(segment.len(), MAP, None);
                 map.insert(segment.to_owned(), Value::Object(Map::new()));
             }
             map.get_mut(segment)
@@ -243,9 +244,10 @@ fn step_mut<'a>(
         Value::Array(items) => {
             let i = segment.parse::<usize>().ok()?;
             if create {
-                pad(items, i, delta)?;
+                pad(items, i, delta)
+            } else {
+                items.get_mut(i)
             }
-            items.get_mut(i)
         }
         _ => None,
     }
@@ -310,7 +312,7 @@ fn parent_mut<'a>(
 ) -> Option<&'a mut Value> {
     let (first, rest) = path.split_first()?;
     if create && !state.contains_key(first) {
-        delta.field(first, MAP, None);
+        delta.field(first.len(), MAP, None);
         state.insert(first.clone(), Value::Object(Map::new()));
     }
     let mut current = state.get_mut(first)?;
@@ -320,25 +322,27 @@ fn parent_mut<'a>(
     Some(current)
 }
 
+/// Sets `key` of `map` to `value` (in place of its value, if it has one),
+/// counting what that adds and replaces.
+fn insert(map: &mut Map<String, Value>, key: String, value: Value, delta: &mut Delta) {
+    let (key_len, size) = (key.len(), delta.size_of(&value));
+    let old = map.insert(key, value);
+    delta.field(key_len, size, old.as_ref());
+}
+
 fn set(state: &mut State, path: &FieldPath, value: Value, delta: &mut Delta) {
     if !applicable(path) {
         return;
     }
-    let size = delta.size_of(&value);
     match path.0.split_last() {
         None => {}
-        Some((last, [])) => {
-            let old = state.insert(last.clone(), value);
-            delta.field(last, size, old.as_ref());
-        }
+        Some((last, [])) => insert(state, last.clone(), value, delta),
         Some((last, parents)) => {
             if let Some(parent) = parent_mut(state, parents, true, delta) {
                 match parent {
-                    Value::Object(map) => {
-                        let old = map.insert(last.clone(), value);
-                        delta.field(last, size, old.as_ref());
-                    }
+                    Value::Object(map) => insert(map, last.clone(), value, delta),
                     Value::Array(items) => {
+                        let size = delta.size_of(&value);
                         if let Some(slot) = last.parse::<usize>().ok().and_then(|i| pad(items, i, delta)) {
                             let old = std::mem::replace(slot, value);
                             delta.replaced(size, &old);
@@ -468,9 +472,10 @@ pub fn apply_owned(state: Option<State>, change: Change) -> Option<State> {
 /// removes is weighed as it is applied, so a small change to a large state
 /// is weighed in time proportional to the change, not to the state.
 pub(crate) fn apply_owned_sized(state: Option<State>, size: usize, change: Change) -> (Option<State>, usize) {
+    // A full state is weighed whole; a merge or patch from the state it
+    // applies to (an empty document when there is none).
     let full = match &change {
         Change::Full(full) => Some(approx_size(full)),
-        Change::Merge(columns) if state.is_none() => Some(approx_size(columns)),
         Change::Delete => Some(0),
         Change::Merge(_) | Change::Patch(_) => None,
     };
@@ -484,10 +489,7 @@ fn apply_counted(state: Option<State>, change: Change, delta: &mut Delta) -> Opt
     match change {
         Change::Full(full) => Some(full),
         Change::Delete => None,
-        Change::Merge(columns) => Some(match state {
-            None => columns,
-            state => merge(state, columns, delta),
-        }),
+        Change::Merge(columns) => Some(merge(state, columns, delta)),
         Change::Patch(mut patch) => {
             let updated = std::mem::take(&mut patch.updated);
             Some(patch_state(state, &patch, updated, delta))
@@ -503,17 +505,7 @@ fn merge(
 ) -> State {
     let mut state = state.unwrap_or_default();
     for (name, value) in columns {
-        let size = delta.size_of(&value);
-        match state.get_mut(&name) {
-            Some(slot) => {
-                let old = std::mem::replace(slot, value);
-                delta.replaced(size, &old);
-            }
-            None => {
-                delta.field(&name, size, None);
-                state.insert(name, value);
-            }
-        }
+        insert(&mut state, name, value, delta);
     }
     state
 }

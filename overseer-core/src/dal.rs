@@ -809,6 +809,14 @@ mod tests {
         }
     }
 
+    /// An update of [`record`] committed at `secs`, setting `v` to `v{secs}`.
+    fn at(secs: u64) -> UpdateDocument {
+        let mut u = tied(secs, "");
+        u.commit_time = Timestamp::from_secs(secs as i64);
+        u.raw = bytes::Bytes::from(format!("v{secs}"));
+        u
+    }
+
     /// Stores `update` and writes it through, as ingestion does.
     async fn ingest(dal: &Dal, update: UpdateDocument, with_change: bool) {
         let change = with_change.then(|| Values.decode(&update).unwrap());
@@ -848,12 +856,6 @@ mod tests {
     async fn a_memo_a_read_folded_before_the_write_through_is_kept() {
         let (dal, key) = (indexed_dal().await, record());
         let index = dal.index.clone().unwrap();
-        let at = |secs: u64| {
-            let mut u = tied(secs, "");
-            u.commit_time = Timestamp::from_secs(secs as i64);
-            u.raw = bytes::Bytes::from(format!("v{secs}"));
-            u
-        };
         ingest(&dal, at(1), true).await;
         let generation = dal.memo.get(&key).unwrap().generation;
         // The second update is stored and indexed, not yet folded.
@@ -888,12 +890,6 @@ mod tests {
     #[tokio::test]
     async fn a_fold_leaves_a_state_a_reader_holds_as_it_was() {
         let (dal, key) = (indexed_dal().await, record());
-        let at = |secs: u64| {
-            let mut u = tied(secs, "");
-            u.commit_time = Timestamp::from_secs(secs as i64);
-            u.raw = bytes::Bytes::from(format!("v{secs}"));
-            u
-        };
         ingest(&dal, at(1), true).await;
         let held = dal.shared_state_at(&key, Timestamp::MAX).await.unwrap().unwrap();
         ingest(&dal, at(2), true).await;

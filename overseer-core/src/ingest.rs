@@ -144,19 +144,24 @@ impl Ingestor {
     }
 
     fn consume_one(&self, raw: &[u8]) -> Outcome {
-        let reject = |why: String| Outcome::Rejected(ConsumeError::new(self.consumer.format().as_str(), why));
-        match self.consumer.consume(raw) {
-            Ok(Consumed::Record(r)) if r.commit_time < Timestamp::EPOCH => {
-                reject(format!("commit time {} is before 1970", r.commit_time))
-            }
-            Ok(Consumed::Record(r)) if r.commit_time > LATEST_COMMIT => reject(format!(
-                "commit time {} is after the year 9999 (a corrupt or forged event; it would move \
-                 the source's watermark past any real time)",
-                r.commit_time
-            )),
-            Ok(Consumed::Control {
-                commit_time: Some(t), ..
-            }) if t > LATEST_COMMIT => reject(format!("commit time {t} is after the year 9999")),
+        let consumed = self.consumer.consume(raw);
+        let commit_time = match &consumed {
+            Ok(Consumed::Record(r)) => Some(r.commit_time),
+            Ok(Consumed::Control { commit_time, .. }) => *commit_time,
+            Err(_) => None,
+        };
+        if let Some(t) = commit_time
+            && !(Timestamp::EPOCH..=LATEST_COMMIT).contains(&t)
+        {
+            return Outcome::Rejected(ConsumeError::new(
+                self.consumer.format().as_str(),
+                format!(
+                    "commit time {t} is not between 1970 and the year 9999 (a corrupt or forged \
+                     event; it would move the source's watermark away from any real time)"
+                ),
+            ));
+        }
+        match consumed {
             Ok(Consumed::Record(mut r)) => {
                 let references = self.references.extract(&r.key, &r.change);
                 if !self.prime_changes {
