@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use overseer_core::clock::ManualClock;
 use overseer_core::escalation::{FnEscalation, Incident, IncidentChange};
@@ -188,7 +190,8 @@ pub struct RunReport {
     /// Wall time of the pipeline (ingest to the end of the drain).
     pub pipeline: Duration,
     /// Wall time the driver waited for a window's batches to be stored
-    /// (ingestion runs alongside the checks; this is what it did not hide).
+    /// (ingestion runs alongside the checks; this is what it did not hide),
+    /// taking into the runner what the sources done meanwhile stored.
     pub ingest_wait: Duration,
     /// Wall time spent inside `Overseer::tick` and the drain.
     pub checks: Duration,
@@ -526,7 +529,7 @@ pub async fn run(cfg: &Config) -> Result<RunReport, BoxError> {
         // the first) are stored before the clock passes its end.
         if let Some(f) = in_flight.pop_front() {
             let t = Instant::now();
-            Ingesters::wait(f.stored).await?;
+            Ingesters::wait(f.stored, &mut overseer).await?;
             ingest_wait += t.elapsed();
             for (s, d) in f.delivered.iter().enumerate() {
                 if let Some((to, at)) = *d {
@@ -716,10 +719,16 @@ impl Ingesters {
         Ok(stored)
     }
 
-    /// Waits until every batch of a window is stored.
-    async fn wait(stored: Stored) -> Result<(), BoxError> {
-        for outcome in stored {
-            outcome.await.map_err(|_| "an ingestion thread stopped")??;
+    /// Waits until every batch of a window is stored. As each source's
+    /// batch is, what the topic holds is taken into the runner
+    /// ([`Overseer::absorb`]): the runner selects and schedules the checks
+    /// of the sources done while the slower ones are still storing, instead
+    /// of at the next tick with the cores otherwise idle.
+    async fn wait(stored: Stored, overseer: &mut Overseer) -> Result<(), BoxError> {
+        let mut stored: FuturesUnordered<_> = stored.into_iter().collect();
+        while let Some(outcome) = stored.next().await {
+            outcome.map_err(|_| "an ingestion thread stopped")??;
+            overseer.absorb().await?;
         }
         Ok(())
     }

@@ -211,7 +211,7 @@ fn describe(cfg: &Config, r: &RunReport) {
         stall
     );
     eprintln!(
-        "payments: input {:.2} s (peak RSS {:.0} MiB), pipeline {:.2} s (waiting for ingestion {:.2} s, checks {:.2} s); executions {} (pass {}, fail {}, n/a {}, indeterminate {}, errors {}, degraded {}); triggers {} coalesced {}",
+        "payments: input {:.2} s (peak RSS {:.0} MiB), pipeline {:.2} s (waiting for ingestion, taking in what is stored, {:.2} s; checks {:.2} s); executions {} (pass {}, fail {}, n/a {}, indeterminate {}, errors {}, degraded {}); triggers {} coalesced {}",
         r.prepare.as_secs_f64(),
         r.rss_after_input.unwrap_or(0.0),
         r.pipeline.as_secs_f64(),
