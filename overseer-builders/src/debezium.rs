@@ -170,7 +170,7 @@ struct Envelope<'a> {
     before: Option<State>,
     #[serde(default, deserialize_with = "crate::exact::opt_object")]
     after: Option<State>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "crate::opt_object_only")]
     source: Option<SourceFields<'a>>,
 }
 
@@ -205,8 +205,8 @@ fn parse(raw: &[u8]) -> Result<Event, String> {
     // its fields; anything else (tombstones, the JSON converter's
     // `payload` wrapping, mistakes) is read again as a JSON value, whose
     // checks say precisely what is wrong.
-    match crate::parse_json::<Envelope<'_>>(raw) {
-        Ok(envelope) if envelope.op.is_some() => interpret(envelope, raw),
+    match crate::parse_json::<crate::ObjectOnly<Envelope<'_>>>(raw) {
+        Ok(crate::ObjectOnly(envelope)) if envelope.op.is_some() => interpret(envelope, raw),
         _ => match envelope_of(raw)? {
             Some(envelope) => interpret(envelope, raw),
             None => Ok(Event::Control {
@@ -438,6 +438,10 @@ mod tests {
             "",
             r#"{"op":"x","source":{"ts_ms":1}}"#,
             r#"{"op":"c","after":[1],"source":{"ts_ms":1}}"#,
+            // Arrays where objects belong (serde reads a struct from one,
+            // field by field).
+            r#"["c",null,{"id":1},{"table":"t","ts_ms":1,"lsn":7}]"#,
+            r#"{"op":"c","after":{"id":1},"source":["t",1]}"#,
         ];
         let mut rows = 0;
         for line in fixtures.lines().chain(extra) {

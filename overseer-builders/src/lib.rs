@@ -179,6 +179,42 @@ pub(crate) fn parse_json<'a, T: serde::Deserialize<'a>>(raw: &'a [u8]) -> serde_
     parse_json_seed(raw, std::marker::PhantomData)
 }
 
+/// A struct read from a JSON object only. serde's derived `Deserialize`
+/// also reads a struct from an array, field by field in declaration order,
+/// which each format's JSON-value path rejects ("expected a JSON object"):
+/// the fast paths read their structs through this, so that they never take
+/// an event that path refuses.
+pub(crate) struct ObjectOnly<T>(pub(crate) T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Fields<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(Fields(std::marker::PhantomData))
+            .map(ObjectOnly)
+    }
+}
+
+/// `#[serde(deserialize_with)]` of an optional struct read from an object
+/// only ([`ObjectOnly`]): absent and `null` are `None`.
+pub(crate) fn opt_object_only<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    let found: Option<ObjectOnly<T>> = serde::Deserialize::deserialize(deserializer)?;
+    Ok(found.map(|ObjectOnly(t)| t))
+}
+
 /// [`parse_json`] through a [`DeserializeSeed`](serde::de::DeserializeSeed)
 /// (such as [`exact`]'s), the whole of `raw` being one JSON value.
 pub(crate) fn parse_json_seed<'a, S: serde::de::DeserializeSeed<'a>>(

@@ -83,7 +83,7 @@ use serde::Deserialize;
 use serde_json::{Map, Number, Value};
 use std::borrow::Cow;
 
-use crate::FormatOptions;
+use crate::{FormatOptions, ObjectOnly};
 
 /// The format name of MongoDB change events.
 pub const FORMAT: &str = "mongo";
@@ -759,15 +759,15 @@ fn decode_record(root: &mut Map<String, Value>) -> Result<Option<RecordEvent>, C
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(rename = "_id", borrow, default)]
-    token: Option<TokenFields<'a>>,
+    token: Option<ObjectOnly<TokenFields<'a>>>,
     #[serde(rename = "operationType", borrow)]
     operation_type: Cow<'a, str>,
     #[serde(rename = "clusterTime")]
-    cluster_time: ClusterTimeFields,
+    cluster_time: ObjectOnly<ClusterTimeFields>,
     #[serde(rename = "wallTime", borrow, default)]
-    wall_time: Option<DateFields<'a>>,
+    wall_time: Option<ObjectOnly<DateFields<'a>>>,
     #[serde(borrow, default)]
-    ns: Option<NamespaceFields<'a>>,
+    ns: Option<ObjectOnly<NamespaceFields<'a>>>,
     #[serde(rename = "documentKey", default, deserialize_with = "crate::exact::opt_value")]
     document_key: Option<Value>,
     #[serde(
@@ -793,7 +793,7 @@ struct TokenFields<'a> {
 #[derive(Deserialize)]
 struct ClusterTimeFields {
     #[serde(rename = "$timestamp")]
-    timestamp: TimestampFields,
+    timestamp: ObjectOnly<TimestampFields>,
 }
 
 #[derive(Deserialize)]
@@ -828,19 +828,21 @@ struct FastRecord {
 /// would reject), which that path then reads. Where it returns a record,
 /// it is the record that path reads (tested on every fixture).
 fn fast_record(raw: &[u8]) -> Option<FastRecord> {
-    let e: Envelope<'_> = crate::parse_json(raw).ok()?;
+    let ObjectOnly(e): ObjectOnly<Envelope<'_>> = crate::parse_json(raw).ok()?;
     if !matches!(&*e.operation_type, "insert" | "update" | "replace" | "delete") {
         return None;
     }
-    let TimestampFields { t, i } = e.cluster_time.timestamp;
+    let ObjectOnly(ClusterTimeFields {
+        timestamp: ObjectOnly(TimestampFields { t, i }),
+    }) = e.cluster_time;
     let cluster = (u32::try_from(t).ok()?, u32::try_from(i).ok()?);
     let wall = match &e.wall_time {
-        Some(w) => Some(date_text(&w.date)?),
+        Some(ObjectOnly(w)) => Some(date_text(&w.date)?),
         None => None,
     };
     let coll = match e.ns {
-        Some(NamespaceFields { coll: Some(c) }) if !c.is_empty() => Some(c.into_owned()),
-        Some(NamespaceFields { coll: Some(_) }) => return None,
+        Some(ObjectOnly(NamespaceFields { coll: Some(c) })) if !c.is_empty() => Some(c.into_owned()),
+        Some(ObjectOnly(NamespaceFields { coll: Some(_) })) => return None,
         _ => None,
     };
     // What `decode_record` reads of the event, moved, not copied.
@@ -864,7 +866,10 @@ fn fast_record(raw: &[u8]) -> Option<FastRecord> {
         coll,
         commit_time: commit_time_of(wall, Some(cluster)).unwrap_or(Timestamp::EPOCH),
         cluster,
-        token: e.token.and_then(|t| t.data).and_then(|d| token_of(&d)),
+        token: e
+            .token
+            .and_then(|ObjectOnly(t)| t.data)
+            .and_then(|d| token_of(&d)),
     })
 }
 
@@ -1032,6 +1037,14 @@ mod tests {
             r#"{"operationType": "insert", "documentKey": {"_id": "k"}, "fullDocument": {}, "clusterTime": {"$timestamp": {"t": 1, "i": 1}}, "ns": {"coll": ""}}"#,
             r#"{"operationType": "insert", "documentKey": {"_id": "k"}, "fullDocument": {}, "clusterTime": {"$timestamp": {"t": 1, "i": 1}}}"#,
             r#"{"operationType": "insert", "operationType": "delete", "documentKey": {"_id": "k"}, "fullDocument": {}, "clusterTime": {"$timestamp": {"t": 1, "i": 1}}, "ns": {"coll": "c"}}"#,
+            // Arrays where objects belong, which serde reads into a struct
+            // field by field: the JSON-value path rejects them.
+            r#"{"operationType": "insert", "documentKey": {"_id": "k"}, "fullDocument": {}, "clusterTime": {"$timestamp": [1, 1]}, "ns": {"coll": "c"}}"#,
+            r#"{"operationType": "insert", "documentKey": {"_id": "k"}, "fullDocument": {}, "clusterTime": [[1, 1]], "ns": {"coll": "c"}}"#,
+            r#"{"operationType": "insert", "documentKey": {"_id": "k"}, "fullDocument": {}, "clusterTime": {"$timestamp": {"t": 1, "i": 1}}, "ns": ["c"]}"#,
+            r#"{"operationType": "insert", "documentKey": {"_id": "k"}, "fullDocument": {}, "clusterTime": {"$timestamp": {"t": 1, "i": 1}}, "ns": {"coll": "c"}, "wallTime": ["2022-07-19T09:47:53.123Z"]}"#,
+            r#"{"_id": ["82AB"], "operationType": "insert", "documentKey": {"_id": "k"}, "fullDocument": {}, "clusterTime": {"$timestamp": {"t": 1, "i": 1}}, "ns": {"coll": "c"}}"#,
+            r#"[null, "insert", {"$timestamp": {"t": 1, "i": 1}}, null, {"coll": "c"}, {"_id": "k"}, {}]"#,
         ] {
             events.push(other.as_bytes().to_vec());
         }

@@ -219,8 +219,8 @@ fn parse_wal2json(raw: &[u8]) -> Result<Event, String> {
     // The common case, a well-formed event, is read straight into its
     // fields; anything else is read again as a JSON value, whose checks say
     // precisely what is wrong.
-    match crate::parse_json::<Wal2JsonFields<'_>>(raw) {
-        Ok(fields) if fields.action.is_some() => interpret_wal2json(fields, raw),
+    match crate::parse_json::<crate::ObjectOnly<Wal2JsonFields<'_>>>(raw) {
+        Ok(crate::ObjectOnly(fields)) if fields.action.is_some() => interpret_wal2json(fields, raw),
         _ => interpret_wal2json(wal2json_fields_of(raw)?, raw),
     }
 }
@@ -264,18 +264,22 @@ struct Wal2JsonPk {
 }
 
 fn wal2json_state<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<State>, D::Error> {
-    let columns: Option<Vec<Wal2JsonColumn<'de>>> = Option::deserialize(d)?;
+    let columns: Option<Vec<crate::ObjectOnly<Wal2JsonColumn<'de>>>> = Option::deserialize(d)?;
     Ok(columns.map(|columns| {
         columns
             .into_iter()
-            .map(|c| (c.name.into_owned(), c.value))
+            .map(|crate::ObjectOnly(c)| (c.name.into_owned(), c.value))
             .collect()
     }))
 }
 
 fn wal2json_pk_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let pk: Option<Vec<Wal2JsonPk>> = Option::deserialize(d)?;
-    Ok(pk.unwrap_or_default().into_iter().map(|c| c.name).collect())
+    let pk: Option<Vec<crate::ObjectOnly<Wal2JsonPk>>> = Option::deserialize(d)?;
+    Ok(pk
+        .unwrap_or_default()
+        .into_iter()
+        .map(|crate::ObjectOnly(c)| c.name)
+        .collect())
 }
 
 /// The fields of a wal2json event read through a JSON value, with an error
@@ -854,6 +858,11 @@ mod tests {
             r#"{"action":"I","table":"t","timestamp":"2024-03-01 12:00:00+00","columns":[{"name":"n\u00e9","value":"\"q\""}],"pk":[{"name":"id","type":"int"}]}"#,
             r#"{"action":"U","table":"t","timestamp":"2024-03-01 12:00:00+00","columns":[{"name":"id"}]}"#,
             r#"{"action":null,"change":[]}"#,
+            // Arrays where objects belong (serde reads a struct from one,
+            // field by field).
+            r#"["I","2024-03-01 12:00:00+00","0/16",null,[{"name":"id","value":1}]]"#,
+            r#"{"action":"I","table":"t","timestamp":"2024-03-01 12:00:00+00","columns":[["id",1]]}"#,
+            r#"{"action":"I","table":"t","timestamp":"2024-03-01 12:00:00+00","columns":[{"name":"id","value":1}],"pk":[["id"]]}"#,
         ];
         let mut rows = 0;
         for line in fixtures.lines().chain(extra).filter(|l| !l.trim().is_empty()) {
