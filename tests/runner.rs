@@ -703,7 +703,9 @@ impl overseer_core::pipeline::Source for VecSource {
     }
 }
 
-fn pipeline_for_run() -> overseer_core::pipeline::Overseer {
+/// A pipeline of the two sources `core` (transfers) and `bank` (payments
+/// referencing them), in memory, before its checks.
+fn two_sources() -> overseer_core::pipeline::OverseerBuilder {
     use overseer_core::pipeline::{Overseer, SourceConfig};
     Overseer::builder()
         .store(overseer_core::Store::in_memory())
@@ -721,6 +723,10 @@ fn pipeline_for_run() -> overseer_core::pipeline::Overseer {
                 .unwrap(),
         )
         .reference(overseer_core::ReferenceSpec::parse("payments.transfer_id -> transfers").unwrap())
+}
+
+fn pipeline_for_run() -> overseer_core::pipeline::Overseer {
+    two_sources()
         .checks(Registry::new().add(Check::new("paid", paid_in_full).with_strategy(Immediate)))
         .build()
         .unwrap()
@@ -874,27 +880,11 @@ async fn an_intake_ingests_from_other_tasks_while_the_runner_checks() {
 #[tokio::test]
 async fn absorbing_between_ticks_runs_what_ticking_alone_runs() {
     use overseer_core::clock::ManualClock;
-    use overseer_core::pipeline::{Overseer, SourceConfig};
 
     type Run = (String, RecordKey, Timestamp, Timestamp, OutcomeKind, u32);
     async fn run(absorb: bool) -> Vec<Run> {
         let clock = Arc::new(ManualClock::new(secs(0)));
-        let mut overseer = Overseer::builder()
-            .store(overseer_core::Store::in_memory())
-            .state_builder(Script)
-            .source(
-                SourceConfig::new("core", Script)
-                    .unwrap()
-                    .models(["transfers"])
-                    .unwrap(),
-            )
-            .source(
-                SourceConfig::new("bank", Script)
-                    .unwrap()
-                    .models(["payments"])
-                    .unwrap(),
-            )
-            .reference(overseer_core::ReferenceSpec::parse("payments.transfer_id -> transfers").unwrap())
+        let mut overseer = two_sources()
             .manual_clock(clock.clone())
             .checks(
                 Registry::new()
