@@ -955,3 +955,107 @@ async fn absorbing_between_ticks_runs_what_ticking_alone_runs() {
     }
     assert_eq!(ticked, absorbed);
 }
+
+/// An escalation that panics (a bug in it) fails that one transition,
+/// counted as an escalation error: the transitions queued behind it and
+/// every later one are still delivered.
+#[tokio::test]
+async fn a_panicking_escalation_loses_no_other_transition_and_is_counted() {
+    let calls: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = calls.clone();
+    let mut s = Scenario::builder(
+        Registry::new().add(
+            Check::new("paid", paid_in_full)
+                .with_strategy(Immediate)
+                .escalate_to("buggy"),
+        ),
+    )
+    .source("core", Script, &["transfers"])
+    .source("bank", Script, &["payments"])
+    .state_builder(Script)
+    .reference("payments.transfer_id -> transfers")
+    .escalation(
+        "buggy",
+        FnEscalation::new(move |_c: IncidentChange, i: &Incident| {
+            let first = {
+                let mut calls = seen.lock().unwrap();
+                calls.push(i.root.id.as_str().to_owned());
+                calls.len() == 1
+            };
+            assert!(!first, "a bug in the escalation");
+        }),
+    )
+    .start(secs(0))
+    .unwrap();
+    // Three unpaid transfers in one batch (queued together), then one per batch.
+    let together: Vec<Vec<u8>> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| ev("transfers", id, 1, i as u64 + 1, json!({"amount": 10})))
+        .collect();
+    s.feed("core", together).await.unwrap();
+    for (i, id) in ["d", "e", "f"].iter().enumerate() {
+        s.feed(
+            "core",
+            [ev("transfers", id, 2, i as u64 + 4, json!({"amount": 10}))],
+        )
+        .await
+        .unwrap();
+    }
+    let mut delivered = calls.lock().unwrap().clone();
+    delivered.sort();
+    assert_eq!(delivered, ["a", "b", "c", "d", "e", "f"]);
+    let stats = s.overseer().runner().stats();
+    assert_eq!(stats.incidents_opened, 6, "{stats:?}");
+    assert_eq!(stats.escalation_errors, 1, "the panic is counted: {stats:?}");
+}
+
+/// A plain-function escalation that blocks its thread does not hold up the
+/// pipeline, even on a current-thread runtime (whose one thread runs the
+/// checks and the escalation worker alike): it runs on the blocking pool.
+#[tokio::test]
+async fn a_blocking_escalation_function_does_not_stop_the_pipeline() {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = Mutex::new(released);
+    let returned = Arc::new(AtomicUsize::new(0));
+    let done = returned.clone();
+    let mut overseer = two_sources()
+        .checks(
+            Registry::new().add(
+                Check::new("paid", paid_in_full)
+                    .with_strategy(Immediate)
+                    .escalate_to("blocking"),
+            ),
+        )
+        .escalation(
+            "blocking",
+            FnEscalation::new(move |_c: IncidentChange, _i: &Incident| {
+                // Blocks until the test releases it (bounded, so that a
+                // regression fails instead of hanging).
+                let _ = released.lock().unwrap().recv_timeout(Duration::from_secs(2));
+                done.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+        .build()
+        .unwrap();
+    let unpaid = |id: &str, pos| bytes_of(ev("transfers", id, 1, pos, json!({"amount": 10})));
+    overseer.ingest("core", &[unpaid("t1", 1)]).await.unwrap();
+    overseer.tick().await.unwrap();
+    // The escalation worker gets the thread, and the function blocks.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    overseer.ingest("core", &[unpaid("t2", 2)]).await.unwrap();
+    let ran = overseer.tick().await.unwrap();
+    assert_eq!(ran.len(), 1, "the pipeline went on: {ran:?}");
+    assert_eq!(
+        returned.load(Ordering::SeqCst),
+        0,
+        "checked while the function still blocks"
+    );
+    release.send(()).unwrap();
+    release.send(()).unwrap();
+    overseer.flush_escalations().await;
+    assert_eq!(returned.load(Ordering::SeqCst), 2);
+    assert_eq!(overseer.runner().stats().escalation_errors, 0);
+}

@@ -49,6 +49,8 @@ enum Reply {
     Hangup,
     /// Reads the request, then never answers.
     Stall,
+    /// Answers with this status and a chunked body that never ends.
+    EndlessBody(u16),
 }
 
 /// A scripted server: the n-th connection gets the n-th reply, and `202`
@@ -145,6 +147,18 @@ async fn serve(mut stream: TcpStream, reply: Reply, recorded: Arc<Mutex<Vec<Requ
             );
             let _ = stream.write_all(response.as_bytes()).await;
             let _ = stream.shutdown().await;
+        }
+        Reply::EndlessBody(status) => {
+            let head = format!(
+                "HTTP/1.1 {status} Scripted\r\ncontent-type: text/plain\r\n\
+                 transfer-encoding: chunked\r\n\r\n"
+            );
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let chunk = format!("1000\r\n{}\r\n", "x".repeat(0x1000));
+            // Until the client hangs up.
+            while stream.write_all(chunk.as_bytes()).await.is_ok() {}
         }
         Reply::Hangup => drop(stream),
         Reply::Stall => {
@@ -301,6 +315,19 @@ async fn client_errors_are_not_retried() {
     assert!(text.contains("400"), "{text}");
     assert!(text.contains(r#""code":400"#), "body quoted: {text}");
     assert!(text.contains("not retried"), "{text}");
+}
+
+#[tokio::test]
+async fn an_endless_error_body_is_read_only_as_far_as_it_is_quoted() {
+    let server = Server::start(vec![Reply::EndlessBody(400)]).await;
+    let error = hook(server.url())
+        .escalate(IncidentChange::Opened, &incident())
+        .await
+        .expect_err("400 fails");
+    let text = error.to_string();
+    assert!(text.contains("HTTP 400"), "{text}");
+    assert!(text.contains("xxxx… (cut at 512 bytes)"), "{text}");
+    assert!(text.len() < 1024, "{} bytes: {text}", text.len());
 }
 
 #[tokio::test]

@@ -101,6 +101,12 @@ impl Escalation for LogEscalation {
 
 /// An escalation from a plain function (collect incidents in tests, send
 /// them to your own system).
+///
+/// The function runs on tokio's blocking pool, so it may block (write a
+/// file, call a blocking client) without holding up the runtime's threads,
+/// which the checks need (and, on a current-thread runtime, everything
+/// else). A panic in it fails that one transition, counted in
+/// [`RunnerStats::escalation_errors`](crate::runner::RunnerStats::escalation_errors).
 pub struct FnEscalation<F>(Arc<F>);
 
 impl<F> FnEscalation<F>
@@ -125,8 +131,13 @@ where
     F: Fn(IncidentChange, &Incident) + Send + Sync + 'static,
 {
     async fn escalate(&self, change: IncidentChange, incident: &Incident) -> Result<(), BoxError> {
-        (self.0)(change, incident);
-        Ok(())
+        let (f, incident) = (Arc::clone(&self.0), incident.clone());
+        tokio::task::spawn_blocking(move || f(change, &incident))
+            .await
+            .map_err(|e| match e.try_into_panic() {
+                Ok(panic) => format!("it panicked: {}", crate::panic_message(&*panic)).into(),
+                Err(e) => BoxError::from(e),
+            })
     }
 }
 
@@ -167,10 +178,17 @@ impl Dispatcher {
                 while let Some(job) = rx.recv().await {
                     match job {
                         Job::Escalate(change, incident) => {
-                            if let Err(err) = escalation.escalate(change, &incident).await {
-                                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                tracing::error!(escalation = %name, error = %err, "escalation failed");
-                            }
+                            // A panicking escalation (a bug in it) fails
+                            // this transition only: the worker goes on with
+                            // the ones queued behind it.
+                            let run = std::panic::AssertUnwindSafe(escalation.escalate(change, &incident));
+                            let err = match futures::FutureExt::catch_unwind(run).await {
+                                Ok(Ok(())) => continue,
+                                Ok(Err(err)) => err.to_string(),
+                                Err(panic) => format!("it panicked: {}", crate::panic_message(&*panic)),
+                            };
+                            errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::error!(escalation = %name, error = %err, "escalation failed");
                         }
                         Job::Flush(done) => {
                             let _ = done.send(());
@@ -184,14 +202,17 @@ impl Dispatcher {
 
     /// Queues one transition (must be called within a tokio runtime).
     pub(crate) fn send(&mut self, change: IncidentChange, incident: Incident) {
-        if self
-            .sender()
-            .send(Job::Escalate(change, Box::new(incident)))
-            .is_err()
+        if let Err(tokio::sync::mpsc::error::SendError(job)) =
+            self.sender().send(Job::Escalate(change, Box::new(incident)))
         {
-            // The worker is gone (its runtime shut down): start a new one.
+            // The worker is gone (its runtime shut down): the transition
+            // goes to a new one.
             self.sender = None;
             tracing::warn!(escalation = %self.name, "escalation worker restarted");
+            if self.sender().send(job).is_err() {
+                self.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(escalation = %self.name, "escalation lost: no worker could be started");
+            }
         }
     }
 
