@@ -574,6 +574,9 @@ pub async fn run(cfg: &Config) -> Result<RunReport, BoxError> {
     }
     let t = Instant::now();
     overseer.drain().await?;
+    // Escalations run in the background: every incident is on the desk
+    // before it is scored.
+    overseer.flush_escalations().await;
     check_time += t.elapsed();
     let pipeline = pipeline_start.elapsed();
     pb.finish_and_clear();
