@@ -1059,3 +1059,40 @@ async fn a_blocking_escalation_function_does_not_stop_the_pipeline() {
     assert_eq!(returned.load(Ordering::SeqCst), 2);
     assert_eq!(overseer.runner().stats().escalation_errors, 0);
 }
+
+/// Flushing escalations waits for a paging system that hangs no longer than
+/// the runner's `flush_timeout`, and says that not everything was
+/// delivered; once it answers, a flush says everything was.
+#[tokio::test]
+async fn a_flush_waits_for_a_hung_escalation_no_longer_than_its_timeout() {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = Mutex::new(released);
+    let mut overseer = two_sources()
+        .runner_config(RunnerConfig {
+            flush_timeout: Duration::from_millis(100),
+            ..RunnerConfig::default()
+        })
+        .checks(
+            Registry::new().add(
+                Check::new("paid", paid_in_full)
+                    .with_strategy(Immediate)
+                    .escalate_to("hung"),
+            ),
+        )
+        .escalation(
+            "hung",
+            FnEscalation::new(move |_c: IncidentChange, _i: &Incident| {
+                let _ = released.lock().unwrap().recv_timeout(Duration::from_secs(30));
+            }),
+        )
+        .build()
+        .unwrap();
+    let unpaid = bytes_of(ev("transfers", "t1", 1, 1, json!({"amount": 10})));
+    overseer.ingest("core", &[unpaid]).await.unwrap();
+    overseer.tick().await.unwrap();
+    assert_eq!(overseer.runner().stats().incidents_opened, 1);
+    assert!(!overseer.flush_escalations().await, "the escalation still hangs");
+    release.send(()).unwrap();
+    assert!(overseer.flush_escalations().await, "delivered once released");
+    assert_eq!(overseer.runner().stats().escalation_errors, 0);
+}

@@ -495,9 +495,11 @@ impl Overseer {
         Ok(taken)
     }
 
-    /// Waits until every escalation queued so far has been delivered.
-    pub async fn flush_escalations(&mut self) {
-        self.runner.flush_escalations().await;
+    /// Waits until every escalation queued so far has been delivered, for
+    /// at most [`RunnerConfig::flush_timeout`]; returns whether they all
+    /// were (see [`Runner::flush_escalations`]).
+    pub async fn flush_escalations(&mut self) -> bool {
+        self.runner.flush_escalations().await
     }
 
     /// Runs every pending check, as if every delay had passed: the

@@ -49,6 +49,10 @@ pub struct RunnerConfig {
     pub concurrency: usize,
     /// Write an audit record for every execution.
     pub audit: bool,
+    /// How long [`Runner::flush_escalations`] waits for the escalations
+    /// queued so far (default 60 s): a paging system that hangs cannot
+    /// hold a flush, or a shutdown, for longer.
+    pub flush_timeout: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -58,6 +62,7 @@ impl Default for RunnerConfig {
             max_attempts: 5,
             concurrency: 64,
             audit: true,
+            flush_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -692,13 +697,19 @@ impl Runner {
     }
 
     /// Waits until every escalation queued so far has been delivered (or
-    /// has failed). Escalations otherwise run in the background, in order,
-    /// so a slow paging system never delays checks.
-    pub async fn flush_escalations(&mut self) {
+    /// has failed), for at most [`RunnerConfig::flush_timeout`]; returns
+    /// whether they all were. Escalations otherwise run in the background,
+    /// in order, so a slow paging system never delays checks; those not
+    /// delivered by the deadline stay queued, and a warning names their
+    /// escalation.
+    pub async fn flush_escalations(&mut self) -> bool {
+        let deadline = tokio::time::Instant::now() + self.config.flush_timeout;
+        let mut all = true;
         for d in self.escalations.values_mut() {
-            d.flush().await;
+            all &= d.flush(deadline).await;
         }
         self.stats.escalation_errors = self.escalation_errors.load(std::sync::atomic::Ordering::Relaxed);
+        all
     }
 
     async fn fail(

@@ -216,14 +216,20 @@ impl Dispatcher {
         }
     }
 
-    /// Waits until every queued transition has been escalated.
-    pub(crate) async fn flush(&mut self) {
+    /// Waits until every queued transition has been escalated, or until
+    /// `deadline`; returns whether they all were.
+    pub(crate) async fn flush(&mut self, deadline: tokio::time::Instant) -> bool {
         if self.sender.is_none() {
-            return;
+            return true;
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.sender().send(Job::Flush(tx)).is_ok() {
-            let _ = rx.await;
+        if self.sender().send(Job::Flush(tx)).is_err() {
+            return true;
         }
+        if tokio::time::timeout_at(deadline, rx).await.is_ok() {
+            return true;
+        }
+        tracing::warn!(escalation = %self.name, "escalations still queued at the flush's deadline");
+        false
     }
 }
