@@ -1096,3 +1096,53 @@ async fn a_flush_waits_for_a_hung_escalation_no_longer_than_its_timeout() {
     assert!(overseer.flush_escalations().await, "delivered once released");
     assert_eq!(overseer.runner().stats().escalation_errors, 0);
 }
+
+/// While an escalation is slow, an incident's `Updated` transitions waiting
+/// in its queue are merged into the latest: a record failing again and
+/// again queues one update, not one per failure, and the update delivered
+/// carries the latest failure count.
+#[tokio::test]
+async fn queued_updates_of_an_incident_merge_into_the_latest() {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = Mutex::new(released);
+    let calls: Arc<Mutex<Vec<(IncidentChange, u32)>>> = Arc::default();
+    let seen = calls.clone();
+    let mut overseer = two_sources()
+        .checks(
+            Registry::new().add(
+                Check::new("paid", paid_in_full)
+                    .with_strategy(Immediate)
+                    .escalate_to("slow"),
+            ),
+        )
+        .escalation(
+            "slow",
+            FnEscalation::new(move |c: IncidentChange, i: &Incident| {
+                if c == IncidentChange::Opened {
+                    let _ = released.lock().unwrap().recv_timeout(Duration::from_secs(30));
+                }
+                seen.lock().unwrap().push((c, i.failures));
+            }),
+        )
+        .build()
+        .unwrap();
+    // An unpaid transfer, amended 20 times: every run fails.
+    for pos in 1..=20u64 {
+        let amended = bytes_of(ev(
+            "transfers",
+            "t1",
+            pos as i64,
+            pos,
+            json!({"amount": 10 + pos}),
+        ));
+        overseer.ingest("core", &[amended]).await.unwrap();
+        overseer.tick().await.unwrap();
+    }
+    assert_eq!(overseer.runner().stats().failures, 20);
+    release.send(()).unwrap();
+    assert!(overseer.flush_escalations().await);
+    assert_eq!(
+        *calls.lock().unwrap(),
+        [(IncidentChange::Opened, 1), (IncidentChange::Updated, 20)]
+    );
+}

@@ -4,6 +4,7 @@
 //! update it; a later pass resolves it. Escalations are told about each
 //! transition, so a webhook pages once and resolves once — no alert storms.
 
+use std::collections::HashMap;
 use std::fmt::{self, Debug};
 use std::sync::Arc;
 
@@ -144,15 +145,25 @@ where
 /// Runs an escalation off the runner's path: transitions are queued and
 /// escalated in order by a task of their own, so a slow or failing paging
 /// system never delays checks.
+///
+/// An incident's `Updated` transitions that wait in the queue are merged:
+/// the one queued is replaced by the latest, so a record failing again and
+/// again while the paging system is slow or down queues one update per
+/// incident, not one per failure.
 pub(crate) struct Dispatcher {
     name: String,
     escalation: Arc<dyn Escalation>,
     sender: Option<tokio::sync::mpsc::UnboundedSender<Job>>,
     errors: Arc<std::sync::atomic::AtomicU64>,
+    /// The latest update of each incident with an `Updated` job queued, by
+    /// dedup key.
+    updates: Arc<std::sync::Mutex<HashMap<String, Box<Incident>>>>,
 }
 
 pub(crate) enum Job {
     Escalate(IncidentChange, Box<Incident>),
+    /// The incident's latest update, taken from `Dispatcher::updates`.
+    Updated(String),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -167,33 +178,45 @@ impl Dispatcher {
             escalation,
             sender: None,
             errors,
+            updates: Arc::default(),
         }
     }
 
     fn sender(&mut self) -> &tokio::sync::mpsc::UnboundedSender<Job> {
         let (name, escalation, errors) = (self.name.clone(), self.escalation.clone(), self.errors.clone());
+        let updates = Arc::clone(&self.updates);
         self.sender.get_or_insert_with(|| {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
             tokio::spawn(async move {
                 while let Some(job) = rx.recv().await {
-                    match job {
-                        Job::Escalate(change, incident) => {
-                            // A panicking escalation (a bug in it) fails
-                            // this transition only: the worker goes on with
-                            // the ones queued behind it.
-                            let run = std::panic::AssertUnwindSafe(escalation.escalate(change, &incident));
-                            let err = match futures::FutureExt::catch_unwind(run).await {
-                                Ok(Ok(())) => continue,
-                                Ok(Err(err)) => err.to_string(),
-                                Err(panic) => format!("it panicked: {}", crate::panic_message(&*panic)),
-                            };
-                            errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            tracing::error!(escalation = %name, error = %err, "escalation failed");
+                    let (change, incident) = match job {
+                        Job::Escalate(change, incident) => (change, incident),
+                        Job::Updated(key) => {
+                            let taken = updates
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .remove(&key);
+                            match taken {
+                                Some(incident) => (IncidentChange::Updated, incident),
+                                None => continue,
+                            }
                         }
                         Job::Flush(done) => {
                             let _ = done.send(());
+                            continue;
                         }
-                    }
+                    };
+                    // A panicking escalation (a bug in it) fails this
+                    // transition only: the worker goes on with the ones
+                    // queued behind it.
+                    let run = std::panic::AssertUnwindSafe(escalation.escalate(change, &incident));
+                    let err = match futures::FutureExt::catch_unwind(run).await {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(err)) => err.to_string(),
+                        Err(panic) => format!("it panicked: {}", crate::panic_message(&*panic)),
+                    };
+                    errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(escalation = %name, error = %err, "escalation failed");
                 }
             });
             tx
@@ -202,16 +225,38 @@ impl Dispatcher {
 
     /// Queues one transition (must be called within a tokio runtime).
     pub(crate) fn send(&mut self, change: IncidentChange, incident: Incident) {
-        if let Err(tokio::sync::mpsc::error::SendError(job)) =
-            self.sender().send(Job::Escalate(change, Box::new(incident)))
-        {
+        let job = if change == IncidentChange::Updated {
+            let key = incident.dedup_key.clone();
+            let mut updates = self
+                .updates
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // One is queued already: it will carry this one.
+            if updates.insert(key.clone(), Box::new(incident)).is_some() {
+                return;
+            }
+            Job::Updated(key)
+        } else {
+            Job::Escalate(change, Box::new(incident))
+        };
+        if let Err(tokio::sync::mpsc::error::SendError(job)) = self.sender().send(job) {
             // The worker is gone (its runtime shut down): the transition
             // goes to a new one.
             self.sender = None;
             tracing::warn!(escalation = %self.name, "escalation worker restarted");
-            if self.sender().send(job).is_err() {
-                self.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::error!(escalation = %self.name, "escalation lost: no worker could be started");
+            // The updates queued to the old worker go to the new one too.
+            let pending: Vec<Job> = {
+                let updates = self
+                    .updates
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                updates.keys().map(|k| Job::Updated(k.clone())).collect()
+            };
+            for job in std::iter::once(job).chain(pending) {
+                if self.sender().send(job).is_err() {
+                    self.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(escalation = %self.name, "escalation lost: no worker could be started");
+                }
             }
         }
     }
