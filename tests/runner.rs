@@ -112,23 +112,28 @@ fn ev(model: &str, id: &str, secs: i64, pos: u64, data: Value) -> Vec<u8> {
 
 type Log = Arc<Mutex<Vec<(IncidentChange, Incident)>>>;
 
-fn scenario(checks: Registry) -> (Scenario, Log) {
-    let log: Log = Arc::default();
-    let sink = log.clone();
-    let s = Scenario::builder(checks)
+/// The scenario of `checks` on the sources `core` (transfers) and `bank`
+/// (payments referencing them), with `escalation` registered as `pager`.
+fn scenario_escalating_to(
+    checks: Registry,
+    escalation: impl overseer_core::escalation::Escalation,
+) -> Scenario {
+    Scenario::builder(checks)
         .source("core", Script, &["transfers"])
         .source("bank", Script, &["payments"])
         .state_builder(Script)
         .reference("payments.transfer_id -> transfers")
-        .escalation(
-            "pager",
-            FnEscalation::new(move |c: IncidentChange, i: &Incident| {
-                sink.lock().unwrap().push((c, i.clone()))
-            }),
-        )
+        .escalation("pager", escalation)
         .start(Timestamp::from_secs(0))
-        .unwrap();
-    (s, log)
+        .unwrap()
+}
+
+fn scenario(checks: Registry) -> (Scenario, Log) {
+    let log: Log = Arc::default();
+    let sink = log.clone();
+    let log_it =
+        FnEscalation::new(move |c: IncidentChange, i: &Incident| sink.lock().unwrap().push((c, i.clone())));
+    (scenario_escalating_to(checks, log_it), log)
 }
 
 fn secs(s: i64) -> Timestamp {
@@ -963,30 +968,18 @@ async fn absorbing_between_ticks_runs_what_ticking_alone_runs() {
 async fn a_panicking_escalation_loses_no_other_transition_and_is_counted() {
     let calls: Arc<Mutex<Vec<String>>> = Arc::default();
     let seen = calls.clone();
-    let mut s = Scenario::builder(
-        Registry::new().add(
-            Check::new("paid", paid_in_full)
-                .with_strategy(Immediate)
-                .escalate_to("buggy"),
-        ),
-    )
-    .source("core", Script, &["transfers"])
-    .source("bank", Script, &["payments"])
-    .state_builder(Script)
-    .reference("payments.transfer_id -> transfers")
-    .escalation(
-        "buggy",
-        FnEscalation::new(move |_c: IncidentChange, i: &Incident| {
-            let first = {
-                let mut calls = seen.lock().unwrap();
-                calls.push(i.root.id.as_str().to_owned());
-                calls.len() == 1
-            };
-            assert!(!first, "a bug in the escalation");
-        }),
-    )
-    .start(secs(0))
-    .unwrap();
+    let buggy = FnEscalation::new(move |_c: IncidentChange, i: &Incident| {
+        let first = {
+            let mut calls = seen.lock().unwrap();
+            calls.push(i.root.id.as_str().to_owned());
+            calls.len() == 1
+        };
+        assert!(!first, "a bug in the escalation");
+    });
+    let paid_now = Check::new("paid", paid_in_full)
+        .with_strategy(Immediate)
+        .escalate_to("pager");
+    let mut s = scenario_escalating_to(Registry::new().add(paid_now), buggy);
     // Three unpaid transfers in one batch (queued together), then one per batch.
     let together: Vec<Vec<u8>> = ["a", "b", "c"]
         .iter()
@@ -1010,34 +1003,50 @@ async fn a_panicking_escalation_loses_no_other_transition_and_is_counted() {
     assert_eq!(stats.escalation_errors, 1, "the panic is counted: {stats:?}");
 }
 
+/// The two-source pipeline of `builder` with one check, `paid` run
+/// immediately, escalating to `escalation`.
+fn paid_now_escalating_to(
+    builder: overseer_core::pipeline::OverseerBuilder,
+    escalation: impl overseer_core::escalation::Escalation,
+) -> overseer_core::pipeline::Overseer {
+    builder
+        .checks(
+            Registry::new().add(
+                Check::new("paid", paid_in_full)
+                    .with_strategy(Immediate)
+                    .escalate_to("pager"),
+            ),
+        )
+        .escalation("pager", escalation)
+        .build()
+        .unwrap()
+}
+
+/// A gate an escalation function waits at until the test opens it (once
+/// per wait), for at most `bound`, so that a regression fails instead of
+/// hanging.
+fn gate(bound: Duration) -> (std::sync::mpsc::Sender<()>, impl Fn() + Send + Sync + 'static) {
+    let (open, opened) = std::sync::mpsc::channel::<()>();
+    let opened = Mutex::new(opened);
+    let wait = move || {
+        let _ = opened.lock().unwrap().recv_timeout(bound);
+    };
+    (open, wait)
+}
+
 /// A plain-function escalation that blocks its thread does not hold up the
 /// pipeline, even on a current-thread runtime (whose one thread runs the
 /// checks and the escalation worker alike): it runs on the blocking pool.
 #[tokio::test]
 async fn a_blocking_escalation_function_does_not_stop_the_pipeline() {
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let released = Mutex::new(released);
+    let (release, wait) = gate(Duration::from_secs(2));
     let returned = Arc::new(AtomicUsize::new(0));
     let done = returned.clone();
-    let mut overseer = two_sources()
-        .checks(
-            Registry::new().add(
-                Check::new("paid", paid_in_full)
-                    .with_strategy(Immediate)
-                    .escalate_to("blocking"),
-            ),
-        )
-        .escalation(
-            "blocking",
-            FnEscalation::new(move |_c: IncidentChange, _i: &Incident| {
-                // Blocks until the test releases it (bounded, so that a
-                // regression fails instead of hanging).
-                let _ = released.lock().unwrap().recv_timeout(Duration::from_secs(2));
-                done.fetch_add(1, Ordering::SeqCst);
-            }),
-        )
-        .build()
-        .unwrap();
+    let blocking = FnEscalation::new(move |_c: IncidentChange, _i: &Incident| {
+        wait();
+        done.fetch_add(1, Ordering::SeqCst);
+    });
+    let mut overseer = paid_now_escalating_to(two_sources(), blocking);
     let unpaid = |id: &str, pos| bytes_of(ev("transfers", id, 1, pos, json!({"amount": 10})));
     overseer.ingest("core", &[unpaid("t1", 1)]).await.unwrap();
     overseer.tick().await.unwrap();
@@ -1065,28 +1074,15 @@ async fn a_blocking_escalation_function_does_not_stop_the_pipeline() {
 /// delivered; once it answers, a flush says everything was.
 #[tokio::test]
 async fn a_flush_waits_for_a_hung_escalation_no_longer_than_its_timeout() {
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let released = Mutex::new(released);
-    let mut overseer = two_sources()
-        .runner_config(RunnerConfig {
+    let (release, wait) = gate(Duration::from_secs(30));
+    let hung = FnEscalation::new(move |_c: IncidentChange, _i: &Incident| wait());
+    let mut overseer = paid_now_escalating_to(
+        two_sources().runner_config(RunnerConfig {
             flush_timeout: Duration::from_millis(100),
             ..RunnerConfig::default()
-        })
-        .checks(
-            Registry::new().add(
-                Check::new("paid", paid_in_full)
-                    .with_strategy(Immediate)
-                    .escalate_to("hung"),
-            ),
-        )
-        .escalation(
-            "hung",
-            FnEscalation::new(move |_c: IncidentChange, _i: &Incident| {
-                let _ = released.lock().unwrap().recv_timeout(Duration::from_secs(30));
-            }),
-        )
-        .build()
-        .unwrap();
+        }),
+        hung,
+    );
     let unpaid = bytes_of(ev("transfers", "t1", 1, 1, json!({"amount": 10})));
     overseer.ingest("core", &[unpaid]).await.unwrap();
     overseer.tick().await.unwrap();
@@ -1103,29 +1099,16 @@ async fn a_flush_waits_for_a_hung_escalation_no_longer_than_its_timeout() {
 /// carries the latest failure count.
 #[tokio::test]
 async fn queued_updates_of_an_incident_merge_into_the_latest() {
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let released = Mutex::new(released);
+    let (release, wait) = gate(Duration::from_secs(30));
     let calls: Arc<Mutex<Vec<(IncidentChange, u32)>>> = Arc::default();
     let seen = calls.clone();
-    let mut overseer = two_sources()
-        .checks(
-            Registry::new().add(
-                Check::new("paid", paid_in_full)
-                    .with_strategy(Immediate)
-                    .escalate_to("slow"),
-            ),
-        )
-        .escalation(
-            "slow",
-            FnEscalation::new(move |c: IncidentChange, i: &Incident| {
-                if c == IncidentChange::Opened {
-                    let _ = released.lock().unwrap().recv_timeout(Duration::from_secs(30));
-                }
-                seen.lock().unwrap().push((c, i.failures));
-            }),
-        )
-        .build()
-        .unwrap();
+    let slow = FnEscalation::new(move |c: IncidentChange, i: &Incident| {
+        if c == IncidentChange::Opened {
+            wait();
+        }
+        seen.lock().unwrap().push((c, i.failures));
+    });
+    let mut overseer = paid_now_escalating_to(two_sources(), slow);
     // An unpaid transfer, amended 20 times: every run fails.
     for pos in 1..=20u64 {
         let amended = bytes_of(ev(

@@ -205,8 +205,8 @@ fn parse(raw: &[u8]) -> Result<Event, String> {
     // its fields; anything else (tombstones, the JSON converter's
     // `payload` wrapping, mistakes) is read again as a JSON value, whose
     // checks say precisely what is wrong.
-    match crate::parse_json::<crate::ObjectOnly<Envelope<'_>>>(raw) {
-        Ok(crate::ObjectOnly(envelope)) if envelope.op.is_some() => interpret(envelope, raw),
+    match crate::parse_json_object::<Envelope<'_>>(raw) {
+        Ok(envelope) if envelope.op.is_some() => interpret(envelope, raw),
         _ => match envelope_of(raw)? {
             Some(envelope) => interpret(envelope, raw),
             None => Ok(Event::Control {

@@ -204,6 +204,22 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for ObjectOnly<T> 
     }
 }
 
+/// [`parse_json`] of a struct from a JSON object only ([`ObjectOnly`]).
+pub(crate) fn parse_json_object<'a, T: serde::Deserialize<'a>>(raw: &'a [u8]) -> serde_json::Result<T> {
+    parse_json::<ObjectOnly<T>>(raw).map(|ObjectOnly(t)| t)
+}
+
+/// `#[serde(deserialize_with)]` of a struct read from an object only
+/// ([`ObjectOnly`]).
+pub(crate) fn object_only<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    let ObjectOnly(found) = serde::Deserialize::deserialize(deserializer)?;
+    Ok(found)
+}
+
 /// `#[serde(deserialize_with)]` of an optional struct read from an object
 /// only ([`ObjectOnly`]): absent and `null` are `None`.
 pub(crate) fn opt_object_only<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>

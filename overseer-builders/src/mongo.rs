@@ -83,7 +83,7 @@ use serde::Deserialize;
 use serde_json::{Map, Number, Value};
 use std::borrow::Cow;
 
-use crate::{FormatOptions, ObjectOnly};
+use crate::FormatOptions;
 
 /// The format name of MongoDB change events.
 pub const FORMAT: &str = "mongo";
@@ -758,16 +758,21 @@ fn decode_record(root: &mut Map<String, Value>) -> Result<Option<RecordEvent>, C
 /// checks say precisely what is wrong.
 #[derive(Deserialize)]
 struct Envelope<'a> {
-    #[serde(rename = "_id", borrow, default)]
-    token: Option<ObjectOnly<TokenFields<'a>>>,
+    #[serde(rename = "_id", borrow, default, deserialize_with = "crate::opt_object_only")]
+    token: Option<TokenFields<'a>>,
     #[serde(rename = "operationType", borrow)]
     operation_type: Cow<'a, str>,
-    #[serde(rename = "clusterTime")]
-    cluster_time: ObjectOnly<ClusterTimeFields>,
-    #[serde(rename = "wallTime", borrow, default)]
-    wall_time: Option<ObjectOnly<DateFields<'a>>>,
-    #[serde(borrow, default)]
-    ns: Option<ObjectOnly<NamespaceFields<'a>>>,
+    #[serde(rename = "clusterTime", deserialize_with = "crate::object_only")]
+    cluster_time: ClusterTimeFields,
+    #[serde(
+        rename = "wallTime",
+        borrow,
+        default,
+        deserialize_with = "crate::opt_object_only"
+    )]
+    wall_time: Option<DateFields<'a>>,
+    #[serde(borrow, default, deserialize_with = "crate::opt_object_only")]
+    ns: Option<NamespaceFields<'a>>,
     #[serde(rename = "documentKey", default, deserialize_with = "crate::exact::opt_value")]
     document_key: Option<Value>,
     #[serde(
@@ -792,8 +797,8 @@ struct TokenFields<'a> {
 
 #[derive(Deserialize)]
 struct ClusterTimeFields {
-    #[serde(rename = "$timestamp")]
-    timestamp: ObjectOnly<TimestampFields>,
+    #[serde(rename = "$timestamp", deserialize_with = "crate::object_only")]
+    timestamp: TimestampFields,
 }
 
 #[derive(Deserialize)]
@@ -828,21 +833,19 @@ struct FastRecord {
 /// would reject), which that path then reads. Where it returns a record,
 /// it is the record that path reads (tested on every fixture).
 fn fast_record(raw: &[u8]) -> Option<FastRecord> {
-    let ObjectOnly(e): ObjectOnly<Envelope<'_>> = crate::parse_json(raw).ok()?;
+    let e: Envelope<'_> = crate::parse_json_object(raw).ok()?;
     if !matches!(&*e.operation_type, "insert" | "update" | "replace" | "delete") {
         return None;
     }
-    let ObjectOnly(ClusterTimeFields {
-        timestamp: ObjectOnly(TimestampFields { t, i }),
-    }) = e.cluster_time;
+    let TimestampFields { t, i } = e.cluster_time.timestamp;
     let cluster = (u32::try_from(t).ok()?, u32::try_from(i).ok()?);
     let wall = match &e.wall_time {
-        Some(ObjectOnly(w)) => Some(date_text(&w.date)?),
+        Some(w) => Some(date_text(&w.date)?),
         None => None,
     };
     let coll = match e.ns {
-        Some(ObjectOnly(NamespaceFields { coll: Some(c) })) if !c.is_empty() => Some(c.into_owned()),
-        Some(ObjectOnly(NamespaceFields { coll: Some(_) })) => return None,
+        Some(NamespaceFields { coll: Some(c) }) if !c.is_empty() => Some(c.into_owned()),
+        Some(NamespaceFields { coll: Some(_) }) => return None,
         _ => None,
     };
     // What `decode_record` reads of the event, moved, not copied.
@@ -866,10 +869,7 @@ fn fast_record(raw: &[u8]) -> Option<FastRecord> {
         coll,
         commit_time: commit_time_of(wall, Some(cluster)).unwrap_or(Timestamp::EPOCH),
         cluster,
-        token: e
-            .token
-            .and_then(|ObjectOnly(t)| t.data)
-            .and_then(|d| token_of(&d)),
+        token: e.token.and_then(|t| t.data).and_then(|d| token_of(&d)),
     })
 }
 

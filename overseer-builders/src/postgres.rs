@@ -219,8 +219,8 @@ fn parse_wal2json(raw: &[u8]) -> Result<Event, String> {
     // The common case, a well-formed event, is read straight into its
     // fields; anything else is read again as a JSON value, whose checks say
     // precisely what is wrong.
-    match crate::parse_json::<crate::ObjectOnly<Wal2JsonFields<'_>>>(raw) {
-        Ok(crate::ObjectOnly(fields)) if fields.action.is_some() => interpret_wal2json(fields, raw),
+    match crate::parse_json_object::<Wal2JsonFields<'_>>(raw) {
+        Ok(fields) if fields.action.is_some() => interpret_wal2json(fields, raw),
         _ => interpret_wal2json(wal2json_fields_of(raw)?, raw),
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fmt::{self, Debug};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -136,7 +136,7 @@ where
         tokio::task::spawn_blocking(move || f(change, &incident))
             .await
             .map_err(|e| match e.try_into_panic() {
-                Ok(panic) => format!("it panicked: {}", crate::panic_message(&*panic)).into(),
+                Ok(panic) => panicked(&*panic).into(),
                 Err(e) => BoxError::from(e),
             })
     }
@@ -157,7 +157,21 @@ pub(crate) struct Dispatcher {
     errors: Arc<std::sync::atomic::AtomicU64>,
     /// The latest update of each incident with an `Updated` job queued, by
     /// dedup key.
-    updates: Arc<std::sync::Mutex<HashMap<String, Box<Incident>>>>,
+    updates: Arc<Mutex<Updates>>,
+}
+
+/// The latest update of each incident with an `Updated` job queued.
+type Updates = HashMap<String, Box<Incident>>;
+
+/// The queued updates. Nothing panics while holding the lock and each
+/// access leaves the map whole, so a poisoned lock still guards it.
+fn lock(updates: &Mutex<Updates>) -> std::sync::MutexGuard<'_, Updates> {
+    updates.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What an escalation error says of a panic.
+fn panicked(payload: &(dyn std::any::Any + Send)) -> String {
+    format!("it panicked: {}", crate::panic_message(payload))
 }
 
 pub(crate) enum Job {
@@ -192,10 +206,7 @@ impl Dispatcher {
                     let (change, incident) = match job {
                         Job::Escalate(change, incident) => (change, incident),
                         Job::Updated(key) => {
-                            let taken = updates
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .remove(&key);
+                            let taken = lock(&updates).remove(&key);
                             match taken {
                                 Some(incident) => (IncidentChange::Updated, incident),
                                 None => continue,
@@ -213,7 +224,7 @@ impl Dispatcher {
                     let err = match futures::FutureExt::catch_unwind(run).await {
                         Ok(Ok(())) => continue,
                         Ok(Err(err)) => err.to_string(),
-                        Err(panic) => format!("it panicked: {}", crate::panic_message(&*panic)),
+                        Err(panic) => panicked(&*panic),
                     };
                     errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::error!(escalation = %name, error = %err, "escalation failed");
@@ -227,10 +238,7 @@ impl Dispatcher {
     pub(crate) fn send(&mut self, change: IncidentChange, incident: Incident) {
         let job = if change == IncidentChange::Updated {
             let key = incident.dedup_key.clone();
-            let mut updates = self
-                .updates
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut updates = lock(&self.updates);
             // One is queued already: it will carry this one.
             if updates.insert(key.clone(), Box::new(incident)).is_some() {
                 return;
@@ -245,13 +253,7 @@ impl Dispatcher {
             self.sender = None;
             tracing::warn!(escalation = %self.name, "escalation worker restarted");
             // The updates queued to the old worker go to the new one too.
-            let pending: Vec<Job> = {
-                let updates = self
-                    .updates
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                updates.keys().map(|k| Job::Updated(k.clone())).collect()
-            };
+            let pending: Vec<Job> = lock(&self.updates).keys().cloned().map(Job::Updated).collect();
             for job in std::iter::once(job).chain(pending) {
                 if self.sender().send(job).is_err() {
                     self.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -485,7 +485,6 @@ fn describe(error: reqwest::Error) -> String {
     text
 }
 
-/// At most `max` bytes of `text` (on a character boundary), marked when cut.
 /// The start of an error response's body, as quoted in the error: at most
 /// [`MAX_ERROR_BODY_BYTES`] are read, so a target answering with a huge or
 /// endless body costs no more than that.
