@@ -1093,6 +1093,29 @@ async fn a_flush_waits_for_a_hung_escalation_no_longer_than_its_timeout() {
     assert_eq!(overseer.runner().stats().escalation_errors, 0);
 }
 
+/// A flush timeout past what a clock can hold waits without a deadline
+/// (it used to overflow the deadline's arithmetic).
+#[tokio::test]
+async fn a_flush_timeout_of_any_length_is_taken() {
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let count = delivered.clone();
+    let counting = FnEscalation::new(move |_c: IncidentChange, _i: &Incident| {
+        count.fetch_add(1, Ordering::SeqCst);
+    });
+    let mut overseer = paid_now_escalating_to(
+        two_sources().runner_config(RunnerConfig {
+            flush_timeout: Duration::MAX,
+            ..RunnerConfig::default()
+        }),
+        counting,
+    );
+    let unpaid = bytes_of(ev("transfers", "t1", 1, 1, json!({"amount": 10})));
+    overseer.ingest("core", &[unpaid]).await.unwrap();
+    overseer.tick().await.unwrap();
+    assert!(overseer.flush_escalations().await);
+    assert_eq!(delivered.load(Ordering::SeqCst), 1);
+}
+
 /// While an escalation is slow, an incident's `Updated` transitions waiting
 /// in its queue are merged into the latest: a record failing again and
 /// again queues one update, not one per failure, and the update delivered

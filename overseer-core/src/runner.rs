@@ -703,7 +703,8 @@ impl Runner {
     /// delivered by the deadline stay queued, and a warning names their
     /// escalation.
     pub async fn flush_escalations(&mut self) -> bool {
-        let deadline = tokio::time::Instant::now() + self.config.flush_timeout;
+        // No deadline for a timeout past what a clock can hold.
+        let deadline = tokio::time::Instant::now().checked_add(self.config.flush_timeout);
         let mut all = true;
         for d in self.escalations.values_mut() {
             all &= d.flush(deadline).await;

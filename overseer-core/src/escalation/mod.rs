@@ -264,8 +264,8 @@ impl Dispatcher {
     }
 
     /// Waits until every queued transition has been escalated, or until
-    /// `deadline`; returns whether they all were.
-    pub(crate) async fn flush(&mut self, deadline: tokio::time::Instant) -> bool {
+    /// `deadline` if there is one; returns whether they all were.
+    pub(crate) async fn flush(&mut self, deadline: Option<tokio::time::Instant>) -> bool {
         if self.sender.is_none() {
             return true;
         }
@@ -273,6 +273,11 @@ impl Dispatcher {
         if self.sender().send(Job::Flush(tx)).is_err() {
             return true;
         }
+        let Some(deadline) = deadline else {
+            // A worker gone without answering has nothing left to deliver.
+            let _ = rx.await;
+            return true;
+        };
         if tokio::time::timeout_at(deadline, rx).await.is_ok() {
             return true;
         }
