@@ -206,7 +206,10 @@ pub fn report(result: Result<(), Error>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(e) => {
-            let _ = writeln!(io::stderr(), "overseer: {e}");
+            // One line whatever the error quotes (ids, paths, stored data):
+            // control characters are escaped as in data lines, never sent
+            // to the terminal.
+            let _ = writeln!(io::stderr(), "overseer: {}", output::field(&e.to_string()));
             ExitCode::from(e.exit_code())
         }
     }

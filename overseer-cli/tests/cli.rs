@@ -800,3 +800,21 @@ fn wal2json_with_key_columns_counts_control_events() {
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["balance"], 5);
 }
+
+#[test]
+fn an_error_naming_a_hostile_id_is_one_line_without_terminal_escapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = overseer(&[
+        "view",
+        "--store",
+        s(dir.path()),
+        "lines",
+        "x\nforged: line\u{1b}[2J",
+    ]);
+    assert_code(&o, 1);
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err:?}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+    // Escaped, not dropped: the operator still sees what the id held.
+    assert!(err.contains(r"x\nforged: line\u{1b}[2J"), "{err:?}");
+}

@@ -98,6 +98,24 @@ const MAX_SAMPLE: usize = 64 * 1024;
 /// against corrupt objects, far above any change event).
 const MAX_RAW: u64 = 1 << 30;
 
+/// The most bytes a frame may hold per byte of frame (above
+/// [`MIN_CONTENT_BOUND`]). zstd reaches 32,768 on a run of one byte, so a
+/// 32 KiB object could otherwise claim a gibibyte: a frame is written only
+/// within this ratio (else the bytes are stored as they are) and read only
+/// within it, so what an object makes a reader allocate is bounded by the
+/// object's own size.
+const MAX_RATIO: u64 = 256;
+
+/// What any frame may hold, however small.
+const MIN_CONTENT_BOUND: u64 = 1 << 20;
+
+/// The most bytes a frame of `frame_len` bytes may hold.
+fn content_bound(frame_len: usize) -> u64 {
+    (frame_len as u64)
+        .saturating_mul(MAX_RATIO)
+        .clamp(MIN_CONTENT_BOUND, MAX_RAW)
+}
+
 thread_local! {
     static CCTX: RefCell<Option<CCtx<'static>>> = RefCell::new(CCtx::try_create());
     static DCTX: RefCell<Option<DCtx<'static>>> = RefCell::new(DCtx::try_create());
@@ -117,7 +135,7 @@ fn compress_with(
     let mut out = Vec::with_capacity(zstd_safe::compress_bound(bytes.len()));
     let written = CCTX.with(|cctx| cctx.borrow_mut().as_mut().map(|cctx| run(cctx, &mut out)));
     match written {
-        Some(Ok(_)) if out.len() < bytes.len() => Some(out),
+        Some(Ok(_)) if out.len() < bytes.len() && bytes.len() as u64 <= content_bound(out.len()) => Some(out),
         _ => None,
     }
 }
@@ -131,8 +149,12 @@ fn decompress_with(
     let size = zstd_safe::get_frame_content_size(frame)
         .map_err(|_| "not a zstd frame".to_owned())?
         .ok_or_else(|| "the zstd frame does not state its size".to_owned())?;
-    if size > MAX_RAW {
-        return Err(format!("the zstd frame claims {size} bytes"));
+    if size > content_bound(frame.len()) {
+        return Err(format!(
+            "the zstd frame of {} bytes claims {size} bytes (at most {} read from a frame of its size)",
+            frame.len(),
+            content_bound(frame.len())
+        ));
     }
     let mut out = Vec::with_capacity(size as usize);
     let result = DCTX.with(|dctx| dctx.borrow_mut().as_mut().map(|dctx| run(dctx, &mut out)));

@@ -577,18 +577,35 @@ impl Store {
     }
 
     /// Decodes an update object, decompressing what it holds compressed.
+    ///
+    /// An update's key is derived from the update itself (record, commit
+    /// time, source, position): an object at any other key (another
+    /// record's update copied there, a file name whose time is not the
+    /// commit time) is corrupt, never read as this record's history.
     async fn open_update(&self, path: &str, bytes: Bytes) -> Result<UpdateDocument> {
-        match codec::decode_update(path, bytes)? {
-            codec::Decoded::Update(doc) => Ok(doc),
+        let doc = match codec::decode_update(path, bytes)? {
+            codec::Decoded::Update(doc) => doc,
             codec::Decoded::Compressed {
                 source,
                 dictionary,
                 envelope,
             } => {
                 let decoder = self.decoder(&source, dictionary, path).await?;
-                codec::decompress_update(path, envelope, source, |frame| decoder.decompress(frame))
+                codec::decompress_update(path, envelope, source, |frame| decoder.decompress(frame))?
             }
+        };
+        let expected = self.update_path(&doc);
+        if expected != path {
+            return Err(codec::corrupt(
+                path,
+                codec::UPDATE_ENVELOPE,
+                format!(
+                    "it holds an update of {} committed at {} (source {}), which belongs at {expected}",
+                    doc.key, doc.commit_time, doc.source
+                ),
+            ));
         }
+        Ok(doc)
     }
 
     fn dictionary_path(&self, source: &SourceId, id: u32) -> Path {
@@ -903,9 +920,30 @@ impl Store {
 
     /// The reference entries under `prefix`: a `ReferenceList` in each
     /// object `lists_at` segments below it, a single `ReferenceEntry` in any
-    /// other.
-    async fn read_entries(&self, prefix: &Path, lists_at: Option<usize>) -> Result<Vec<ReferenceEntry>> {
+    /// other. Every entry must be `owner`'s (its referencing record, or
+    /// with `by_target` its target): an object holding another record's
+    /// entries is corrupt, never read as this record's.
+    async fn read_entries(
+        &self,
+        prefix: &Path,
+        lists_at: Option<usize>,
+        owner: &RecordKey,
+        by_target: bool,
+    ) -> Result<Vec<ReferenceEntry>> {
         let depth = prefix.parts().count();
+        let owned = |path: &Path, e: ReferenceEntry| {
+            let found = if by_target { &e.reference.target } else { &e.from };
+            if found == owner {
+                Ok(e)
+            } else {
+                let role = if by_target { "referrers" } else { "references" };
+                Err(codec::corrupt(
+                    path.as_ref(),
+                    "ReferenceList",
+                    format!("it holds an entry of {found}, not one of the {role} of {owner}"),
+                ))
+            }
+        };
         let paths = self.list_paths(prefix).await?;
         let batches: Vec<Vec<ReferenceEntry>> = stream::iter(paths)
             .map(|path| async move {
@@ -914,11 +952,11 @@ impl Store {
                     let list: proto::ReferenceList = codec::decode(path.as_ref(), "ReferenceList", bytes)?;
                     list.entries
                         .into_iter()
-                        .map(|e| Self::reference_entry(&path, e))
+                        .map(|e| owned(&path, Self::reference_entry(&path, e)?))
                         .collect()
                 } else {
                     let e: proto::ReferenceEntry = codec::decode(path.as_ref(), "ReferenceEntry", bytes)?;
-                    Ok(vec![Self::reference_entry(&path, e)?])
+                    Ok(vec![owned(&path, Self::reference_entry(&path, e)?)?])
                 }
             })
             .buffered(self.concurrency)
@@ -935,7 +973,7 @@ impl Store {
         // single entry (`<field>/<target-model>/<target-id>`, the layout
         // before lists).
         let mut entries = self
-            .read_entries(&self.record_prefix("refs", key), Some(1))
+            .read_entries(&self.record_prefix("refs", key), Some(1), key, false)
             .await?;
         entries.sort_by(|a, b| {
             (&a.reference.field, &a.reference.target, a.first_seen).cmp(&(
@@ -955,7 +993,7 @@ impl Store {
         // Lists sit right under the target's prefix; a deeper object is a
         // single entry (`<model>/<id>/<field>`, the layout before lists).
         let mut entries = self
-            .read_entries(&self.record_prefix("referrers", target), Some(1))
+            .read_entries(&self.record_prefix("referrers", target), Some(1), target, true)
             .await?;
         entries.sort_by(|a, b| {
             (&a.from, &a.reference.field, a.first_seen).cmp(&(&b.from, &b.reference.field, b.first_seen))
