@@ -435,6 +435,12 @@ impl Registry {
         let mut seen: std::collections::HashMap<&str, Location> = std::collections::HashMap::new();
         for check in &self.checks {
             let here = check.location;
+            if check.name.trim().is_empty() {
+                problems.push(format!(
+                    "a check defined at {}:{} has an empty name: give it one with `Check::new(\"name\", ..)`",
+                    here.file, here.line
+                ));
+            }
             if let Some(first) = seen.insert(&check.name, here) {
                 problems.push(format!(
                     "duplicate check name {:?}: defined at {}:{} and at {}:{}",
@@ -449,6 +455,19 @@ impl Registry {
                         "check {:?} reads unknown model {model:?} (known models: {})",
                         check.name,
                         known_models.join(", ")
+                    ));
+                }
+            }
+            // An update of a model the view does not read cannot be
+            // resolved to a root record: such a trigger never runs the check.
+            let read: Vec<&str> = check.spec.models().collect();
+            for model in check.models() {
+                if !read.contains(&model) {
+                    problems.push(format!(
+                        "check {:?} is triggered on model {model:?}, which its view does not read \
+                         (it reads: {}): its updates could never run the check",
+                        check.name,
+                        read.join(", ")
                     ));
                 }
             }

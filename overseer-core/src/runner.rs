@@ -160,7 +160,9 @@ enum Role {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Slot {
     Timed(Timestamp, u64),
-    Fresh(Timestamp, u64),
+    /// Waiting for the sources to reach the as-of time (first), or for
+    /// the clock to reach the cap on that wait (second).
+    Fresh(Timestamp, Timestamp, u64),
 }
 
 #[derive(Debug)]
@@ -178,6 +180,10 @@ struct CheckSlot {
     sources: Vec<SourceId>,
     timed: BTreeMap<(Timestamp, u64), RecordKey>,
     fresh: BTreeMap<(Timestamp, u64), RecordKey>,
+    /// The runs of `fresh` by the time their wait is capped: caps need not
+    /// follow as-of times (coalesced runs keep their first cap; a custom
+    /// strategy may wait longer for some records than for others).
+    capped: BTreeMap<(Timestamp, u64), RecordKey>,
     pending: HashMap<RecordKey, Pending, RandomState>,
 }
 
@@ -214,6 +220,11 @@ pub struct Runner {
     escalations: HashMap<String, Dispatcher>,
     escalation_errors: Arc<std::sync::atomic::AtomicU64>,
     incidents: HashMap<(usize, RecordKey), Incident, RandomState>,
+    /// The opening times of incidents resolved while the clock had not yet
+    /// passed them: one reopened for the same (check, record) opens after
+    /// it, so that the two are distinct incidents (in the store, whose
+    /// incidents are keyed by opening time, and for paging systems).
+    reopen_after: HashMap<(usize, RecordKey), Timestamp, RandomState>,
     stats: RunnerStats,
     seq: u64,
 }
@@ -293,6 +304,7 @@ impl Runner {
                 sources,
                 timed: BTreeMap::new(),
                 fresh: BTreeMap::new(),
+                capped: BTreeMap::new(),
                 pending: HashMap::default(),
             });
         }
@@ -310,6 +322,7 @@ impl Runner {
                 .collect(),
             escalation_errors,
             incidents: HashMap::default(),
+            reopen_after: HashMap::default(),
             stats: RunnerStats::default(),
             seq: 0,
         })
@@ -431,11 +444,19 @@ impl Runner {
             Some(pending) => {
                 self.stats.coalesced += 1;
                 let old_slot = pending.slot;
+                let as_of = pending.plan.as_of.max(plan.as_of);
+                // The wait for sources stays capped where the first trigger
+                // capped it: moving the cap with every trigger would never
+                // run a record updated more often than the cap (degraded).
+                let cap = |p: &Plan| p.as_of.saturating_add(p.max_wait);
+                let cap = cap(&pending.plan).min(cap(&plan));
+                let max_wait = u64::try_from(cap.as_micros().saturating_sub(as_of.as_micros()))
+                    .map_or(Duration::ZERO, Duration::from_micros);
                 pending.plan = Plan {
-                    as_of: pending.plan.as_of.max(plan.as_of),
+                    as_of,
                     not_before: pending.plan.not_before.max(plan.not_before),
                     await_sources: pending.plan.await_sources || plan.await_sources,
-                    max_wait: pending.plan.max_wait.max(plan.max_wait),
+                    max_wait,
                 };
                 pending.trigger = trigger;
                 pending.coalesced += 1;
@@ -479,10 +500,7 @@ impl Runner {
             if let Some((&(t, _), _)) = c.timed.first_key_value() {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
-            if let Some((&(as_of, _), root)) = c.fresh.first_key_value()
-                && let Some(p) = c.pending.get(root)
-            {
-                let t = as_of.saturating_add(p.plan.max_wait);
+            if let Some((&(t, _), _)) = c.capped.first_key_value() {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         }
@@ -504,7 +522,7 @@ impl Runner {
                     continue;
                 };
                 if p.plan.await_sources {
-                    p.slot = Slot::Fresh(p.plan.as_of, seq);
+                    p.slot = Slot::Fresh(p.plan.as_of, p.plan.as_of.saturating_add(p.plan.max_wait), seq);
                     let slot = p.slot;
                     insert_slot(&mut self.checks[i], slot, root);
                 } else if let Some(pending) = self.checks[i].pending.remove(&root) {
@@ -519,45 +537,74 @@ impl Runner {
                 }
             }
             let min_wm = self.min_watermark(&self.checks[i].sources);
-            while let Some((&(as_of, _), root)) = self.checks[i].fresh.first_key_value() {
-                let root = root.clone();
-                let Some(p) = self.checks[i].pending.get(&root) else {
-                    self.checks[i].fresh.pop_first();
-                    continue;
-                };
-                let fresh = min_wm.is_some_and(|w| w >= as_of);
-                let capped = now >= as_of.saturating_add(p.plan.max_wait);
-                if !fresh && !capped {
+            // Runs whose sources have caught up, by as-of time.
+            while let Some((&(as_of, seq), root)) = self.checks[i].fresh.first_key_value() {
+                if min_wm.is_none_or(|w| w < as_of) {
                     break;
                 }
-                self.checks[i].fresh.pop_first();
-                let Some(pending) = self.checks[i].pending.remove(&root) else {
+                let root = root.clone();
+                let Some(pending) = self.take_fresh(i, &root, as_of, seq) else {
                     continue;
                 };
-                let (view_time, lagging) = if fresh {
-                    // The latest time every source is complete up to (and
-                    // not past the clock).
-                    let consistent = min_wm.unwrap_or(as_of).min(now).max(as_of);
-                    (consistent, Vec::new())
-                } else {
-                    let lagging = self.checks[i]
-                        .sources
-                        .iter()
-                        .filter(|s| self.watermarks.get(*s).is_none_or(|w| *w < as_of))
-                        .cloned()
-                        .collect();
-                    (as_of, lagging)
-                };
+                // The latest time every source is complete up to (and not
+                // past the clock).
+                let consistent = min_wm.unwrap_or(as_of).min(now).max(as_of);
                 ready.push(Ready {
                     check: i,
                     root,
                     pending,
-                    as_of: view_time,
+                    as_of: consistent,
+                    lagging: Vec::new(),
+                });
+            }
+            // Runs whose wait is capped, by cap: run anyway, degraded.
+            while let Some((&(cap, seq), root)) = self.checks[i].capped.first_key_value() {
+                if cap > now {
+                    break;
+                }
+                let root = root.clone();
+                let as_of = match self.checks[i].pending.get(&root).map(|p| p.slot) {
+                    Some(Slot::Fresh(as_of, c, s)) if (c, s) == (cap, seq) => as_of,
+                    _ => {
+                        self.checks[i].capped.pop_first();
+                        continue;
+                    }
+                };
+                let Some(pending) = self.take_fresh(i, &root, as_of, seq) else {
+                    continue;
+                };
+                let lagging = self.checks[i]
+                    .sources
+                    .iter()
+                    .filter(|s| self.watermarks.get(*s).is_none_or(|w| *w < as_of))
+                    .cloned()
+                    .collect();
+                ready.push(Ready {
+                    check: i,
+                    root,
+                    pending,
+                    as_of,
                     lagging,
                 });
             }
         }
         ready
+    }
+
+    /// Takes the pending run of `root` out of the freshness wait, if its
+    /// slot is `Fresh(as_of, _, seq)`; drops a stale slot.
+    fn take_fresh(&mut self, check: usize, root: &RecordKey, as_of: Timestamp, seq: u64) -> Option<Pending> {
+        let c = &mut self.checks[check];
+        match c.pending.get(root).map(|p| p.slot) {
+            Some(slot @ Slot::Fresh(a, _, s)) if (a, s) == (as_of, seq) => {
+                remove_slot(c, slot);
+                c.pending.remove(root)
+            }
+            _ => {
+                c.fresh.remove(&(as_of, seq));
+                None
+            }
+        }
     }
 
     /// Runs every pending run that is ready on the runner's clock, and
@@ -566,6 +613,9 @@ impl Runner {
         let mut all = Vec::new();
         loop {
             let now = self.clock.now();
+            if !self.reopen_after.is_empty() {
+                self.reopen_after.retain(|_, opened| *opened >= now);
+            }
             let ready = self.collect_ready(now);
             if ready.is_empty() {
                 return Ok(all);
@@ -732,12 +782,20 @@ impl Runner {
                 (IncidentChange::Updated, open.clone())
             }
             None => {
+                // After an incident of the same (check, record) opened at
+                // this time or later (the clock did not move in between).
+                let opened_at = match self.reopen_after.remove(&key) {
+                    Some(previous) if previous >= now => {
+                        Timestamp::from_micros(previous.as_micros().saturating_add(1))
+                    }
+                    _ => now,
+                };
                 let incident = Incident {
-                    dedup_key: format!("{name}/{root}/{}", now.as_micros()),
+                    dedup_key: format!("{name}/{root}/{}", opened_at.as_micros()),
                     check: name,
                     root: root.clone(),
-                    opened_at: now,
-                    updated_at: now,
+                    opened_at,
+                    updated_at: opened_at,
                     resolved_at: None,
                     failures: 1,
                     message: failure.message.clone(),
@@ -763,7 +821,12 @@ impl Runner {
         let Some(mut incident) = self.incidents.remove(&(check, root.clone())) else {
             return Ok(None);
         };
-        incident.resolved_at = Some(now);
+        // Not before its opening (moved past the clock by a reopening).
+        incident.resolved_at = Some(now.max(incident.opened_at));
+        if incident.opened_at >= now {
+            self.reopen_after
+                .insert((check, root.clone()), incident.opened_at);
+        }
         self.stats.incidents_resolved += 1;
         self.dal.store().put_incident(&incident_entry(&incident)).await?;
         self.escalate(check, IncidentChange::Resolved, &incident).await;
@@ -787,14 +850,20 @@ fn incident_entry(i: &Incident) -> IncidentEntry {
 fn insert_slot(c: &mut CheckSlot, slot: Slot, root: RecordKey) {
     match slot {
         Slot::Timed(t, s) => c.timed.insert((t, s), root),
-        Slot::Fresh(t, s) => c.fresh.insert((t, s), root),
+        Slot::Fresh(t, cap, s) => {
+            c.capped.insert((cap, s), root.clone());
+            c.fresh.insert((t, s), root)
+        }
     };
 }
 
 fn remove_slot(c: &mut CheckSlot, slot: Slot) {
     match slot {
         Slot::Timed(t, s) => c.timed.remove(&(t, s)),
-        Slot::Fresh(t, s) => c.fresh.remove(&(t, s)),
+        Slot::Fresh(t, cap, s) => {
+            c.capped.remove(&(cap, s));
+            c.fresh.remove(&(t, s))
+        }
     };
 }
 
@@ -930,7 +999,7 @@ async fn execute(check: &Check, dal: &Dal, root: &RecordKey, as_of: Timestamp) -
         Err(_) => Outcome::Error(format!("check {name} timed out after {timeout:?}")),
         Ok(Err(panic)) => Outcome::Error(format!(
             "check {name} panicked: {}",
-            crate::panic_message(&*panic)
+            crate::take_panic_message(panic)
         )),
         Ok(Ok(Ok(verdict))) => Outcome::Verdict(verdict),
         // The view could not be loaded (a record missing, the store
