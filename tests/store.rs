@@ -489,7 +489,19 @@ impl overseer_core::Consumer for Buggy {
         if raw.windows(5).any(|w| w == b"boom!") {
             panic!("consumer bug");
         }
+        if raw.windows(5).any(|w| w == b"bomb!") {
+            std::panic::panic_any(PanicsOnDrop);
+        }
         Script.consume(raw)
+    }
+}
+
+/// A panic payload whose `Drop` panics in turn.
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("payload drop");
     }
 }
 
@@ -507,15 +519,24 @@ async fn a_panicking_consumer_rejects_only_its_event() {
         .map(|i| ev("m", &format!("r{i}"), 1, i, "full", json!({})).line())
         .collect();
     events[1234] = ev("m", "boom!", 1, 99_999, "full", json!({})).line();
+    // A payload that panics again when dropped is contained too.
+    events[42] = ev("m", "bomb!", 1, 99_998, "full", json!({})).line();
     let r = ing.ingest_batch(&events).await.unwrap();
-    assert_eq!((r.stored, r.dead_lettered), (1999, 1));
+    assert_eq!((r.stored, r.dead_lettered), (1998, 2));
     let letters = store.dead_letters().await.unwrap();
+    let letter = |raw: &bytes::Bytes| letters.iter().find(|l| l.raw == *raw).unwrap();
+    let boom = letter(&events[1234]);
     assert!(
-        letters[0].error.contains("panicked") && letters[0].error.contains("consumer bug"),
+        boom.error.contains("panicked") && boom.error.contains("consumer bug"),
         "{}",
-        letters[0].error
+        boom.error
     );
-    assert_eq!(letters[0].raw, events[1234]);
+    let bomb = letter(&events[42]);
+    assert!(
+        bomb.error.contains("panicked") && bomb.error.contains("non-string panic payload"),
+        "{}",
+        bomb.error
+    );
 }
 
 #[tokio::test]

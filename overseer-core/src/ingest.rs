@@ -201,7 +201,7 @@ impl Ingestor {
                     self.consumer.format().as_str(),
                     format!(
                         "the consumer panicked on this event: {}",
-                        crate::panic_message(&*payload)
+                        crate::panic_message(payload)
                     ),
                 ))
             },

@@ -106,23 +106,18 @@ pub mod __private {
 }
 
 /// The message of a caught panic (`panic!` with a literal or a formatted
-/// string), for an error that names it.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
+/// string), for an error that names it. The payload is taken and dropped
+/// behind a panic boundary of its own: a payload whose `Drop` panics would
+/// otherwise unwind past the boundary that caught it (the payload of such
+/// a second panic is leaked rather than dropped).
+pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    let message = if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
-    }
-}
-
-/// The message of a caught panic, taking its payload: the payload is
-/// dropped behind a panic boundary of its own (a payload whose `Drop`
-/// panics would otherwise unwind past the boundary that caught it), and
-/// the payload of such a second panic is leaked rather than dropped.
-pub(crate) fn take_panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    let message = panic_message(&*payload);
+    };
     if let Err(again) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload))) {
         std::mem::forget(again);
     }

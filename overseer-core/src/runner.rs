@@ -997,10 +997,7 @@ async fn execute(check: &Check, dal: &Dal, root: &RecordKey, as_of: Timestamp) -
     let name = check.name();
     let outcome = match tokio::time::timeout(timeout, run).await {
         Err(_) => Outcome::Error(format!("check {name} timed out after {timeout:?}")),
-        Ok(Err(panic)) => Outcome::Error(format!(
-            "check {name} panicked: {}",
-            crate::take_panic_message(panic)
-        )),
+        Ok(Err(panic)) => Outcome::Error(format!("check {name} panicked: {}", crate::panic_message(panic))),
         Ok(Ok(Ok(verdict))) => Outcome::Verdict(verdict),
         // The view could not be loaded (a record missing, the store
         // failing): says nothing about agreement.

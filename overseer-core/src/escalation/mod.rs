@@ -136,7 +136,7 @@ where
         tokio::task::spawn_blocking(move || f(change, &incident))
             .await
             .map_err(|e| match e.try_into_panic() {
-                Ok(panic) => panicked(&*panic).into(),
+                Ok(panic) => panicked(panic).into(),
                 Err(e) => BoxError::from(e),
             })
     }
@@ -170,7 +170,7 @@ fn lock(updates: &Mutex<Updates>) -> std::sync::MutexGuard<'_, Updates> {
 }
 
 /// What an escalation error says of a panic.
-fn panicked(payload: &(dyn std::any::Any + Send)) -> String {
+fn panicked(payload: Box<dyn std::any::Any + Send>) -> String {
     format!("it panicked: {}", crate::panic_message(payload))
 }
 
@@ -224,7 +224,7 @@ impl Dispatcher {
                     let err = match futures::FutureExt::catch_unwind(run).await {
                         Ok(Ok(())) => continue,
                         Ok(Err(err)) => err.to_string(),
-                        Err(panic) => panicked(&*panic),
+                        Err(panic) => panicked(panic),
                     };
                     errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::error!(escalation = %name, error = %err, "escalation failed");

@@ -377,7 +377,7 @@ impl DualRouter {
                             {
                                 Ok(result) => Side::of(&result),
                                 Err(payload) => {
-                                    Side::Failed(format!("panicked: {}", crate::panic_message(&*payload)))
+                                    Side::Failed(format!("panicked: {}", crate::panic_message(payload)))
                                 }
                             };
                             task.compare_later(op, k, Access::Read, phase, legacy_side, new_side);
@@ -542,7 +542,7 @@ impl Shared {
             Err(payload) => {
                 Counters::bump(&self.counters.new_errors);
                 Counters::bump(&self.counters.new_panics);
-                let message = crate::panic_message(&*payload);
+                let message = crate::panic_message(payload);
                 tracing::warn!(%message, "the new side panicked (contained)");
                 NewOutcome::Panicked(message)
             }
@@ -663,7 +663,7 @@ impl Worker {
                 std::panic::catch_unwind(AssertUnwindSafe(|| self.compare_one(job))).unwrap_or_else(
                     |payload| {
                         Counters::bump(&self.counters.comparator_panics);
-                        tracing::warn!(message = %crate::panic_message(&*payload), "a comparison panicked (contained)");
+                        tracing::warn!(message = %crate::panic_message(payload), "a comparison panicked (contained)");
                         None
                     },
                 )
