@@ -41,7 +41,8 @@ pub struct Plan {
     /// Wait until every source the view reads has a watermark ≥ `as_of`.
     pub await_sources: bool,
     /// Give up waiting for sources this long after `as_of` on the clock and
-    /// run anyway, degraded.
+    /// run anyway, degraded. When triggers coalesce into one pending run,
+    /// the earliest of their caps (`as_of + max_wait`) is kept.
     pub max_wait: Duration,
 }
 
