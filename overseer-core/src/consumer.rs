@@ -122,6 +122,11 @@ impl ReferenceSpec {
         if field.trim().is_empty() {
             return Err(invalid("empty field"));
         }
+        for (part, what) in [(model, "model"), (field, "field"), (target, "target model")] {
+            if part.trim().contains(|c: char| c.is_whitespace() || c == '>') || part.contains("->") {
+                return Err(invalid(&format!("{what} {:?} is not one name", part.trim())));
+            }
+        }
         Ok(Self {
             model: Model::new(model.trim()).map_err(|_| invalid("empty model"))?,
             field: field.trim().to_owned(),

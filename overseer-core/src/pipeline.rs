@@ -252,6 +252,12 @@ impl OverseerBuilder {
                     s.id
                 )));
             }
+            if s.models.is_empty() {
+                return Err(PipelineError::Config(format!(
+                    "source {} delivers no model: list them with SourceConfig::models([..])",
+                    s.id
+                )));
+            }
             for m in &s.models {
                 model_sources.entry(m.clone()).or_default().push(s.id.clone());
             }
@@ -538,6 +544,17 @@ impl Overseer {
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let mut handles = Vec::new();
         let expected = sources.len();
+        // Every source is checked before any is started: one started before
+        // the error would ingest and acknowledge batches no runner checks.
+        if let Some(unknown) = sources
+            .iter()
+            .find(|s| !self.intake.ingestors.contains_key(s.id()))
+        {
+            return Err(PipelineError::Config(format!(
+                "source {} is not configured",
+                unknown.id()
+            )));
+        }
         for mut source in sources {
             let ingestor =
                 self.intake.ingestors.get(source.id()).cloned().ok_or_else(|| {
@@ -569,7 +586,17 @@ impl Overseer {
                     match r {
                         Some(Ok(())) => finished += 1,
                         Some(Err(e)) => {
+                            // The other sources finish the batch they are
+                            // storing (and acknowledge it): check it before
+                            // returning, or no run would ever check it.
                             let _ = stop_tx.send(true);
+                            for h in handles {
+                                let _ = h.await;
+                            }
+                            if let Err(tick) = self.tick().await {
+                                tracing::error!(error = %tick, "checking the last stored batches failed");
+                            }
+                            self.flush_escalations().await;
                             return Err(e);
                         }
                         None => finished = expected,

@@ -225,6 +225,9 @@ pub struct Runner {
     /// it, so that the two are distinct incidents (in the store, whose
     /// incidents are keyed by opening time, and for paging systems).
     reopen_after: HashMap<(usize, RecordKey), Timestamp, RandomState>,
+    /// Whether the incidents left open in the store (by an earlier run over
+    /// it) have been taken into `incidents`.
+    incidents_restored: bool,
     stats: RunnerStats,
     seq: u64,
 }
@@ -323,6 +326,7 @@ impl Runner {
             escalation_errors,
             incidents: HashMap::default(),
             reopen_after: HashMap::default(),
+            incidents_restored: false,
             stats: RunnerStats::default(),
             seq: 0,
         })
@@ -610,6 +614,7 @@ impl Runner {
     /// Runs every pending run that is ready on the runner's clock, and
     /// returns the executions, in no particular order.
     pub async fn run_ready(&mut self) -> Result<Vec<Execution>> {
+        self.restore_incidents().await?;
         let mut all = Vec::new();
         loop {
             let now = self.clock.now();
@@ -761,6 +766,39 @@ impl Runner {
         }
         self.stats.escalation_errors = self.escalation_errors.load(std::sync::atomic::Ordering::Relaxed);
         all
+    }
+
+    /// Takes the incidents an earlier run over the store left open (of this
+    /// runner's checks), once: a restart then updates or resolves them
+    /// instead of opening a second incident or leaving them open forever.
+    async fn restore_incidents(&mut self) -> Result<()> {
+        if self.incidents_restored {
+            return Ok(());
+        }
+        for entry in self.dal.store().incidents().await? {
+            if entry.resolved_at.is_some() {
+                continue;
+            }
+            let Some(check) = self.runnable.iter().position(|c| c.name() == entry.check) else {
+                continue;
+            };
+            self.incidents
+                .entry((check, entry.root.clone()))
+                .or_insert(Incident {
+                    check: entry.check,
+                    root: entry.root,
+                    dedup_key: entry.dedup_key,
+                    opened_at: entry.opened_at,
+                    updated_at: entry.opened_at,
+                    resolved_at: None,
+                    failures: 1,
+                    message: entry.message,
+                    details: entry.details,
+                    trigger_commit_time: entry.trigger_commit_time,
+                });
+        }
+        self.incidents_restored = true;
+        Ok(())
     }
 
     async fn fail(

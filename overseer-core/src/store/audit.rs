@@ -305,6 +305,20 @@ impl Store {
                 details: parse_details(&r.details_json),
                 trigger_commit_time: Timestamp::from_micros(r.trigger_commit_time_micros),
             };
+            // The directory is named by the check, the record and the
+            // opening time: an object that disagrees with it is truncated
+            // (its missing fields read as defaults) or was copied there.
+            if self.incident_dir(&entry).to_string() != dir {
+                return Err(codec::corrupt(
+                    path.as_ref(),
+                    M,
+                    format!(
+                        "it holds the incident of check {:?} on {} opened at {}, which is not the \
+                         one its key names (truncated, or copied from another incident)",
+                        entry.check, entry.root, entry.opened_at
+                    ),
+                ));
+            }
             let slot = by_dir.entry(dir).or_insert_with(|| entry.clone());
             if entry.resolved_at.is_some() {
                 slot.resolved_at = entry.resolved_at;

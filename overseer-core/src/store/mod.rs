@@ -1035,6 +1035,23 @@ impl Store {
         for path in paths {
             const M: &str = "DeadLetter";
             let d: proto::DeadLetter = codec::decode(path.as_ref(), M, self.get_bytes(&path).await?)?;
+            // Its key is derived from its source and raw bytes, and every
+            // dead letter has a reason: an object that disagrees is
+            // truncated (missing fields read as defaults) or was copied there.
+            let expected = self.path(&[
+                "dead-letters",
+                &encode_segment(&d.source),
+                &format!("{}.pb", layout::short_digest(&d.raw)),
+            ]);
+            if expected != path || d.error.is_empty() {
+                return Err(Error::Corrupt {
+                    path: path.to_string(),
+                    message: M,
+                    reason: "its source, raw bytes or reason are missing or do not match its key \
+                             (truncated, or copied from elsewhere)"
+                        .into(),
+                });
+            }
             out.push(DeadLetter {
                 source: SourceId::new(&d.source).map_err(|e| Error::Corrupt {
                     path: path.to_string(),
@@ -1093,6 +1110,19 @@ impl Store {
                     source,
                 })?;
                 let c: proto::SourceCheckpoint = codec::decode(path.as_ref(), "SourceCheckpoint", bytes)?;
+                // An empty (truncated) object decodes as every field's
+                // default; one copied from another source names that source.
+                if c.source != source.as_str() {
+                    return Err(codec::corrupt(
+                        path.as_ref(),
+                        "SourceCheckpoint",
+                        format!(
+                            "it is the checkpoint of source {:?}, not of {:?} (truncated, or copied from another source)",
+                            c.source,
+                            source.as_str()
+                        ),
+                    ));
+                }
                 Ok(Some(Checkpoint {
                     position: SourcePosition::new(c.position),
                     watermark: Timestamp::from_micros(c.watermark_micros),
