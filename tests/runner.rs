@@ -1283,6 +1283,10 @@ async fn records_that_do_not_fit_the_view_are_indeterminate_and_named() {
         // The record and the type it does not fit are named.
         assert!(message.contains(&e.root.to_string()), "{message}");
         assert!(message.contains("Strict"), "{message}");
+        // And the field, when one does not fit.
+        if e.root.id.as_str() == "wrong_type" {
+            assert!(message.contains("at amount: invalid type: string"), "{message}");
+        }
     }
     // Never escalated as a disagreement; given up after the attempts.
     assert!(s.open_incidents().is_empty());

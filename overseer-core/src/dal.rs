@@ -677,12 +677,38 @@ fn points_at(state: &State, path: &FieldPath, target: &RecordKey) -> bool {
     }
 }
 
-/// Deserializes a state into the user's type, naming the record on error.
+/// Deserializes a state into the user's type, naming the record, the type
+/// and the field that does not fit on error.
+///
+/// ```
+/// use overseer_core::RecordKey;
+/// use overseer_core::dal::deserialize;
+///
+/// #[derive(serde::Deserialize, Debug)]
+/// struct Transfer {
+///     amount_minor: i64,
+/// }
+/// let key = RecordKey::new("transfers", "t-1")?;
+/// let state = serde_json::json!({"amount_minor": "12"});
+/// let err = deserialize::<Transfer>(&key, state.as_object().unwrap()).unwrap_err();
+/// assert!(err.to_string().contains("record transfers/t-1 does not fit type"));
+/// assert!(err.to_string().contains("at amount_minor: invalid type: string \"12\""));
+/// # Ok::<(), overseer_core::Error>(())
+/// ```
 pub fn deserialize<T: DeserializeOwned>(key: &RecordKey, state: &State) -> Result<T> {
-    T::deserialize(state).map_err(|source| Error::Deserialize {
-        key: key.to_string(),
-        type_name: std::any::type_name::<T>(),
-        source,
+    T::deserialize(state).map_err(|source| {
+        // Read again with the path tracked, only on this (rare) error path:
+        // it names the field that does not fit.
+        let field = match serde_path_to_error::deserialize::<_, T>(state) {
+            Err(e) if e.path().iter().next().is_some() => e.path().to_string(),
+            _ => String::new(),
+        };
+        Error::Deserialize {
+            key: key.to_string(),
+            type_name: std::any::type_name::<T>(),
+            field,
+            source,
+        }
     })
 }
 

@@ -91,12 +91,18 @@ pub enum Error {
         source: BoxError,
     },
     /// A typed read could not deserialize a record's state into the user's type.
-    #[error("record {key} does not fit type {type_name}: {source}")]
+    #[error(
+        "record {key} does not fit type {type_name}: {}{source}",
+        if field.is_empty() { String::new() } else { format!("at {field}: ") }
+    )]
     Deserialize {
         /// The record.
         key: String,
         /// The Rust type asked for.
         type_name: &'static str,
+        /// The path of the field that does not fit (`meta.attempt`,
+        /// `items[2].amount`), empty when it is the whole record.
+        field: String,
         /// serde's error.
         #[source]
         source: serde_json::Error,
