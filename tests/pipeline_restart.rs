@@ -669,3 +669,40 @@ async fn run_with_unknown_source_once() {
         "app acked {acked} batch(es) after run failed; checkpoint {stored:?}"
     );
 }
+
+/// A tick that fails (here: an incident object the runner cannot read back)
+/// ends `run` with its error, and no source acknowledges a batch after `run`
+/// has returned: what a source acknowledged was stored before the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_tick_stops_the_sources_before_run_returns() {
+    let store = Store::in_memory();
+    put_raw(
+        &store,
+        "incidents/small/lines/r/00000000000001000000/opened.pb",
+        b"\xff\xff garbage",
+    )
+    .await;
+    let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000_000)));
+    let o = build(&store, &clock);
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let batches: VecDeque<Vec<Bytes>> = (0..3)
+        .map(|b| (0..3_000).map(|i| Bytes::from(format!("r{b}x{i} 500"))).collect())
+        .collect();
+    let app = VecSource {
+        id: SourceId::new("app").unwrap(),
+        batches,
+        fail_after: None,
+        acks: acks.clone(),
+    };
+    let Err(e) = o.run(vec![Box::new(app)], std::future::pending()).await else {
+        panic!("run over an unreadable incident succeeded");
+    };
+    assert!(e.to_string().contains("opened.pb"), "{e}");
+    let acked = acks.lock().unwrap().len();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        acks.lock().unwrap().len(),
+        acked,
+        "acknowledged after run returned"
+    );
+}

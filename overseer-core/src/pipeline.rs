@@ -571,52 +571,58 @@ impl Overseer {
         drop(done_tx);
         tokio::pin!(shutdown);
         let mut finished = 0;
-        loop {
-            let sleep_until = self.runner.next_deadline();
-            let now = self.runner.clock().now();
-            let nap = sleep_until
-                .map(|t| {
-                    std::time::Duration::from_micros((t.as_micros() - now.as_micros()).max(0).unsigned_abs())
-                })
-                .unwrap_or(std::time::Duration::from_secs(1))
-                .min(std::time::Duration::from_secs(1));
-            tokio::select! {
-                _ = &mut shutdown => break,
-                r = done_rx.recv(), if finished < expected => {
-                    match r {
-                        Some(Ok(())) => finished += 1,
-                        Some(Err(e)) => {
-                            // The other sources finish the batch they are
-                            // storing (and acknowledge it): check it before
-                            // returning, or no run would ever check it.
-                            let _ = stop_tx.send(true);
-                            for h in handles {
-                                let _ = h.await;
-                            }
-                            if let Err(tick) = self.tick().await {
-                                tracing::error!(error = %tick, "checking the last stored batches failed");
-                            }
-                            self.flush_escalations().await;
-                            return Err(e);
+        // Ends at shutdown, when every source is exhausted, or with the first
+        // error (of a source, or of a tick).
+        let outcome: Result<(), PipelineError> = async {
+            loop {
+                let sleep_until = self.runner.next_deadline();
+                let now = self.runner.clock().now();
+                let nap = sleep_until
+                    .map(|t| {
+                        std::time::Duration::from_micros(
+                            (t.as_micros() - now.as_micros()).max(0).unsigned_abs(),
+                        )
+                    })
+                    .unwrap_or(std::time::Duration::from_secs(1))
+                    .min(std::time::Duration::from_secs(1));
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    r = done_rx.recv(), if finished < expected => {
+                        match r {
+                            Some(Ok(())) => finished += 1,
+                            Some(Err(e)) => return Err(e),
+                            None => finished = expected,
                         }
-                        None => finished = expected,
+                        if finished == expected {
+                            return Ok(());
+                        }
                     }
-                    if finished == expected {
-                        self.tick().await?;
-                        break;
-                    }
+                    _ = self.intake.topic.wait() => {}
+                    _ = tokio::time::sleep(nap) => {}
                 }
-                _ = self.intake.topic.wait() => {}
-                _ = tokio::time::sleep(nap) => {}
+                self.tick().await?;
             }
-            self.tick().await?;
         }
+        .await;
+        // The other sources finish the batch they are storing (and
+        // acknowledge it), whatever ended the loop: it is checked before
+        // returning, or no run would ever check it.
         let _ = stop_tx.send(true);
         for h in handles {
             let _ = h.await;
         }
-        self.tick().await?;
+        let last = self.tick().await;
         self.flush_escalations().await;
+        match (outcome, last) {
+            (Ok(()), Ok(_)) => {}
+            (Ok(()), Err(e)) => return Err(e),
+            (Err(e), last) => {
+                if let Err(tick) = last {
+                    tracing::error!(error = %tick, "checking the last stored batches failed");
+                }
+                return Err(e);
+            }
+        }
         Ok(self)
     }
 }
