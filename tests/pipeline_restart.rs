@@ -300,13 +300,16 @@ fn bad_reference_specs_are_errors() {
         ".f -> b",
         "a.f -> ",
         "a.f -> b -> c",
-        "a.f -> b c",
+        "a.f -> b.g -> c",
     ] {
         assert!(
             overseer_core::ReferenceSpec::parse(bad).is_err(),
             "{bad:?} accepted"
         );
     }
+    // Names may hold spaces (a MongoDB field, a quoted Postgres table).
+    let spaced = overseer_core::ReferenceSpec::parse("ledger entries.transfer id -> transfers").unwrap();
+    assert_eq!(spaced.field, "transfer id");
 }
 
 /// Empty and huge batches.

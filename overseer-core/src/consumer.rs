@@ -122,9 +122,10 @@ impl ReferenceSpec {
         if field.trim().is_empty() {
             return Err(invalid("empty field"));
         }
+        // One arrow only: `a.f -> b -> c` is not a target named `b -> c`.
         for (part, what) in [(model, "model"), (field, "field"), (target, "target model")] {
-            if part.trim().contains(|c: char| c.is_whitespace() || c == '>') || part.contains("->") {
-                return Err(invalid(&format!("{what} {:?} is not one name", part.trim())));
+            if part.contains("->") {
+                return Err(invalid(&format!("{what} {:?} holds a second `->`", part.trim())));
             }
         }
         Ok(Self {
