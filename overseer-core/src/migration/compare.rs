@@ -331,7 +331,6 @@ impl Comparator {
         if out.len() >= self.max_differences || self.ignored.iter().any(|p| p.matches(path)) {
             return;
         }
-        let (legacy, new) = (self.normalize(legacy), self.normalize(new));
         match (legacy, new) {
             (None, None) => {}
             (Some(Value::Object(a)), Some(Value::Object(b))) => self.walk_objects(path, a, b, out),
@@ -363,12 +362,12 @@ impl Comparator {
     ) {
         for (k, va) in a {
             path.push(k.clone());
-            self.walk(path, Some(va), b.get(k), out);
+            self.walk(path, self.normalize(Some(va)), self.normalize(b.get(k)), out);
             path.pop();
         }
         for (k, vb) in b.iter().filter(|(k, _)| !a.contains_key(*k)) {
             path.push(k.clone());
-            self.walk(path, None, Some(vb), out);
+            self.walk(path, None, self.normalize(Some(vb)), out);
             path.pop();
         }
     }
@@ -422,6 +421,13 @@ impl Num {
             (Num::Int(a), Num::Int(b)) => {
                 let d = a.abs_diff(b);
                 d == 0 || (d as f64) <= tolerance
+            }
+            // An integral float within range compares exactly with an
+            // integer (no rounding of the integer through f64).
+            (Num::Int(i), Num::Float(f)) | (Num::Float(f), Num::Int(i))
+                if f.fract() == 0.0 && f.abs() < 1.0e38 =>
+            {
+                Num::Int(i).within(Num::Int(f as i128), tolerance)
             }
             (a, b) => (a.as_f64() - b.as_f64()).abs() <= tolerance,
         }

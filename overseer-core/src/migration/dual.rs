@@ -257,7 +257,11 @@ impl DualRouterBuilder {
             recorder: self.recorder.clone(),
             sequence: AtomicU64::new(0),
         };
-        handle.spawn(Arc::new(worker).run(repair_rx, compare_rx));
+        // Failed writes get their own task: a slow or hung comparator never
+        // holds back their records.
+        let worker = Arc::new(worker);
+        handle.spawn(worker.clone().run(repair_rx));
+        handle.spawn(worker.run(compare_rx));
         let max_in_flight = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
         Ok(DualRouter {
             shared: Arc::new(Shared {
@@ -600,15 +604,8 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(self: Arc<Self>, mut repairs: mpsc::Receiver<Job>, mut compares: mpsc::Receiver<Job>) {
-        loop {
-            // Failed writes first: they must not wait behind comparisons.
-            let first = tokio::select! {
-                biased;
-                Some(job) = repairs.recv() => job,
-                Some(job) = compares.recv() => job,
-                else => break,
-            };
+    async fn run(self: Arc<Self>, mut queue: mpsc::Receiver<Job>) {
+        while let Some(first) = queue.recv().await {
             if !matches!(first, Job::Flush(_)) {
                 // Let a batch gather: one wake-up (and one blocking-pool
                 // hand-off, one store write) per batch, not per call, keeps
@@ -617,13 +614,7 @@ impl Worker {
             }
             let mut jobs = vec![first];
             while jobs.len() < WORKER_BATCH {
-                match repairs.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-            while jobs.len() < WORKER_BATCH {
-                match compares.try_recv() {
+                match queue.try_recv() {
                     Ok(job) => jobs.push(job),
                     Err(_) => break,
                 }
@@ -672,9 +663,16 @@ impl Worker {
     }
 
     fn compare_one(&self, job: CompareJob) -> Option<Discrepancy> {
+        // A side that succeeded but whose result cannot be serialized is
+        // not a failed side: it cannot be compared, so it is a mismatch.
+        let legacy_failed = matches!(job.legacy, Side::Failed(_));
+        let new_failed = matches!(job.new, Side::Failed(_));
         let legacy = job.legacy.resolve();
         let new = job.new.resolve();
         let (kind, differences) = match (&legacy, &new) {
+            _ if (legacy.is_err() && !legacy_failed) || (new.is_err() && !new_failed) => {
+                (DiscrepancyKind::Mismatch, Vec::new())
+            }
             (Ok(l), Ok(n)) => {
                 let found = self.comparator.compare(&job.operation, l, n);
                 if found.is_match() {
@@ -720,6 +718,21 @@ impl Worker {
         let mut pause = Duration::from_millis(50);
         for attempt in 1..=RECORD_ATTEMPTS {
             match self.recorder.record(&records).await {
+                Ok(report) if report.dead_lettered > 0 => {
+                    // Rejected by the store's consumer (too deep, ...): kept
+                    // as dead letters, not as records.
+                    let rejected = report.dead_lettered as u64;
+                    tracing::error!(
+                        rejected,
+                        "discrepancies were dead-lettered, not stored as records"
+                    );
+                    Counters::add(
+                        &self.counters.discrepancies_recorded,
+                        total.saturating_sub(rejected),
+                    );
+                    Counters::add(&self.counters.record_failures, rejected);
+                    return;
+                }
                 Ok(_) => {
                     Counters::add(&self.counters.discrepancies_recorded, total);
                     Counters::add(&self.counters.write_failures_recorded, repairs);
