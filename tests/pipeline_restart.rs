@@ -123,6 +123,30 @@ async fn redelivered_batch_after_restart_is_deduplicated() {
     assert_eq!(store.incidents().await.unwrap().len(), incidents_before);
 }
 
+/// The objects under `prefix`.
+async fn list(store: &Store, prefix: &str) -> Vec<Path> {
+    use futures::TryStreamExt;
+    store
+        .object_store()
+        .list(Some(&Path::from(prefix)))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+/// The bytes of the object at `path`.
+async fn get(store: &Store, path: &Path) -> Bytes {
+    store
+        .object_store()
+        .get(path)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+}
+
 async fn put_raw(store: &Store, key: &str, bytes: &[u8]) {
     store
         .object_store()
@@ -168,14 +192,7 @@ async fn foreign_checkpoint_is_typed_error() {
         )
         .await
         .unwrap();
-    let bytes = store
-        .object_store()
-        .get(&Path::from("sources/other/checkpoint.pb"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let bytes = get(&store, &Path::from("sources/other/checkpoint.pb")).await;
     put_raw(&store, "sources/app/checkpoint.pb", &bytes).await;
     let got = store.checkpoint(&SourceId::new("app").unwrap()).await;
     assert!(
@@ -192,25 +209,9 @@ async fn truncated_incident_is_typed_error() {
     let mut o = build(&store, &clock);
     o.ingest("app", &b(&["r 500"])).await.unwrap();
     o.drain().await.unwrap();
-    let paths: Vec<Path> = {
-        use futures::TryStreamExt;
-        store
-            .object_store()
-            .list(Some(&Path::from("incidents")))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await
-            .unwrap()
-    };
+    let paths = list(&store, "incidents").await;
     assert_eq!(paths.len(), 1);
-    let bytes = store
-        .object_store()
-        .get(&paths[0])
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let bytes = get(&store, &paths[0]).await;
     put_raw(&store, paths[0].as_ref(), &bytes[..bytes.len() / 2]).await;
     let err = store.incidents().await.unwrap_err();
     assert!(matches!(err, overseer_core::Error::Corrupt { .. }), "{err}");
@@ -224,25 +225,9 @@ async fn truncated_dead_letter_is_typed_error() {
     let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1000)));
     let o = build(&store, &clock);
     o.ingest("app", &b(&["garbage"])).await.unwrap();
-    let paths: Vec<Path> = {
-        use futures::TryStreamExt;
-        store
-            .object_store()
-            .list(Some(&Path::from("dead-letters")))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await
-            .unwrap()
-    };
+    let paths = list(&store, "dead-letters").await;
     assert_eq!(paths.len(), 1);
-    let bytes = store
-        .object_store()
-        .get(&paths[0])
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let bytes = get(&store, &paths[0]).await;
     put_raw(&store, paths[0].as_ref(), &bytes[..bytes.len() - 3]).await;
     let err = store.dead_letters().await.unwrap_err();
     assert!(matches!(err, overseer_core::Error::Corrupt { .. }), "{err}");
@@ -572,28 +557,8 @@ async fn truncated_at_field_boundary_is_detected() {
     let mut o = build(&store, &clock);
     o.ingest("app", &b(&["r 500", "garbage"])).await.unwrap();
     o.drain().await.unwrap();
-    let list = |p: &'static str| {
-        let store = store.clone();
-        async move {
-            use futures::TryStreamExt;
-            store
-                .object_store()
-                .list(Some(&Path::from(p)))
-                .map_ok(|m| m.location)
-                .try_collect::<Vec<_>>()
-                .await
-                .unwrap()
-        }
-    };
-    let inc = list("incidents").await;
-    let bytes = store
-        .object_store()
-        .get(&inc[0])
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let inc = list(&store, "incidents").await;
+    let bytes = get(&store, &inc[0]).await;
     let full = overseer_core::proto::IncidentRecord::decode(bytes.clone()).unwrap();
     let prefix = overseer_core::proto::IncidentRecord {
         check: full.check.clone(),
@@ -606,15 +571,8 @@ async fn truncated_at_field_boundary_is_detected() {
     let got = store.incidents().await;
     let inc_err = got.is_err();
 
-    let dl = list("dead-letters").await;
-    let bytes = store
-        .object_store()
-        .get(&dl[0])
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let dl = list(&store, "dead-letters").await;
+    let bytes = get(&store, &dl[0]).await;
     let full = overseer_core::proto::DeadLetter::decode(bytes.clone()).unwrap();
     let prefix = overseer_core::proto::DeadLetter {
         received_at_micros: 0,
