@@ -328,7 +328,25 @@ struct VecSource {
     id: SourceId,
     batches: VecDeque<Vec<Bytes>>,
     fail_after: Option<std::time::Duration>,
-    acks: Arc<Mutex<Vec<Option<SourcePosition>>>>,
+    acks: Acks,
+}
+
+/// What a [`VecSource`] was acknowledged, in order.
+type Acks = Arc<Mutex<Vec<Option<SourcePosition>>>>;
+
+impl VecSource {
+    /// A source `id` delivering `batches`, then ending; and what it is
+    /// acknowledged.
+    fn new(id: &str, batches: impl IntoIterator<Item = Vec<Bytes>>) -> (Self, Acks) {
+        let acks = Acks::default();
+        let source = Self {
+            id: SourceId::new(id).unwrap(),
+            batches: batches.into_iter().collect(),
+            fail_after: None,
+            acks: acks.clone(),
+        };
+        (source, acks)
+    }
 }
 
 #[async_trait::async_trait]
@@ -382,19 +400,9 @@ async fn failing_source_does_not_leave_acked_unchecked_batches() {
     let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000_000)));
     let o = build_two(&store, &clock);
     let lines: Vec<Bytes> = (0..4_000).map(|i| Bytes::from(format!("r{i} 500"))).collect();
-    let acks = Arc::new(Mutex::new(Vec::new()));
-    let app = VecSource {
-        id: SourceId::new("app").unwrap(),
-        batches: VecDeque::from([lines]),
-        fail_after: None,
-        acks: acks.clone(),
-    };
-    let broken = VecSource {
-        id: SourceId::new("broken").unwrap(),
-        batches: VecDeque::new(),
-        fail_after: Some(std::time::Duration::from_millis(5)),
-        acks: Arc::new(Mutex::new(Vec::new())),
-    };
+    let (app, acks) = VecSource::new("app", VecDeque::from([lines]));
+    let (mut broken, _) = VecSource::new("broken", VecDeque::new());
+    broken.fail_after = Some(std::time::Duration::from_millis(5));
     let r = o
         .run(vec![Box::new(app), Box::new(broken)], std::future::pending())
         .await;
@@ -420,16 +428,10 @@ async fn shutdown_mid_batch_loses_nothing() {
     let store = Store::in_memory();
     let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000_000)));
     let o = build(&store, &clock);
-    let acks = Arc::new(Mutex::new(Vec::new()));
     let batches: VecDeque<Vec<Bytes>> = (0..3)
         .map(|b| (0..3_000).map(|i| Bytes::from(format!("r{b}x{i} 500"))).collect())
         .collect();
-    let app = VecSource {
-        id: SourceId::new("app").unwrap(),
-        batches,
-        fail_after: None,
-        acks: acks.clone(),
-    };
+    let (app, acks) = VecSource::new("app", batches);
     let o = o
         .run(
             vec![Box::new(app)],
@@ -601,19 +603,8 @@ async fn run_with_unknown_source_once() {
     let store = Store::in_memory();
     let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000_000)));
     let o = build(&store, &clock);
-    let acks = Arc::new(Mutex::new(Vec::new()));
-    let app = VecSource {
-        id: SourceId::new("app").unwrap(),
-        batches: VecDeque::from([b(&["r 500"])]),
-        fail_after: None,
-        acks: acks.clone(),
-    };
-    let ghost = VecSource {
-        id: SourceId::new("ghost").unwrap(),
-        batches: VecDeque::new(),
-        fail_after: None,
-        acks: Arc::new(Mutex::new(Vec::new())),
-    };
+    let (app, acks) = VecSource::new("app", VecDeque::from([b(&["r 500"])]));
+    let (ghost, _) = VecSource::new("ghost", VecDeque::new());
     let r = o
         .run(vec![Box::new(app), Box::new(ghost)], std::future::pending())
         .await;
@@ -645,16 +636,10 @@ async fn a_failing_tick_stops_the_sources_before_run_returns() {
     .await;
     let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000_000)));
     let o = build(&store, &clock);
-    let acks = Arc::new(Mutex::new(Vec::new()));
     let batches: VecDeque<Vec<Bytes>> = (0..3)
         .map(|b| (0..3_000).map(|i| Bytes::from(format!("r{b}x{i} 500"))).collect())
         .collect();
-    let app = VecSource {
-        id: SourceId::new("app").unwrap(),
-        batches,
-        fail_after: None,
-        acks: acks.clone(),
-    };
+    let (app, acks) = VecSource::new("app", batches);
     let Err(e) = o.run(vec![Box::new(app)], std::future::pending()).await else {
         panic!("run over an unreadable incident succeeded");
     };

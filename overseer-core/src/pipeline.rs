@@ -544,22 +544,20 @@ impl Overseer {
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let mut handles = Vec::new();
         let expected = sources.len();
-        // Every source is checked before any is started: one started before
-        // the error would ingest and acknowledge batches no runner checks.
-        if let Some(unknown) = sources
-            .iter()
-            .find(|s| !self.intake.ingestors.contains_key(s.id()))
-        {
-            return Err(PipelineError::Config(format!(
-                "source {} is not configured",
-                unknown.id()
-            )));
-        }
-        for mut source in sources {
-            let ingestor =
-                self.intake.ingestors.get(source.id()).cloned().ok_or_else(|| {
-                    PipelineError::Config(format!("source {} is not configured", source.id()))
-                })?;
+        // Every source is matched with its ingestor before any is started:
+        // one started before the error would ingest and acknowledge batches
+        // no runner checks.
+        let sources = sources
+            .into_iter()
+            .map(|source| match self.intake.ingestors.get(source.id()) {
+                Some(ingestor) => Ok((source, ingestor.clone())),
+                None => Err(PipelineError::Config(format!(
+                    "source {} is not configured",
+                    source.id()
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (mut source, ingestor) in sources {
             let topic = self.intake.topic.clone();
             let done = done_tx.clone();
             let stop = stop.clone();

@@ -547,7 +547,8 @@ impl Runner {
                     break;
                 }
                 let root = root.clone();
-                let Some(pending) = self.take_fresh(i, &root, as_of, seq) else {
+                let Some((_, pending)) = self.take_fresh(i, &root, seq) else {
+                    self.checks[i].fresh.pop_first();
                     continue;
                 };
                 // The latest time every source is complete up to (and not
@@ -567,14 +568,8 @@ impl Runner {
                     break;
                 }
                 let root = root.clone();
-                let as_of = match self.checks[i].pending.get(&root).map(|p| p.slot) {
-                    Some(Slot::Fresh(as_of, c, s)) if (c, s) == (cap, seq) => as_of,
-                    _ => {
-                        self.checks[i].capped.pop_first();
-                        continue;
-                    }
-                };
-                let Some(pending) = self.take_fresh(i, &root, as_of, seq) else {
+                let Some((as_of, pending)) = self.take_fresh(i, &root, seq) else {
+                    self.checks[i].capped.pop_first();
                     continue;
                 };
                 let lagging = self.checks[i]
@@ -595,20 +590,20 @@ impl Runner {
         ready
     }
 
-    /// Takes the pending run of `root` out of the freshness wait, if its
-    /// slot is `Fresh(as_of, _, seq)`; drops a stale slot.
-    fn take_fresh(&mut self, check: usize, root: &RecordKey, as_of: Timestamp, seq: u64) -> Option<Pending> {
+    /// Takes the pending run of `root` out of the freshness wait (both of
+    /// its indexes) with its as-of time, if its slot is the freshness slot
+    /// numbered `seq`; `None` for an index entry that is stale.
+    fn take_fresh(&mut self, check: usize, root: &RecordKey, seq: u64) -> Option<(Timestamp, Pending)> {
         let c = &mut self.checks[check];
-        match c.pending.get(root).map(|p| p.slot) {
-            Some(slot @ Slot::Fresh(a, _, s)) if (a, s) == (as_of, seq) => {
-                remove_slot(c, slot);
-                c.pending.remove(root)
-            }
-            _ => {
-                c.fresh.remove(&(as_of, seq));
-                None
-            }
+        let slot = c.pending.get(root)?.slot;
+        let Slot::Fresh(as_of, _, s) = slot else {
+            return None;
+        };
+        if s != seq {
+            return None;
         }
+        remove_slot(c, slot);
+        c.pending.remove(root).map(|p| (as_of, p))
     }
 
     /// Runs every pending run that is ready on the runner's clock, and

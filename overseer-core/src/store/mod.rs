@@ -1008,11 +1008,7 @@ impl Store {
     /// source and the raw bytes, so dead-lettering the same input twice
     /// stores it once.
     pub async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<PutOutcome> {
-        let path = self.path(&[
-            "dead-letters",
-            &encode_segment(letter.source.as_str()),
-            &format!("{}.pb", layout::short_digest(&letter.raw)),
-        ]);
+        let path = self.dead_letter_path(letter.source.as_str(), &letter.raw);
         let message = proto::DeadLetter {
             source: letter.source.to_string(),
             position: letter
@@ -1028,6 +1024,15 @@ impl Store {
         self.put_create(&path, Bytes::from(message.encode_to_vec())).await
     }
 
+    /// The key of a dead letter: derived from its source and raw bytes.
+    fn dead_letter_path(&self, source: &str, raw: &[u8]) -> Path {
+        self.path(&[
+            "dead-letters",
+            &encode_segment(source),
+            &format!("{}.pb", layout::short_digest(raw)),
+        ])
+    }
+
     /// Every dead letter, ordered by the time it was received.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
         let paths = self.list_paths(&self.path(&["dead-letters"])).await?;
@@ -1038,12 +1043,7 @@ impl Store {
             // Its key is derived from its source and raw bytes, and every
             // dead letter has a reason: an object that disagrees is
             // truncated (missing fields read as defaults) or was copied there.
-            let expected = self.path(&[
-                "dead-letters",
-                &encode_segment(&d.source),
-                &format!("{}.pb", layout::short_digest(&d.raw)),
-            ]);
-            if expected != path || d.error.is_empty() {
+            if self.dead_letter_path(&d.source, &d.raw) != path || d.error.is_empty() {
                 return Err(Error::Corrupt {
                     path: path.to_string(),
                     message: M,
