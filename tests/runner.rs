@@ -1242,6 +1242,42 @@ async fn an_incident_reopened_at_the_same_clock_time_is_stored() {
     }
 }
 
+/// Dedup keys join the check, the record's model and id and the opening
+/// time with `/`: names holding a `/` must not make two incidents share a
+/// key (a paging system would merge them, and one's resolve would close
+/// the other).
+#[tokio::test]
+async fn dedup_keys_stay_distinct_when_names_hold_slashes() {
+    let checks = Registry::new()
+        .add(Check::new("p", positive).with_strategy(Immediate))
+        .add(Check::new("p/transfers", positive).with_strategy(Immediate));
+    let (mut s, _) = scenario(checks);
+    s.advance_to(secs(100)).await.unwrap();
+    // Written naively, check `p` on record `transfers/q` and check
+    // `p/transfers` on record `q` would both be `p/transfers/transfers/q/..`.
+    s.feed(
+        "core",
+        [
+            ev("transfers", "transfers/q", 1, 1, json!({ "amount": -1 })),
+            ev("transfers", "q", 1, 2, json!({ "amount": -1 })),
+        ],
+    )
+    .await
+    .unwrap();
+    let mut keys: Vec<String> = s.open_incidents().iter().map(|i| i.dedup_key.clone()).collect();
+    keys.sort();
+    let at = secs(100).as_micros();
+    assert_eq!(
+        keys,
+        [
+            format!("p%2Ftransfers/transfers/q/{at}"),
+            format!("p%2Ftransfers/transfers/transfers%2Fq/{at}"),
+            format!("p/transfers/q/{at}"),
+            format!("p/transfers/transfers%2Fq/{at}"),
+        ]
+    );
+}
+
 #[derive(Deserialize, Debug)]
 #[allow(dead_code)]
 struct Strict {

@@ -1484,3 +1484,41 @@ async fn updates_of_one_source_committed_at_the_same_time_fold_in_position_order
         assert_eq!(before.get("n"), Some(&json!(12)), "{name}");
     }
 }
+
+/// Every incident has a directory of its own, named by its opening time:
+/// incidents of one (check, record) opened at different times before the
+/// Unix epoch are two incidents, not one directory holding both.
+#[tokio::test]
+async fn incidents_opened_before_the_epoch_are_kept_apart() {
+    use overseer_core::store::IncidentEntry;
+    for backend in backends() {
+        let store = Store::new(backend.store.clone());
+        let incident = |opened: i64, resolved: Option<i64>| IncidentEntry {
+            check: "positive".into(),
+            root: RecordKey::new("transfers", "t1").unwrap(),
+            dedup_key: format!("positive/transfers/t1/{opened}"),
+            opened_at: Timestamp::from_micros(opened),
+            resolved_at: resolved.map(Timestamp::from_micros),
+            message: "not positive".into(),
+            details: Value::Null,
+            trigger_commit_time: Timestamp::from_micros(opened),
+        };
+        store.put_incident(&incident(-5, None)).await.unwrap();
+        store.put_incident(&incident(-5, Some(-4))).await.unwrap();
+        store.put_incident(&incident(-3, None)).await.unwrap();
+        store.put_incident(&incident(0, None)).await.unwrap();
+        let stored: Vec<(i64, Option<i64>)> = store
+            .incidents()
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| (i.opened_at.as_micros(), i.resolved_at.map(Timestamp::as_micros)))
+            .collect();
+        assert_eq!(
+            stored,
+            [(-5, Some(-4)), (-3, None), (0, None)],
+            "{}",
+            backend.name
+        );
+    }
+}

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt, stream};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde_json::Value;
 
 use crate::check::{Check, Registry, RegistryError, Verdict};
@@ -824,7 +825,7 @@ impl Runner {
                     _ => now,
                 };
                 let incident = Incident {
-                    dedup_key: format!("{name}/{root}/{}", opened_at.as_micros()),
+                    dedup_key: dedup_key(&name, root, opened_at),
                     check: name,
                     root: root.clone(),
                     opened_at,
@@ -865,6 +866,25 @@ impl Runner {
         self.escalate(check, IncidentChange::Resolved, &incident).await;
         Ok(Some((IncidentChange::Resolved, incident)))
     }
+}
+
+/// What a part of a dedup key escapes: `/`, which separates the parts,
+/// `%`, which starts an escape, and control characters (paging systems
+/// show the key). Non-ASCII characters are escaped as UTF-8 bytes.
+const DEDUP_ESCAPED: &AsciiSet = &CONTROLS.add(b'/').add(b'%');
+
+/// An incident's dedup key: `check/model/id/opened_at` (microseconds),
+/// each part escaped so that no two incidents share a key, whatever their
+/// names hold (a record id `x/1` of model `m` is not record `1` of a model
+/// `m/x`). Names of plain characters are kept as written.
+pub(crate) fn dedup_key(check: &str, root: &RecordKey, opened_at: Timestamp) -> String {
+    format!(
+        "{}/{}/{}/{}",
+        utf8_percent_encode(check, DEDUP_ESCAPED),
+        utf8_percent_encode(root.model.as_str(), DEDUP_ESCAPED),
+        utf8_percent_encode(root.id.as_str(), DEDUP_ESCAPED),
+        opened_at.as_micros()
+    )
 }
 
 fn incident_entry(i: &Incident) -> IncidentEntry {

@@ -28,8 +28,10 @@ pub struct Incident {
     pub check: String,
     /// The record it fails for.
     pub root: RecordKey,
-    /// A key stable for this incident (check, record, opening time), for
-    /// deduplication by paging systems.
+    /// A key stable for this incident, for deduplication by paging
+    /// systems: `check/model/id/opened_at` (microseconds), each name with
+    /// `/`, `%`, control and non-ASCII characters percent-encoded, so that
+    /// two incidents never share a key.
     pub dedup_key: String,
     /// When the incident opened (runner clock).
     pub opened_at: Timestamp,

@@ -113,6 +113,18 @@ pub struct IncidentEntry {
     pub trigger_commit_time: Timestamp,
 }
 
+/// The segment of an incident's opening time: microseconds as 20 digits,
+/// or `-` and 19 digits before the Unix epoch, so that every opening time
+/// has a directory of its own.
+fn opened_segment(opened_at: Timestamp) -> String {
+    let micros = opened_at.as_micros();
+    if micros < 0 {
+        format!("-{:019}", micros.unsigned_abs())
+    } else {
+        format!("{micros:020}")
+    }
+}
+
 fn details_json(v: &Value) -> String {
     if v.is_null() { String::new() } else { v.to_string() }
 }
@@ -258,7 +270,7 @@ impl Store {
             .join(&*layout::encode_segment(&entry.check))
             .join(&*layout::encode_segment(entry.root.model.as_str()))
             .join(&*layout::encode_segment(entry.root.id.as_str()))
-            .join(format!("{:020}", entry.opened_at.as_micros().max(0)))
+            .join(opened_segment(entry.opened_at))
     }
 
     fn incident_message(entry: &IncidentEntry) -> proto::IncidentRecord {
