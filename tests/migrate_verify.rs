@@ -558,3 +558,41 @@ async fn range_descent_matches_a_full_compare_on_many_ranges() {
     assert_eq!(full.stats.rows_fetched_new, 49_999);
     assert_eq!((descent.legacy_rows, descent.new_rows), (50_004, 49_999));
 }
+
+/// A small new table with nullable columns, holding `rows` (SQL `VALUES`).
+async fn small_new(db: &PgDatabase, rows: &str) {
+    db.client()
+        .batch_execute(&format!(
+            "CREATE TABLE ledger_entries (id bigint PRIMARY KEY, tx_id text, account text, \
+               amount_minor bigint, currency text, balance_after bigint, prev_id bigint, \
+               created_at timestamptz DEFAULT now());
+             INSERT INTO ledger_entries (id, tx_id, account, amount_minor, currency) VALUES {rows};
+             ANALYZE ledger_entries;"
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_transaction_whose_amounts_are_all_null_does_not_stop_the_integrity_check() {
+    let Some(new) = pg_database("null_amounts").await else {
+        return;
+    };
+    // Transaction t1 sums to NULL (all amounts NULL): the check panicked
+    // reading that sum. A NULL amount adds nothing, as in the balances.
+    small_new(
+        &new,
+        "(1, 't1', 'a', NULL, 'EUR'), (2, 't1', 'b', NULL, 'EUR'), (3, 't2', 'a', 4, 'EUR')",
+    )
+    .await;
+    let r = check_integrity(new.url(), &LedgerSchema::default(), 100)
+        .await
+        .unwrap();
+    assert_eq!(r.transactions, 2, "{r}");
+    assert_eq!(r.unbalanced_transactions.total, 1, "{r}");
+    let t2 = &r.unbalanced_transactions.items[0];
+    assert_eq!(
+        (t2.tx_id.as_deref(), t2.sum, t2.ids.as_slice()),
+        (Some("t2"), 4, &[3][..])
+    );
+}

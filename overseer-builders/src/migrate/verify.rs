@@ -363,11 +363,13 @@ pub async fn check_integrity(
          WHERE {prev} IS NOT NULL GROUP BY {prev} HAVING count(*) > 1 ORDER BY 1 LIMIT $1"
     );
     // Every (transaction, currency) sum, the unbalanced ones first; their
-    // entries are read afterwards, for the few listed only.
+    // entries are read afterwards, for the few listed only. A `NULL` amount
+    // adds nothing (as in the running balances), so a transaction whose
+    // amounts are all `NULL` sums to 0 instead of to `NULL`.
     let tx_sql = format!(
         "SELECT tx, ccy, total::text, (count(*) FILTER (WHERE total <> 0) OVER ())::int8, \
                 (count(*) OVER ())::int8 FROM ( \
-           SELECT {tx}::text AS tx, {currency}::text AS ccy, sum({amount}) AS total FROM {t} GROUP BY 1, 2) g \
+           SELECT {tx}::text AS tx, {currency}::text AS ccy, coalesce(sum({amount}), 0) AS total FROM {t} GROUP BY 1, 2) g \
          ORDER BY total = 0, 1, 2 LIMIT $1"
     );
     let totals_sql = format!(
