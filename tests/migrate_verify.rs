@@ -573,6 +573,62 @@ async fn small_new(db: &PgDatabase, rows: &str) {
         .unwrap();
 }
 
+/// A legacy table `m` already in the new table's shape, holding `rows`.
+async fn small_legacy(db: &PgDatabase, rows: &str) -> LegacySource {
+    db.client()
+        .batch_execute(&format!(
+            "CREATE TABLE m (id bigint, tx_id text, account text, amount_minor bigint, currency text);
+             INSERT INTO m VALUES {rows};"
+        ))
+        .await
+        .unwrap();
+    LegacySource {
+        url: db.url().to_owned(),
+        query: "SELECT * FROM m".into(),
+    }
+}
+
+/// Descends as far as it can: every range with more than one row splits.
+fn deep(full: bool) -> DiffOptions {
+    DiffOptions {
+        segment_rows: 2,
+        fanout: 2,
+        leaf_rows: 1,
+        full,
+        ..DiffOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_null_id_in_the_mapping_is_reported_not_skipped() {
+    let Some(old) = pg_database("null_id_legacy").await else {
+        return;
+    };
+    let new = pg_database("null_id_new").await.unwrap();
+    small_new(&new, "(1, 't1', 'a', 5, 'EUR'), (2, 't1', 'b', -5, 'EUR')").await;
+    let source = small_legacy(
+        &old,
+        "(1, 't1', 'a', 5, 'EUR'), (2, 't1', 'b', -5, 'EUR'), (NULL, 't2', 'c', 7, 'EUR')",
+    )
+    .await;
+    // The descent skipped the row (clean report) and a full compare
+    // panicked fetching it; both now count it.
+    for full in [false, true] {
+        let r = compare(new.url(), &LedgerSchema::default(), &source, &deep(full), 100)
+            .await
+            .unwrap();
+        assert!(!r.is_clean(), "full {full}: {r}");
+        assert_eq!((r.legacy_null_ids, r.new_null_ids), (1, 0), "full {full}: {r}");
+        assert_eq!((r.legacy_rows, r.new_rows), (3, 2), "full {full}: {r}");
+        assert!(r.missing_in_new.is_empty() && r.differing.is_empty(), "{r}");
+        assert!(
+            r.to_string()
+                .contains("rows with a NULL id (not compared): 1 legacy, 0 new"),
+            "{r}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_transaction_whose_amounts_are_all_null_does_not_stop_the_integrity_check() {
     let Some(new) = pg_database("null_amounts").await else {

@@ -228,6 +228,14 @@ pub struct ComparisonReport {
     pub differing: Listed<RowDiff>,
     /// Ids the legacy mapping produces more than once.
     pub duplicate_legacy_ids: Listed<i64>,
+    /// Rows the legacy mapping produces with a `NULL` id: they match no
+    /// new row, so they cannot be compared (fix the mapping).
+    #[serde(default)]
+    pub legacy_null_ids: u64,
+    /// Rows of the new table with a `NULL` id (possible only when the id
+    /// column is not the primary key).
+    #[serde(default)]
+    pub new_null_ids: u64,
     /// Accounts whose full totals were compared: those whose rows in the
     /// differing ranges do not tally (0 on clean data, when the mapping lacks
     /// the account or amount column, or totals are off).
@@ -245,6 +253,8 @@ impl ComparisonReport {
             && self.missing_in_legacy.is_empty()
             && self.differing.is_empty()
             && self.duplicate_legacy_ids.is_empty()
+            && self.legacy_null_ids == 0
+            && self.new_null_ids == 0
             && self.account_totals.is_empty()
     }
 }
@@ -594,6 +604,13 @@ impl fmt::Display for ComparisonReport {
                 )?;
                 more(f, list)?;
             }
+        }
+        if self.legacy_null_ids > 0 || self.new_null_ids > 0 {
+            writeln!(
+                f,
+                "  rows with a NULL id (not compared): {} legacy, {} new",
+                self.legacy_null_ids, self.new_null_ids
+            )?;
         }
         if !self.differing.is_empty() {
             writeln!(f, "  differing rows ({}):", self.differing.total)?;
