@@ -630,6 +630,63 @@ async fn a_null_id_in_the_mapping_is_reported_not_skipped() {
 }
 
 #[tokio::test]
+async fn extreme_ids_odd_text_and_a_repeated_top_id_are_each_reported_once() {
+    let Some(old) = pg_database("extreme_legacy").await else {
+        return;
+    };
+    let new = pg_database("extreme_new").await.unwrap();
+    let (min, max) = (i64::MIN, i64::MAX);
+    small_new(
+        &new,
+        &format!(
+            "({min}, 'q''\"', 'a\\b', 1, 'EUR'), ({}, 't', 'x', 2, 'EUR'), (0, E't\\n%/', 'a/%', 3, 'EUR'), \
+             (5, 't', 'y', 4, 'EUR'), ({}, 't', 'z', 5, 'EUR'), ({max}, 't', 'z', 6, 'EUR')",
+            min + 1,
+            max - 1
+        ),
+    )
+    .await;
+    // id 0 differs in amount, 5 is only new, 6 only legacy, and the mapping
+    // produces i64::MAX three times (more than `leaf_rows`), with another
+    // tx_id: that range cannot be split, and the descent looped forever.
+    let source = small_legacy(
+        &old,
+        &format!(
+            "({min}, 'q''\"', 'a\\b', 1, 'EUR'), ({}, 't', 'x', 2, 'EUR'), (0, E't\\n%/', 'a/%', 99, 'EUR'), \
+             (6, 't', 'y', 4, 'EUR'), ({}, 't', 'z', 5, 'EUR'), ({max}, 'tt', 'z', 6, 'EUR'), \
+             ({max}, 'tt', 'z', 6, 'EUR'), ({max}, 'tt', 'z', 6, 'EUR')",
+            min + 1,
+            max - 1
+        ),
+    )
+    .await;
+    for full in [false, true] {
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            compare(new.url(), &LedgerSchema::default(), &source, &deep(full), 100),
+        )
+        .await
+        .expect("the comparison does not finish")
+        .unwrap();
+        assert_eq!(r.missing_in_new.items, [6], "full {full}: {r}");
+        assert_eq!(r.missing_in_legacy.items, [5], "full {full}: {r}");
+        assert_eq!(r.duplicate_legacy_ids.items, [max], "full {full}: {r}");
+        let differing: Vec<(i64, Vec<&str>)> = r
+            .differing
+            .items
+            .iter()
+            .map(|d| (d.id, d.fields.iter().map(|f| f.column.as_str()).collect()))
+            .collect();
+        assert_eq!(
+            differing,
+            [(0, vec!["amount_minor"]), (max, vec!["tx_id"])],
+            "full {full}: {r}"
+        );
+        assert_eq!(r.differing.items[0].fields[0].legacy.as_deref(), Some("99"));
+    }
+}
+
+#[tokio::test]
 async fn a_transaction_whose_amounts_are_all_null_does_not_stop_the_integrity_check() {
     let Some(new) = pg_database("null_amounts").await else {
         return;

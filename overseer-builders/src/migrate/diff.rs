@@ -602,8 +602,14 @@ async fn descend(
             }
             stats.ranges_differing += 1;
             let rows = x.rows.max(y.rows).unsigned_abs();
-            let narrow =
-                matches!((range.lo, range.hi), (Some(lo), Some(hi)) if i128::from(hi) - i128::from(lo) <= 1);
+            // A range of at most one key cannot be split: fetch it, however
+            // many rows (an id the mapping produces many times) it holds.
+            let narrow = match (range.lo, range.hi) {
+                (Some(lo), Some(hi)) => i128::from(hi) - i128::from(lo) <= 1,
+                (Some(lo), None) => lo == i64::MAX,
+                (None, Some(hi)) => hi == i64::MIN,
+                (None, None) => false,
+            };
             if rows <= options.leaf_rows || narrow {
                 fetch.push((*range, rows));
                 continue;
