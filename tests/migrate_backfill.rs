@@ -669,3 +669,59 @@ async fn a_flip_that_cannot_get_its_lock_changes_nothing_and_is_retried() {
     assert_eq!(table_rows(f.target.client()).await, expected_without_writer());
     assert_clean_flip(f.target.client()).await;
 }
+
+/// A legacy and a target database (the target running `live`) and a
+/// directory for the chunk files.
+async fn databases(name: &str, live: &str) -> Option<(PgDatabase, PgDatabase, tempfile::TempDir)> {
+    let target = pg_database(&format!("{name}_target")).await?;
+    let legacy = pg_database(&format!("{name}_legacy")).await.unwrap();
+    target.client().batch_execute(live).await.unwrap();
+    Some((legacy, target, tempfile::tempdir().unwrap()))
+}
+
+fn backfill_of(
+    legacy: &PgDatabase,
+    target: &PgDatabase,
+    data: &tempfile::TempDir,
+    tables: Vec<TableSpec>,
+) -> Backfill {
+    let settings = BackfillSettings::new(legacy.url(), target.url(), tables);
+    let store = Arc::new(LocalFileSystem::new_with_prefix(data.path()).unwrap());
+    Backfill::new(settings, store).unwrap()
+}
+
+#[tokio::test]
+async fn tables_whose_names_differ_by_a_slash_keep_their_own_chunk_files() {
+    let Some((legacy, target, data)) = databases(
+        "bf_slash",
+        "CREATE TABLE \"a/b\" (id bigint PRIMARY KEY, v text); CREATE TABLE a_b (id bigint PRIMARY KEY, v text)",
+    )
+    .await
+    else {
+        return;
+    };
+    // Both tables' files went to `public.a_b/`: `a/b` imported the rows of
+    // `a_b`'s transformation.
+    let backfill = backfill_of(
+        &legacy,
+        &target,
+        &data,
+        vec![
+            TableSpec::new("a/b", "SELECT g AS id, 'slash' AS v FROM generate_series(1, 3) g"),
+            TableSpec::new(
+                "a_b",
+                "SELECT g AS id, 'under' AS v FROM generate_series(10, 14) g",
+            ),
+        ],
+    );
+    backfill.run().await.unwrap();
+    assert_eq!(
+        first_column(target.client(), "SELECT id || v FROM \"a/b\" ORDER BY id").await,
+        ["1slash", "2slash", "3slash"]
+    );
+    assert_eq!(
+        first_column(target.client(), "SELECT id || v FROM a_b ORDER BY id").await,
+        ["10under", "11under", "12under", "13under", "14under"]
+    );
+    assert!(data.path().join("backfill/public.a+2Fb/manifest.json").exists());
+}

@@ -56,6 +56,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use overseer_core::object_store::path::Path as ObjectPath;
 use overseer_core::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use overseer_core::store::layout::encode_segment;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, NoTls};
@@ -848,8 +849,11 @@ impl Backfill {
         ObjectPath::from(format!("{}/manifest.json", self.table_prefix(t)))
     }
 
+    /// The table's directory: `schema.table` as one key segment of the
+    /// store layout (`a/b` becomes `a+2Fb`), so two tables never share
+    /// their chunk files.
     fn table_prefix(&self, t: &TableSpec) -> String {
-        let name = t.qualified().replace('/', "_");
+        let name = encode_segment(&t.qualified()).into_owned();
         let prefix = self.settings.data_prefix.trim_matches('/');
         if prefix.is_empty() {
             name
