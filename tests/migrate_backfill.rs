@@ -725,3 +725,43 @@ async fn tables_whose_names_differ_by_a_slash_keep_their_own_chunk_files() {
     );
     assert!(data.path().join("backfill/public.a+2Fb/manifest.json").exists());
 }
+
+#[tokio::test]
+async fn a_transformation_changed_after_generate_is_refused_until_reset() {
+    let Some((legacy, target, data)) =
+        databases("bf_changed", "CREATE TABLE t (id bigint PRIMARY KEY, v text)").await
+    else {
+        return;
+    };
+    let spec = |v: &str| {
+        TableSpec::new(
+            "t",
+            format!("SELECT g AS id, '{v}' AS v FROM generate_series(1, 3) g"),
+        )
+    };
+    backfill_of(&legacy, &target, &data, vec![spec("old")])
+        .run_until(Step::Generate)
+        .await
+        .unwrap();
+    // The fixed transformation: the run imported the old chunk files.
+    let fixed = backfill_of(&legacy, &target, &data, vec![spec("new")]);
+    let err = fixed.run().await.unwrap_err();
+    match &err {
+        BackfillError::Data { step, reason, .. } => {
+            assert_eq!(*step, Step::Import);
+            assert!(
+                reason.contains("the transformation changed since step generate"),
+                "{reason}"
+            );
+            assert!(reason.contains("run reset"), "{reason}");
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    assert!(first_column(target.client(), "SELECT v FROM t").await.is_empty());
+    fixed.reset().await.unwrap();
+    fixed.run().await.unwrap();
+    assert_eq!(
+        first_column(target.client(), "SELECT v FROM t").await,
+        ["new", "new", "new"]
+    );
+}

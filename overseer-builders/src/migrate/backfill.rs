@@ -1259,6 +1259,19 @@ impl Backfill {
         let step = Step::Import;
         let n = Names::of(t);
         let manifest = self.manifest(t, step).await?;
+        let configured = hex_sha256(transform_query(&t.transform_sql).as_bytes());
+        if manifest.transform_sha256 != configured {
+            return Err(BackfillError::Data {
+                table: q,
+                step,
+                reason: format!(
+                    "the transformation changed since step generate wrote the chunk files \
+                     (manifest sha256 {}, configured {configured}); run reset, then run again \
+                     to generate the data with the new transformation",
+                    manifest.transform_sha256
+                ),
+            });
+        }
         let known: BTreeSet<&str> = info.columns.iter().map(String::as_str).collect();
         let unknown: Vec<&String> = manifest
             .columns
