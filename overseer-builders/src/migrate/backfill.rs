@@ -86,6 +86,9 @@ const FLIP_ATTEMPTS: u32 = 5;
 /// 63-byte identifiers.
 const MAX_TABLE_NAME: usize = 63 - "_backfill_touched".len();
 
+/// The largest `lock_timeout` Postgres accepts, in milliseconds.
+const MAX_LOCK_TIMEOUT_MS: u128 = i32::MAX as u128;
+
 /// A step of the backfill of one table, in execution order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -359,6 +362,13 @@ impl BackfillSettings {
         }
         if self.state_schema.is_empty() || self.state_schema.len() > 63 {
             problems.push("state_schema: must be 1 to 63 bytes".to_owned());
+        }
+        if self.flip_lock_timeout.as_millis() > MAX_LOCK_TIMEOUT_MS {
+            problems.push(format!(
+                "flip_lock_timeout_ms: {} is more than {MAX_LOCK_TIMEOUT_MS}, the largest lock_timeout \
+                 Postgres accepts (0 waits forever)",
+                self.flip_lock_timeout.as_millis()
+            ));
         }
         if self.tables.is_empty() {
             problems.push("tables: no table to backfill".to_owned());
@@ -2271,6 +2281,25 @@ mod tests {
     #[test]
     fn transform_query_drops_trailing_semicolons() {
         assert_eq!(transform_query("  SELECT 1;\n; \n"), "SELECT 1");
+    }
+
+    #[test]
+    fn a_flip_lock_timeout_postgres_refuses_is_a_configuration_error() {
+        let mut settings = BackfillSettings::new(
+            "postgres://l",
+            "postgres://t",
+            vec![TableSpec::new("t", "SELECT 1")],
+        );
+        settings.flip_lock_timeout = Duration::from_millis(2_147_483_647);
+        assert!(settings.validate().is_ok());
+        // Failed only at the flip, after every other step: SET lock_timeout
+        // refuses values above i32::MAX milliseconds.
+        settings.flip_lock_timeout = Duration::from_millis(2_147_483_648);
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("flip_lock_timeout_ms: 2147483648 is more than 2147483647"),
+            "{err}"
+        );
     }
 
     #[test]
