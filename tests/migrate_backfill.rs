@@ -690,6 +690,140 @@ fn backfill_of(
     Backfill::new(settings, store).unwrap()
 }
 
+type OddRow = (i64, Option<String>, Option<i64>);
+
+async fn odd_rows(c: &Client, sql: &str) -> Vec<OddRow> {
+    c.query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+#[tokio::test]
+async fn odd_text_nulls_and_extreme_numbers_survive_one_row_chunks() {
+    let Some((legacy, target, data)) = databases(
+        "bf_odd",
+        "CREATE TABLE t (id bigint PRIMARY KEY, v text, n bigint)",
+    )
+    .await
+    else {
+        return;
+    };
+    legacy
+        .client()
+        .batch_execute(
+            "CREATE TABLE src (id bigint, v text, n bigint);
+             INSERT INTO src VALUES (1, E'a\\nb', -9223372036854775808), (2, E'tab\\there', 9223372036854775807),
+               (3, E'back\\\\slash', 0), (4, '\\N', NULL), (5, NULL, 1), (6, 'quo''te\"', 2), (7, '50%/x', 3),
+               (8, E'\\r\\n', 4), (9, '', 5), (10, '🦀', 6);",
+        )
+        .await
+        .unwrap();
+    let expected = odd_rows(legacy.client(), "SELECT id, v, n FROM src ORDER BY id").await;
+    let mut table = TableSpec::new("t", "SELECT id, v, n FROM src");
+    table.chunk_rows = 1;
+    let report = backfill_of(&legacy, &target, &data, vec![table])
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.tables[0].imported_chunks, 10);
+    assert_eq!(
+        odd_rows(target.client(), "SELECT id, v, n FROM t ORDER BY id").await,
+        expected
+    );
+}
+
+#[tokio::test]
+async fn an_empty_transformation_flips_the_live_rows_only() {
+    let Some((legacy, target, data)) = databases(
+        "bf_empty",
+        "CREATE TABLE t (id bigint PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'live')",
+    )
+    .await
+    else {
+        return;
+    };
+    legacy
+        .client()
+        .batch_execute("CREATE TABLE src (id bigint, v text)")
+        .await
+        .unwrap();
+    let backfill = backfill_of(
+        &legacy,
+        &target,
+        &data,
+        vec![TableSpec::new("t", "SELECT id, v FROM src")],
+    );
+    let report = backfill.run().await.unwrap();
+    assert_eq!(report.tables[0].imported_rows, 0);
+    assert_eq!(
+        first_column(target.client(), "SELECT id || v FROM t").await,
+        ["1live"]
+    );
+}
+
+#[tokio::test]
+async fn bad_data_and_configuration_stop_with_the_step_that_failed() {
+    let Some((legacy, target, data)) =
+        databases("bf_bad", "CREATE TABLE t (id bigint PRIMARY KEY, v text)").await
+    else {
+        return;
+    };
+    let cases = [
+        (
+            "t",
+            "SELECT NULL::bigint AS id, 'x' AS v",
+            Step::Import,
+            "violates not-null constraint",
+        ),
+        (
+            "t",
+            "SELECT 1 AS id, 'x' AS nope",
+            Step::Import,
+            "[\"nope\"] are not columns of the table",
+        ),
+        (
+            "t",
+            "SELECT 'abc' AS id",
+            Step::Import,
+            "invalid input syntax for type bigint",
+        ),
+        (
+            "t",
+            "SELECT FROM nowhere",
+            Step::Generate,
+            "relation \"nowhere\" does not exist",
+        ),
+        (
+            "missing",
+            "SELECT 1 AS id",
+            Step::Copy,
+            "the table does not exist",
+        ),
+    ];
+    for (table, sql, failed, message) in cases {
+        let backfill = backfill_of(&legacy, &target, &data, vec![TableSpec::new(table, sql)]);
+        let err = backfill.run().await.unwrap_err();
+        match &err {
+            BackfillError::Sql { step, .. } | BackfillError::Data { step, .. } => {
+                assert_eq!(*step, failed, "{sql}: {err}");
+            }
+            other => panic!("{sql}: unexpected error {other}"),
+        }
+        assert!(err.to_string().contains(message), "{sql}: {err}");
+        backfill.reset().await.unwrap();
+    }
+    let rows: i64 = target
+        .client()
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0);
+}
+
 #[tokio::test]
 async fn tables_whose_names_differ_by_a_slash_keep_their_own_chunk_files() {
     let Some((legacy, target, data)) = databases(

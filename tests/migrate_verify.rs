@@ -687,6 +687,44 @@ async fn extreme_ids_odd_text_and_a_repeated_top_id_are_each_reported_once() {
 }
 
 #[tokio::test]
+async fn empty_tables_compare_clean_and_an_empty_new_table_misses_every_row() {
+    let Some(old) = pg_database("empty_legacy").await else {
+        return;
+    };
+    let new = pg_database("empty_new").await.unwrap();
+    new.client()
+        .batch_execute(
+            "CREATE TABLE ledger_entries (id bigint PRIMARY KEY, tx_id text, account text, \
+               amount_minor bigint, currency text, balance_after bigint, prev_id bigint, created_at timestamptz)",
+        )
+        .await
+        .unwrap();
+    let source = small_legacy(&old, "(1, 't', 'a', 1, 'EUR')").await;
+    old.client().batch_execute("DELETE FROM m").await.unwrap();
+    let r = verify(
+        new.url(),
+        &LedgerSchema::default(),
+        Some(&source),
+        &VerifyOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert!(r.is_clean(), "{r}");
+    old.client()
+        .batch_execute("INSERT INTO m SELECT g, 't', 'a', 1, 'EUR' FROM generate_series(1, 50) g")
+        .await
+        .unwrap();
+    for full in [false, true] {
+        let r = compare(new.url(), &LedgerSchema::default(), &source, &deep(full), 100)
+            .await
+            .unwrap();
+        assert_eq!(r.missing_in_new.items, (1..=50).collect::<Vec<i64>>(), "{r}");
+        assert_eq!(r.account_totals.total, 1, "{r}");
+        assert_eq!(r.account_totals.items[0].legacy_sum, 50, "{r}");
+    }
+}
+
+#[tokio::test]
 async fn a_transaction_whose_amounts_are_all_null_does_not_stop_the_integrity_check() {
     let Some(new) = pg_database("null_amounts").await else {
         return;
