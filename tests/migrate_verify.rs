@@ -747,3 +747,27 @@ async fn a_transaction_whose_amounts_are_all_null_does_not_stop_the_integrity_ch
         (Some("t2"), 4, &[3][..])
     );
 }
+
+#[tokio::test]
+async fn an_entry_without_an_id_is_a_typed_error_of_the_integrity_check() {
+    let Some(new) = pg_database("null_entry_id").await else {
+        return;
+    };
+    // The configured id column need not be the primary key: here it is a
+    // nullable column, and one entry has no id. Reading that entry's id
+    // panicked.
+    new.client()
+        .batch_execute(
+            "CREATE TABLE ledger_entries (pk serial PRIMARY KEY, id bigint, tx_id text, account text, \
+               amount_minor bigint, currency text, balance_after bigint, prev_id bigint, created_at timestamptz);
+             INSERT INTO ledger_entries (id, tx_id, account, amount_minor, currency, balance_after, prev_id) VALUES
+               (1, 't1', 'a', 5, 'EUR', 5, NULL), (NULL, 't1', 'a', -5, 'EUR', 7, 1), (3, 't2', 'a', 1, 'EUR', 1, 1);",
+        )
+        .await
+        .unwrap();
+    let err = check_integrity(new.url(), &LedgerSchema::default(), 100)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::Value { .. }), "{err}");
+    assert!(err.to_string().contains("1 entries have a NULL \"id\""), "{err}");
+}

@@ -383,7 +383,8 @@ pub async fn check_integrity(
          ORDER BY total = 0, 1, 2 LIMIT $1"
     );
     let totals_sql = format!(
-        "SELECT count(*)::int8, (SELECT count(*) FROM (SELECT {account} FROM {t} GROUP BY 1) a)::int8 FROM {t}"
+        "SELECT count(*)::int8, (SELECT count(*) FROM (SELECT {account} FROM {t} GROUP BY 1) a)::int8, \
+                (count(*) FILTER (WHERE {id} IS NULL))::int8 FROM {t}"
     );
 
     let run = |sql: String, step: &'static str| async move {
@@ -402,6 +403,20 @@ pub async fn check_integrity(
     if let Some(row) = totals?.first() {
         report.entries = count(row.get(0));
         report.accounts = count(row.get(1));
+        // An entry without an id has no place in its account's chain (and
+        // the offender lists name entries by id): refuse, naming the count.
+        let null_ids = count(row.get(2));
+        if null_ids > 0 {
+            return Err(LedgerError::Value {
+                side: "new",
+                step: "counting entries".to_owned(),
+                reason: format!(
+                    "{null_ids} entries have a NULL {:?}; every entry needs an id (make the id column \
+                     NOT NULL, ideally the primary key)",
+                    schema.id
+                ),
+            });
+        }
     }
     for row in chain?.1 {
         let (link_bad, balance_bad): (bool, bool) = (row.get(6), row.get(7));
