@@ -669,3 +669,233 @@ async fn a_flip_that_cannot_get_its_lock_changes_nothing_and_is_retried() {
     assert_eq!(table_rows(f.target.client()).await, expected_without_writer());
     assert_clean_flip(f.target.client()).await;
 }
+
+/// A legacy and a target database (the target running `live`) and a
+/// directory for the chunk files.
+async fn databases(name: &str, live: &str) -> Option<(PgDatabase, PgDatabase, tempfile::TempDir)> {
+    let target = pg_database(&format!("{name}_target")).await?;
+    let legacy = pg_database(&format!("{name}_legacy")).await.unwrap();
+    target.client().batch_execute(live).await.unwrap();
+    Some((legacy, target, tempfile::tempdir().unwrap()))
+}
+
+fn backfill_of(
+    legacy: &PgDatabase,
+    target: &PgDatabase,
+    data: &tempfile::TempDir,
+    tables: Vec<TableSpec>,
+) -> Backfill {
+    let settings = BackfillSettings::new(legacy.url(), target.url(), tables);
+    let store = Arc::new(LocalFileSystem::new_with_prefix(data.path()).unwrap());
+    Backfill::new(settings, store).unwrap()
+}
+
+type OddRow = (i64, Option<String>, Option<i64>);
+
+async fn odd_rows(c: &Client, sql: &str) -> Vec<OddRow> {
+    c.query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+#[tokio::test]
+async fn odd_text_nulls_and_extreme_numbers_survive_one_row_chunks() {
+    let Some((legacy, target, data)) = databases(
+        "bf_odd",
+        "CREATE TABLE t (id bigint PRIMARY KEY, v text, n bigint)",
+    )
+    .await
+    else {
+        return;
+    };
+    legacy
+        .client()
+        .batch_execute(
+            "CREATE TABLE src (id bigint, v text, n bigint);
+             INSERT INTO src VALUES (1, E'a\\nb', -9223372036854775808), (2, E'tab\\there', 9223372036854775807),
+               (3, E'back\\\\slash', 0), (4, '\\N', NULL), (5, NULL, 1), (6, 'quo''te\"', 2), (7, '50%/x', 3),
+               (8, E'\\r\\n', 4), (9, '', 5), (10, '🦀', 6);",
+        )
+        .await
+        .unwrap();
+    let expected = odd_rows(legacy.client(), "SELECT id, v, n FROM src ORDER BY id").await;
+    let mut table = TableSpec::new("t", "SELECT id, v, n FROM src");
+    table.chunk_rows = 1;
+    let report = backfill_of(&legacy, &target, &data, vec![table])
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.tables[0].imported_chunks, 10);
+    assert_eq!(
+        odd_rows(target.client(), "SELECT id, v, n FROM t ORDER BY id").await,
+        expected
+    );
+}
+
+#[tokio::test]
+async fn an_empty_transformation_flips_the_live_rows_only() {
+    let Some((legacy, target, data)) = databases(
+        "bf_empty",
+        "CREATE TABLE t (id bigint PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'live')",
+    )
+    .await
+    else {
+        return;
+    };
+    legacy
+        .client()
+        .batch_execute("CREATE TABLE src (id bigint, v text)")
+        .await
+        .unwrap();
+    let backfill = backfill_of(
+        &legacy,
+        &target,
+        &data,
+        vec![TableSpec::new("t", "SELECT id, v FROM src")],
+    );
+    let report = backfill.run().await.unwrap();
+    assert_eq!(report.tables[0].imported_rows, 0);
+    assert_eq!(
+        first_column(target.client(), "SELECT id || v FROM t").await,
+        ["1live"]
+    );
+}
+
+#[tokio::test]
+async fn bad_data_and_configuration_stop_with_the_step_that_failed() {
+    let Some((legacy, target, data)) =
+        databases("bf_bad", "CREATE TABLE t (id bigint PRIMARY KEY, v text)").await
+    else {
+        return;
+    };
+    let cases = [
+        (
+            "t",
+            "SELECT NULL::bigint AS id, 'x' AS v",
+            Step::Import,
+            "violates not-null constraint",
+        ),
+        (
+            "t",
+            "SELECT 1 AS id, 'x' AS nope",
+            Step::Import,
+            "[\"nope\"] are not columns of the table",
+        ),
+        (
+            "t",
+            "SELECT 'abc' AS id",
+            Step::Import,
+            "invalid input syntax for type bigint",
+        ),
+        (
+            "t",
+            "SELECT FROM nowhere",
+            Step::Generate,
+            "relation \"nowhere\" does not exist",
+        ),
+        (
+            "missing",
+            "SELECT 1 AS id",
+            Step::Copy,
+            "the table does not exist",
+        ),
+    ];
+    for (table, sql, failed, message) in cases {
+        let backfill = backfill_of(&legacy, &target, &data, vec![TableSpec::new(table, sql)]);
+        let err = backfill.run().await.unwrap_err();
+        match &err {
+            BackfillError::Sql { step, .. } | BackfillError::Data { step, .. } => {
+                assert_eq!(*step, failed, "{sql}: {err}");
+            }
+            other => panic!("{sql}: unexpected error {other}"),
+        }
+        assert!(err.to_string().contains(message), "{sql}: {err}");
+        backfill.reset().await.unwrap();
+    }
+    let rows: i64 = target
+        .client()
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0);
+}
+
+#[tokio::test]
+async fn tables_whose_names_differ_by_a_slash_keep_their_own_chunk_files() {
+    let Some((legacy, target, data)) = databases(
+        "bf_slash",
+        "CREATE TABLE \"a/b\" (id bigint PRIMARY KEY, v text); CREATE TABLE a_b (id bigint PRIMARY KEY, v text)",
+    )
+    .await
+    else {
+        return;
+    };
+    // Both tables' files went to `public.a_b/`: `a/b` imported the rows of
+    // `a_b`'s transformation.
+    let backfill = backfill_of(
+        &legacy,
+        &target,
+        &data,
+        vec![
+            TableSpec::new("a/b", "SELECT g AS id, 'slash' AS v FROM generate_series(1, 3) g"),
+            TableSpec::new(
+                "a_b",
+                "SELECT g AS id, 'under' AS v FROM generate_series(10, 14) g",
+            ),
+        ],
+    );
+    backfill.run().await.unwrap();
+    assert_eq!(
+        first_column(target.client(), "SELECT id || v FROM \"a/b\" ORDER BY id").await,
+        ["1slash", "2slash", "3slash"]
+    );
+    assert_eq!(
+        first_column(target.client(), "SELECT id || v FROM a_b ORDER BY id").await,
+        ["10under", "11under", "12under", "13under", "14under"]
+    );
+    assert!(data.path().join("backfill/public.a+2Fb/manifest.json").exists());
+}
+
+#[tokio::test]
+async fn a_transformation_changed_after_generate_is_refused_until_reset() {
+    let Some((legacy, target, data)) =
+        databases("bf_changed", "CREATE TABLE t (id bigint PRIMARY KEY, v text)").await
+    else {
+        return;
+    };
+    let spec = |v: &str| {
+        TableSpec::new(
+            "t",
+            format!("SELECT g AS id, '{v}' AS v FROM generate_series(1, 3) g"),
+        )
+    };
+    backfill_of(&legacy, &target, &data, vec![spec("old")])
+        .run_until(Step::Generate)
+        .await
+        .unwrap();
+    // The fixed transformation: the run imported the old chunk files.
+    let fixed = backfill_of(&legacy, &target, &data, vec![spec("new")]);
+    let err = fixed.run().await.unwrap_err();
+    match &err {
+        BackfillError::Data { step, reason, .. } => {
+            assert_eq!(*step, Step::Import);
+            assert!(
+                reason.contains("the transformation changed since step generate"),
+                "{reason}"
+            );
+            assert!(reason.contains("run reset"), "{reason}");
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    assert!(first_column(target.client(), "SELECT v FROM t").await.is_empty());
+    fixed.reset().await.unwrap();
+    fixed.run().await.unwrap();
+    assert_eq!(
+        first_column(target.client(), "SELECT v FROM t").await,
+        ["new", "new", "new"]
+    );
+}

@@ -558,3 +558,216 @@ async fn range_descent_matches_a_full_compare_on_many_ranges() {
     assert_eq!(full.stats.rows_fetched_new, 49_999);
     assert_eq!((descent.legacy_rows, descent.new_rows), (50_004, 49_999));
 }
+
+/// A small new table with nullable columns, holding `rows` (SQL `VALUES`).
+async fn small_new(db: &PgDatabase, rows: &str) {
+    db.client()
+        .batch_execute(&format!(
+            "CREATE TABLE ledger_entries (id bigint PRIMARY KEY, tx_id text, account text, \
+               amount_minor bigint, currency text, balance_after bigint, prev_id bigint, \
+               created_at timestamptz DEFAULT now());
+             INSERT INTO ledger_entries (id, tx_id, account, amount_minor, currency) VALUES {rows};
+             ANALYZE ledger_entries;"
+        ))
+        .await
+        .unwrap();
+}
+
+/// A legacy table `m` already in the new table's shape, holding `rows`.
+async fn small_legacy(db: &PgDatabase, rows: &str) -> LegacySource {
+    db.client()
+        .batch_execute(&format!(
+            "CREATE TABLE m (id bigint, tx_id text, account text, amount_minor bigint, currency text);
+             INSERT INTO m VALUES {rows};"
+        ))
+        .await
+        .unwrap();
+    LegacySource {
+        url: db.url().to_owned(),
+        query: "SELECT * FROM m".into(),
+    }
+}
+
+/// Descends as far as it can: every range with more than one row splits.
+fn deep(full: bool) -> DiffOptions {
+    DiffOptions {
+        segment_rows: 2,
+        fanout: 2,
+        leaf_rows: 1,
+        full,
+        ..DiffOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_null_id_in_the_mapping_is_reported_not_skipped() {
+    let Some(old) = pg_database("null_id_legacy").await else {
+        return;
+    };
+    let new = pg_database("null_id_new").await.unwrap();
+    small_new(&new, "(1, 't1', 'a', 5, 'EUR'), (2, 't1', 'b', -5, 'EUR')").await;
+    let source = small_legacy(
+        &old,
+        "(1, 't1', 'a', 5, 'EUR'), (2, 't1', 'b', -5, 'EUR'), (NULL, 't2', 'c', 7, 'EUR')",
+    )
+    .await;
+    // The descent skipped the row (clean report) and a full compare
+    // panicked fetching it; both now count it.
+    for full in [false, true] {
+        let r = compare(new.url(), &LedgerSchema::default(), &source, &deep(full), 100)
+            .await
+            .unwrap();
+        assert!(!r.is_clean(), "full {full}: {r}");
+        assert_eq!((r.legacy_null_ids, r.new_null_ids), (1, 0), "full {full}: {r}");
+        assert_eq!((r.legacy_rows, r.new_rows), (3, 2), "full {full}: {r}");
+        assert!(r.missing_in_new.is_empty() && r.differing.is_empty(), "{r}");
+        assert!(
+            r.to_string()
+                .contains("rows with a NULL id (not compared): 1 legacy, 0 new"),
+            "{r}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn extreme_ids_odd_text_and_a_repeated_top_id_are_each_reported_once() {
+    let Some(old) = pg_database("extreme_legacy").await else {
+        return;
+    };
+    let new = pg_database("extreme_new").await.unwrap();
+    let (min, max) = (i64::MIN, i64::MAX);
+    small_new(
+        &new,
+        &format!(
+            "({min}, 'q''\"', 'a\\b', 1, 'EUR'), ({}, 't', 'x', 2, 'EUR'), (0, E't\\n%/', 'a/%', 3, 'EUR'), \
+             (5, 't', 'y', 4, 'EUR'), ({}, 't', 'z', 5, 'EUR'), ({max}, 't', 'z', 6, 'EUR')",
+            min + 1,
+            max - 1
+        ),
+    )
+    .await;
+    // id 0 differs in amount, 5 is only new, 6 only legacy, and the mapping
+    // produces i64::MAX three times (more than `leaf_rows`), with another
+    // tx_id: that range cannot be split, and the descent looped forever.
+    let source = small_legacy(
+        &old,
+        &format!(
+            "({min}, 'q''\"', 'a\\b', 1, 'EUR'), ({}, 't', 'x', 2, 'EUR'), (0, E't\\n%/', 'a/%', 99, 'EUR'), \
+             (6, 't', 'y', 4, 'EUR'), ({}, 't', 'z', 5, 'EUR'), ({max}, 'tt', 'z', 6, 'EUR'), \
+             ({max}, 'tt', 'z', 6, 'EUR'), ({max}, 'tt', 'z', 6, 'EUR')",
+            min + 1,
+            max - 1
+        ),
+    )
+    .await;
+    for full in [false, true] {
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            compare(new.url(), &LedgerSchema::default(), &source, &deep(full), 100),
+        )
+        .await
+        .expect("the comparison does not finish")
+        .unwrap();
+        assert_eq!(r.missing_in_new.items, [6], "full {full}: {r}");
+        assert_eq!(r.missing_in_legacy.items, [5], "full {full}: {r}");
+        assert_eq!(r.duplicate_legacy_ids.items, [max], "full {full}: {r}");
+        let differing: Vec<(i64, Vec<&str>)> = r
+            .differing
+            .items
+            .iter()
+            .map(|d| (d.id, d.fields.iter().map(|f| f.column.as_str()).collect()))
+            .collect();
+        assert_eq!(
+            differing,
+            [(0, vec!["amount_minor"]), (max, vec!["tx_id"])],
+            "full {full}: {r}"
+        );
+        assert_eq!(r.differing.items[0].fields[0].legacy.as_deref(), Some("99"));
+    }
+}
+
+#[tokio::test]
+async fn empty_tables_compare_clean_and_an_empty_new_table_misses_every_row() {
+    let Some(old) = pg_database("empty_legacy").await else {
+        return;
+    };
+    let new = pg_database("empty_new").await.unwrap();
+    new.client()
+        .batch_execute(
+            "CREATE TABLE ledger_entries (id bigint PRIMARY KEY, tx_id text, account text, \
+               amount_minor bigint, currency text, balance_after bigint, prev_id bigint, created_at timestamptz)",
+        )
+        .await
+        .unwrap();
+    let source = small_legacy(&old, "(1, 't', 'a', 1, 'EUR')").await;
+    old.client().batch_execute("DELETE FROM m").await.unwrap();
+    let r = verify(
+        new.url(),
+        &LedgerSchema::default(),
+        Some(&source),
+        &VerifyOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert!(r.is_clean(), "{r}");
+    old.client()
+        .batch_execute("INSERT INTO m SELECT g, 't', 'a', 1, 'EUR' FROM generate_series(1, 50) g")
+        .await
+        .unwrap();
+    for full in [false, true] {
+        let r = compare(new.url(), &LedgerSchema::default(), &source, &deep(full), 100)
+            .await
+            .unwrap();
+        assert_eq!(r.missing_in_new.items, (1..=50).collect::<Vec<i64>>(), "{r}");
+        assert_eq!(r.account_totals.total, 1, "{r}");
+        assert_eq!(r.account_totals.items[0].legacy_sum, 50, "{r}");
+    }
+}
+
+#[tokio::test]
+async fn a_transaction_whose_amounts_are_all_null_does_not_stop_the_integrity_check() {
+    let Some(new) = pg_database("null_amounts").await else {
+        return;
+    };
+    // Transaction t1 sums to NULL (all amounts NULL): the check panicked
+    // reading that sum. A NULL amount adds nothing, as in the balances.
+    small_new(
+        &new,
+        "(1, 't1', 'a', NULL, 'EUR'), (2, 't1', 'b', NULL, 'EUR'), (3, 't2', 'a', 4, 'EUR')",
+    )
+    .await;
+    let r = check_integrity(new.url(), &LedgerSchema::default(), 100)
+        .await
+        .unwrap();
+    assert_eq!(r.transactions, 2, "{r}");
+    assert_eq!(r.unbalanced_transactions.total, 1, "{r}");
+    let t2 = &r.unbalanced_transactions.items[0];
+    assert_eq!(
+        (t2.tx_id.as_deref(), t2.sum, t2.ids.as_slice()),
+        (Some("t2"), 4, &[3][..])
+    );
+}
+
+#[tokio::test]
+async fn an_entry_without_an_id_is_a_typed_error_of_the_integrity_check() {
+    let Some(new) = pg_database("null_entry_id").await else {
+        return;
+    };
+    // The configured id column need not be the primary key: here it is a
+    // nullable column, and one entry has no id. Reading that entry's id
+    // panicked.
+    new.client()
+        .batch_execute(
+            "CREATE TABLE ledger_entries (pk serial PRIMARY KEY, id bigint, tx_id text, account text, \
+               amount_minor bigint, currency text, balance_after bigint, prev_id bigint, created_at timestamptz);
+             INSERT INTO ledger_entries (id, tx_id, account, amount_minor, currency, balance_after, prev_id) VALUES
+               (1, 't1', 'a', 5, 'EUR', 5, NULL), (NULL, 't1', 'a', -5, 'EUR', 7, 1), (3, 't2', 'a', 1, 'EUR', 1, 1);",
+        )
+        .await
+        .unwrap();
+    let err = check_integrity(new.url(), &LedgerSchema::default(), 100)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::Value { .. }), "{err}");
+    assert!(err.to_string().contains("1 entries have a NULL \"id\""), "{err}");
+}

@@ -56,6 +56,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use overseer_core::object_store::path::Path as ObjectPath;
 use overseer_core::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use overseer_core::store::layout::encode_segment;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, NoTls};
@@ -84,6 +85,9 @@ const FLIP_ATTEMPTS: u32 = 5;
 /// The longest table name: `<table>_backfill_touched` must fit Postgres'
 /// 63-byte identifiers.
 const MAX_TABLE_NAME: usize = 63 - "_backfill_touched".len();
+
+/// The largest `lock_timeout` Postgres accepts, in milliseconds.
+const MAX_LOCK_TIMEOUT_MS: u128 = i32::MAX as u128;
 
 /// A step of the backfill of one table, in execution order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -358,6 +362,13 @@ impl BackfillSettings {
         }
         if self.state_schema.is_empty() || self.state_schema.len() > 63 {
             problems.push("state_schema: must be 1 to 63 bytes".to_owned());
+        }
+        if self.flip_lock_timeout.as_millis() > MAX_LOCK_TIMEOUT_MS {
+            problems.push(format!(
+                "flip_lock_timeout_ms: {} is more than {MAX_LOCK_TIMEOUT_MS}, the largest lock_timeout \
+                 Postgres accepts (0 waits forever)",
+                self.flip_lock_timeout.as_millis()
+            ));
         }
         if self.tables.is_empty() {
             problems.push("tables: no table to backfill".to_owned());
@@ -848,8 +859,11 @@ impl Backfill {
         ObjectPath::from(format!("{}/manifest.json", self.table_prefix(t)))
     }
 
+    /// The table's directory: `schema.table` as one key segment of the
+    /// store layout (`a/b` becomes `a+2Fb`), so two tables never share
+    /// their chunk files.
     fn table_prefix(&self, t: &TableSpec) -> String {
-        let name = t.qualified().replace('/', "_");
+        let name = encode_segment(&t.qualified()).into_owned();
         let prefix = self.settings.data_prefix.trim_matches('/');
         if prefix.is_empty() {
             name
@@ -1255,6 +1269,19 @@ impl Backfill {
         let step = Step::Import;
         let n = Names::of(t);
         let manifest = self.manifest(t, step).await?;
+        let configured = hex_sha256(transform_query(&t.transform_sql).as_bytes());
+        if manifest.transform_sha256 != configured {
+            return Err(BackfillError::Data {
+                table: q,
+                step,
+                reason: format!(
+                    "the transformation changed since step generate wrote the chunk files \
+                     (manifest sha256 {}, configured {configured}); run reset, then run again \
+                     to generate the data with the new transformation",
+                    manifest.transform_sha256
+                ),
+            });
+        }
         let known: BTreeSet<&str> = info.columns.iter().map(String::as_str).collect();
         let unknown: Vec<&String> = manifest
             .columns
@@ -2254,6 +2281,25 @@ mod tests {
     #[test]
     fn transform_query_drops_trailing_semicolons() {
         assert_eq!(transform_query("  SELECT 1;\n; \n"), "SELECT 1");
+    }
+
+    #[test]
+    fn a_flip_lock_timeout_postgres_refuses_is_a_configuration_error() {
+        let mut settings = BackfillSettings::new(
+            "postgres://l",
+            "postgres://t",
+            vec![TableSpec::new("t", "SELECT 1")],
+        );
+        settings.flip_lock_timeout = Duration::from_millis(2_147_483_647);
+        assert!(settings.validate().is_ok());
+        // Failed only at the flip, after every other step: SET lock_timeout
+        // refuses values above i32::MAX milliseconds.
+        settings.flip_lock_timeout = Duration::from_millis(2_147_483_648);
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("flip_lock_timeout_ms: 2147483648 is more than 2147483647"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -203,6 +203,17 @@ struct Sum {
     low: i64,
 }
 
+/// The checksums of one level on one side.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Checksums {
+    /// One per piece, in order.
+    sums: Vec<Sum>,
+    /// Rows whose key is `NULL`: they fall in no range, so they are
+    /// counted apart (only a level covering the whole key space, with no
+    /// key filter, sees them).
+    null_keys: u64,
+}
+
 /// One side of the comparison: how to read `(id, row text, columns)`.
 struct Side {
     conn: Conn,
@@ -230,8 +241,9 @@ impl Side {
         format!(" WHERE {}", parts.join(" OR "))
     }
 
-    /// Checksums of every piece of `groups` (disjoint, sorted), in order.
-    async fn checksums(&self, groups: &[Group]) -> Result<Vec<Sum>, LedgerError> {
+    /// Checksums of every piece of `groups` (disjoint, sorted), in order,
+    /// and the count of rows with a `NULL` key the filter lets through.
+    async fn checksums(&self, groups: &[Group]) -> Result<Checksums, LedgerError> {
         let mut branches = Vec::with_capacity(groups.len());
         let mut offset = 0u64;
         for g in groups {
@@ -242,18 +254,23 @@ impl Side {
         let sql = format!(
             "SELECT b, count(*)::int8, coalesce(sum((h >> 32)::int4), 0)::int8, \
                     coalesce(sum((h & 2147483647)::int4), 0)::int8 \
-             FROM (SELECT (CASE {branches} ELSE -1 END)::int8 AS b, {row} AS h \
+             FROM (SELECT (CASE WHEN {key} IS NULL THEN {NULL_BUCKET} {branches} ELSE -1 END)::int8 AS b, \
+                          {row} AS h \
                    FROM {from}{filter}) s GROUP BY b",
             branches = branches.join(" "),
+            key = self.key,
             row = self.row_hash,
             from = self.from,
             filter = self.filter(&spans),
         );
         let rows = self.conn.query("computing range checksums", &sql, &[]).await?;
         let mut sums = vec![Sum::default(); usize::try_from(offset).unwrap_or(0)];
+        let mut null_keys = 0;
         for row in rows {
             let bucket: i64 = row.get(0);
-            if let Some(sum) = usize::try_from(bucket).ok().and_then(|b| sums.get_mut(b)) {
+            if bucket == NULL_BUCKET {
+                null_keys = row.get::<_, i64>(1).unsigned_abs();
+            } else if let Some(sum) = usize::try_from(bucket).ok().and_then(|b| sums.get_mut(b)) {
                 *sum = Sum {
                     rows: row.get(1),
                     high: row.get(2),
@@ -261,7 +278,7 @@ impl Side {
                 };
             }
         }
-        Ok(sums)
+        Ok(Checksums { sums, null_keys })
     }
 
     /// The smallest and largest key within `range`.
@@ -280,15 +297,20 @@ impl Side {
         }))
     }
 
-    /// The rows of `ranges`, sorted by key: `(key, column texts)`.
+    /// The rows of `ranges`, sorted by key: `(key, column texts)`. Rows
+    /// with a `NULL` key are never fetched (they are counted by
+    /// [`Side::checksums`]).
     async fn fetch(&self, ranges: &[KeyRange]) -> Result<Vec<(i64, Vec<Option<String>>)>, LedgerError> {
         let mut select = vec![self.key.clone()];
         select.extend(self.values.iter().cloned());
+        let filter = match self.filter(ranges) {
+            f if f.is_empty() => format!(" WHERE {} IS NOT NULL", self.key),
+            f => f,
+        };
         let sql = format!(
-            "SELECT {} FROM {}{} ORDER BY 1",
+            "SELECT {} FROM {}{filter} ORDER BY 1",
             select.join(", "),
             self.from,
-            self.filter(ranges)
         );
         let rows = self.conn.query("fetching rows", &sql, &[]).await?;
         Ok(rows
@@ -327,6 +349,9 @@ impl Side {
         Ok(totals)
     }
 }
+
+/// The checksum bucket of rows whose key is `NULL`.
+const NULL_BUCKET: i64 = -2;
 
 /// Entry count and amount sum per account.
 type Totals = BTreeMap<Option<String>, (i64, i128)>;
@@ -460,11 +485,13 @@ pub async fn compare(
     max_listed: usize,
 ) -> Result<ComparisonReport, LedgerError> {
     let (old, new, columns) = sides(new_url, schema, legacy).await?;
-    let (fetch, mut stats) = descend(&old, &new, options).await?;
+    let (fetch, mut stats, (legacy_null_ids, new_null_ids)) = descend(&old, &new, options).await?;
     let mut report = ComparisonReport {
         columns: columns.clone(),
         legacy_rows: stats.legacy_rows,
         new_rows: stats.new_rows,
+        legacy_null_ids,
+        new_null_ids,
         ..ComparisonReport::default()
     };
     // Per-account totals move only through rows in differing ranges: tally
@@ -522,12 +549,13 @@ pub async fn compare(
 }
 
 /// Walks down the differing ranges; returns the ranges to fetch, with their
-/// larger side's row count, and the statistics.
+/// larger side's row count, the statistics, and the rows with a `NULL` id
+/// on each side (legacy, new).
 async fn descend(
     old: &Side,
     new: &Side,
     options: &DiffOptions,
-) -> Result<(Vec<(KeyRange, u64)>, DiffStats), LedgerError> {
+) -> Result<(Vec<(KeyRange, u64)>, DiffStats, (u64, u64)), LedgerError> {
     let mut stats = DiffStats {
         full: options.full,
         ..DiffStats::default()
@@ -536,15 +564,18 @@ async fn descend(
     if options.full {
         let all = [Group::open(KeyRange { lo: None, hi: None })];
         let (a, b) = tokio::join!(old.checksums(&all), new.checksums(&all));
-        stats.legacy_rows = a?.first().map_or(0, |s| s.rows.unsigned_abs());
-        stats.new_rows = b?.first().map_or(0, |s| s.rows.unsigned_abs());
+        let (a, b) = (a?, b?);
+        stats.legacy_rows = a.sums.first().map_or(0, |s| s.rows.unsigned_abs()) + a.null_keys;
+        stats.new_rows = b.sums.first().map_or(0, |s| s.rows.unsigned_abs()) + b.null_keys;
         let ranges: Vec<KeyRange> = level0.iter().flat_map(Group::ranges).collect();
         stats.ranges_fetched = ranges.len() as u64;
         return Ok((
             ranges.into_iter().map(|r| (r, options.segment_rows)).collect(),
             stats,
+            (a.null_keys, b.null_keys),
         ));
     }
+    let mut nulls = (0, 0);
     let mut level = level0;
     let mut fetch = Vec::new();
     let mut first = true;
@@ -556,10 +587,14 @@ async fn descend(
         let (a, b) = tokio::join!(old.checksums(&level), new.checksums(&level));
         let (a, b) = (a?, b?);
         if first {
-            stats.legacy_rows = a.iter().map(|s| s.rows.unsigned_abs()).sum();
-            stats.new_rows = b.iter().map(|s| s.rows.unsigned_abs()).sum();
+            // The first level covers the whole key space with no filter:
+            // it is the one that sees the rows with a `NULL` key.
+            nulls = (a.null_keys, b.null_keys);
+            stats.legacy_rows = a.sums.iter().map(|s| s.rows.unsigned_abs()).sum::<u64>() + a.null_keys;
+            stats.new_rows = b.sums.iter().map(|s| s.rows.unsigned_abs()).sum::<u64>() + b.null_keys;
             first = false;
         }
+        let (a, b) = (a.sums, b.sums);
         let mut next = Vec::new();
         for ((range, x), y) in ranges.iter().zip(&a).zip(&b) {
             if x == y {
@@ -567,8 +602,14 @@ async fn descend(
             }
             stats.ranges_differing += 1;
             let rows = x.rows.max(y.rows).unsigned_abs();
-            let narrow =
-                matches!((range.lo, range.hi), (Some(lo), Some(hi)) if i128::from(hi) - i128::from(lo) <= 1);
+            // A range of at most one key cannot be split: fetch it, however
+            // many rows (an id the mapping produces many times) it holds.
+            let narrow = match (range.lo, range.hi) {
+                (Some(lo), Some(hi)) => i128::from(hi) - i128::from(lo) <= 1,
+                (Some(lo), None) => lo == i64::MAX,
+                (None, Some(hi)) => hi == i64::MIN,
+                (None, None) => false,
+            };
             if rows <= options.leaf_rows || narrow {
                 fetch.push((*range, rows));
                 continue;
@@ -599,7 +640,7 @@ async fn descend(
         level = next;
     }
     stats.ranges_fetched = fetch.len() as u64;
-    Ok((fetch, stats))
+    Ok((fetch, stats, nulls))
 }
 
 /// The first level: open ranges below and above the new table's keys and

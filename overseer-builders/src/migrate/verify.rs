@@ -228,6 +228,14 @@ pub struct ComparisonReport {
     pub differing: Listed<RowDiff>,
     /// Ids the legacy mapping produces more than once.
     pub duplicate_legacy_ids: Listed<i64>,
+    /// Rows the legacy mapping produces with a `NULL` id: they match no
+    /// new row, so they cannot be compared (fix the mapping).
+    #[serde(default)]
+    pub legacy_null_ids: u64,
+    /// Rows of the new table with a `NULL` id (possible only when the id
+    /// column is not the primary key).
+    #[serde(default)]
+    pub new_null_ids: u64,
     /// Accounts whose full totals were compared: those whose rows in the
     /// differing ranges do not tally (0 on clean data, when the mapping lacks
     /// the account or amount column, or totals are off).
@@ -245,6 +253,8 @@ impl ComparisonReport {
             && self.missing_in_legacy.is_empty()
             && self.differing.is_empty()
             && self.duplicate_legacy_ids.is_empty()
+            && self.legacy_null_ids == 0
+            && self.new_null_ids == 0
             && self.account_totals.is_empty()
     }
 }
@@ -363,15 +373,18 @@ pub async fn check_integrity(
          WHERE {prev} IS NOT NULL GROUP BY {prev} HAVING count(*) > 1 ORDER BY 1 LIMIT $1"
     );
     // Every (transaction, currency) sum, the unbalanced ones first; their
-    // entries are read afterwards, for the few listed only.
+    // entries are read afterwards, for the few listed only. A `NULL` amount
+    // adds nothing (as in the running balances), so a transaction whose
+    // amounts are all `NULL` sums to 0 instead of to `NULL`.
     let tx_sql = format!(
         "SELECT tx, ccy, total::text, (count(*) FILTER (WHERE total <> 0) OVER ())::int8, \
                 (count(*) OVER ())::int8 FROM ( \
-           SELECT {tx}::text AS tx, {currency}::text AS ccy, sum({amount}) AS total FROM {t} GROUP BY 1, 2) g \
+           SELECT {tx}::text AS tx, {currency}::text AS ccy, coalesce(sum({amount}), 0) AS total FROM {t} GROUP BY 1, 2) g \
          ORDER BY total = 0, 1, 2 LIMIT $1"
     );
     let totals_sql = format!(
-        "SELECT count(*)::int8, (SELECT count(*) FROM (SELECT {account} FROM {t} GROUP BY 1) a)::int8 FROM {t}"
+        "SELECT count(*)::int8, (SELECT count(*) FROM (SELECT {account} FROM {t} GROUP BY 1) a)::int8, \
+                (count(*) FILTER (WHERE {id} IS NULL))::int8 FROM {t}"
     );
 
     let run = |sql: String, step: &'static str| async move {
@@ -390,6 +403,20 @@ pub async fn check_integrity(
     if let Some(row) = totals?.first() {
         report.entries = count(row.get(0));
         report.accounts = count(row.get(1));
+        // An entry without an id has no place in its account's chain (and
+        // the offender lists name entries by id): refuse, naming the count.
+        let null_ids = count(row.get(2));
+        if null_ids > 0 {
+            return Err(LedgerError::Value {
+                side: "new",
+                step: "counting entries".to_owned(),
+                reason: format!(
+                    "{null_ids} entries have a NULL {:?}; every entry needs an id (make the id column \
+                     NOT NULL, ideally the primary key)",
+                    schema.id
+                ),
+            });
+        }
     }
     for row in chain?.1 {
         let (link_bad, balance_bad): (bool, bool) = (row.get(6), row.get(7));
@@ -592,6 +619,13 @@ impl fmt::Display for ComparisonReport {
                 )?;
                 more(f, list)?;
             }
+        }
+        if self.legacy_null_ids > 0 || self.new_null_ids > 0 {
+            writeln!(
+                f,
+                "  rows with a NULL id (not compared): {} legacy, {} new",
+                self.legacy_null_ids, self.new_null_ids
+            )?;
         }
         if !self.differing.is_empty() {
             writeln!(f, "  differing rows ({}):", self.differing.total)?;
