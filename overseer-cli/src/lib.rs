@@ -85,6 +85,19 @@ pub enum Error {
     /// The store directory of a read command does not exist.
     #[error("store directory {} does not exist", .0.display())]
     MissingStore(PathBuf),
+    /// The store path of a read command exists but is not a directory.
+    #[error("store {} is not a directory: pass the directory of an Overseer store", .0.display())]
+    StoreNotADirectory(PathBuf),
+    /// The store directory of a read command holds files, but none of a
+    /// store's areas (`updates`, `audit`, ...): a mistyped path would
+    /// otherwise read as an empty store.
+    #[error("{} is not an Overseer store: it holds none of {}{hint}", dir.display(), overseer_core::store::layout::AREAS.join(", "))]
+    NotAStore {
+        /// The directory given.
+        dir: PathBuf,
+        /// What to try instead (empty when there is nothing to suggest).
+        hint: String,
+    },
     /// An input could not be read.
     #[error("cannot read {input}: {source}")]
     Input {
@@ -193,11 +206,63 @@ pub async fn run_with_output(cli: Cli, out: &mut dyn Write) -> Result<(), Error>
 
 /// Opens the store of a read command, which must exist (a mistyped
 /// directory is an error, not an empty store, and is not created).
+///
+/// A non-empty directory must hold at least one of the store's areas
+/// (`updates`, `audit`, ...): pointing a read command at the wrong directory
+/// (a store's `audit` area, the directory of the input files) is an error
+/// rather than an empty answer. An empty directory is an empty store.
 fn open_existing(dir: &Path) -> Result<Store, Error> {
-    if !dir.is_dir() {
+    if !dir.exists() {
         return Err(Error::MissingStore(dir.to_owned()));
     }
+    if !dir.is_dir() {
+        return Err(Error::StoreNotADirectory(dir.to_owned()));
+    }
+    check_is_store(dir)?;
     Ok(Store::local(dir)?)
+}
+
+/// Fails with [`Error::NotAStore`] when `dir` holds entries but none of a
+/// store's areas. Hidden entries and `lost+found` (a fresh file system's
+/// root) do not count.
+fn check_is_store(dir: &Path) -> Result<(), Error> {
+    use overseer_core::store::layout::AREAS;
+
+    let unreadable = |source| Error::Input {
+        input: dir.display().to_string(),
+        source,
+    };
+    let mut other = false;
+    for entry in std::fs::read_dir(dir).map_err(unreadable)? {
+        let name = entry.map_err(unreadable)?.file_name();
+        let name = name.to_string_lossy();
+        if AREAS.contains(&name.as_ref()) {
+            return Ok(());
+        }
+        other |= !name.starts_with('.') && name != "lost+found";
+    }
+    if !other {
+        return Ok(());
+    }
+    // A store's own area given instead of the store: name the store.
+    let parent = dir
+        .file_name()
+        .and_then(|name| {
+            AREAS
+                .contains(&name.to_string_lossy().as_ref())
+                .then(|| dir.parent())
+        })
+        .flatten();
+    let hint = match parent {
+        Some(parent) if !parent.as_os_str().is_empty() => {
+            format!(" (it is the area of a store: pass {})", parent.display())
+        }
+        _ => String::new(),
+    };
+    Err(Error::NotAStore {
+        dir: dir.to_owned(),
+        hint,
+    })
 }
 
 /// Reports the outcome of [`run`]: an error is printed on stderr, and the
