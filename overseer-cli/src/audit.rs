@@ -30,6 +30,7 @@ pub(crate) async fn run(store: Store, args: &AuditArgs, out: &mut dyn Write) -> 
             .filter(|i| root.as_ref().is_none_or(|r| r == &i.root))
             .collect();
         if incidents.is_empty() {
+            check_has_run(&store, args.check.as_deref()).await?;
             let _ = writeln!(
                 std::io::stderr(),
                 "no {}incidents",
@@ -51,6 +52,7 @@ pub(crate) async fn run(store: Store, args: &AuditArgs, out: &mut dyn Write) -> 
         .filter(|e| args.outcome.as_deref().is_none_or(|o| o == e.outcome.as_str()))
         .collect();
     if entries.is_empty() {
+        check_has_run(&store, args.check.as_deref()).await?;
         let _ = writeln!(std::io::stderr(), "no executions");
     }
     for e in entries {
@@ -61,6 +63,27 @@ pub(crate) async fn run(store: Store, args: &AuditArgs, out: &mut dyn Write) -> 
         }
     }
     Ok(())
+}
+
+/// Fails with [`Error::NotFound`] when `check` is given and has neither
+/// executions nor incidents in the store (a mistyped or unknown name, which
+/// would otherwise read as "no executions"), naming the checks that have.
+async fn check_has_run(store: &Store, check: Option<&str>) -> Result<(), Error> {
+    let Some(check) = check else {
+        return Ok(());
+    };
+    let known = store.checks().await?;
+    if known.iter().any(|k| k == check) {
+        return Ok(());
+    }
+    let known = if known.is_empty() {
+        "no check has run in this store".to_owned()
+    } else {
+        format!("checks that have run: {}", known.join(", "))
+    };
+    Err(Error::NotFound(format!(
+        "check {check:?} has no executions or incidents in this store ({known})"
+    )))
 }
 
 fn entry_line(e: &AuditEntry) -> String {

@@ -12,7 +12,8 @@ use overseer_core::{Model, Timestamp};
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  not found: the record does not exist at the time asked, or has no updates
+  1  not found: the record does not exist at the time asked, or has no updates;
+     or the check of audit --check has no executions or incidents
   2  usage error, unreadable input, or store error";
 
 const LONG_ABOUT: &str = "\
@@ -23,7 +24,8 @@ Data goes to stdout (machine-readable); messages and progress go to stderr.
 
 Exit codes:
   0  success
-  1  not found: the record does not exist at the time asked, or has no updates
+  1  not found: the record does not exist at the time asked, or has no updates;
+     or the check of audit --check has no executions or incidents
   2  usage error, unreadable input, or store error";
 
 /// The `overseer` operator command line.

@@ -35,7 +35,8 @@
 //! Data goes to stdout (machine-readable), messages and progress to stderr.
 //!
 //! Exit codes: [`EXIT_OK`] (0), [`EXIT_NOT_FOUND`] (1: the record does not
-//! exist at the time asked, or has no updates), [`EXIT_ERROR`] (2: usage
+//! exist at the time asked, or has no updates; or the check named by
+//! `overseer audit --check` has no executions or incidents), [`EXIT_ERROR`] (2: usage
 //! error, unreadable input, store error; clap's own usage errors exit with 2
 //! as well), [`EXIT_DISCREPANCIES`] (3: `overseer migrate verify` found
 //! discrepancies; the report is printed first).
@@ -63,7 +64,8 @@ pub use cli::{
 /// Exit code of success.
 pub const EXIT_OK: u8 = 0;
 /// Exit code of "not found": the record does not exist at the time asked, or
-/// has no updates at all.
+/// has no updates at all; or the check named by `overseer audit --check` has
+/// no executions or incidents in the store.
 pub const EXIT_NOT_FOUND: u8 = 1;
 /// Exit code of usage errors, unreadable inputs and store errors.
 pub const EXIT_ERROR: u8 = 2;
@@ -76,7 +78,8 @@ pub const EXIT_DISCREPANCIES: u8 = 3;
 #[non_exhaustive]
 pub enum Error {
     /// The record asked for does not exist at the time asked, or has no
-    /// updates at all (exit code 1).
+    /// updates at all; or the check asked for has no executions or
+    /// incidents (exit code 1).
     #[error("{0}")]
     NotFound(String),
     /// An argument is not acceptable.

@@ -128,3 +128,46 @@ async fn audit_lists_executions_and_incidents_with_filters() {
     assert_eq!(code, 2);
     assert!(err.contains("--id"), "{err}");
 }
+
+/// A `--check` that never ran (a typo) is "not found", naming the checks
+/// that have run, rather than an empty answer; a check that ran but has
+/// nothing matching the other filters is an empty answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_of_a_check_that_never_ran_exits_1_naming_the_known_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    write_store(dir.path()).await;
+    let store = dir.path().to_str().unwrap();
+
+    for extra in [&[][..], &["--incidents"], &["--incidents", "--all"], &["--json"]] {
+        let mut args = vec!["audit", "--store", store, "--check", "smal"];
+        args.extend_from_slice(extra);
+        let (code, out, err) = overseer(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(out.is_empty(), "{out}");
+        assert_eq!(
+            err.trim_end(),
+            "overseer: check \"smal\" has no executions or incidents in this store \
+             (checks that have run: small)"
+        );
+    }
+    // Known check, nothing matching the other filters: empty, exit 0.
+    let (code, out, err) = overseer(&[
+        "audit", "--store", store, "--check", "small", "--model", "lines", "--id", "zz",
+    ]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    assert!(err.contains("no executions"), "{err}");
+    let (code, _, _) = overseer(&["audit", "--store", store, "--check", "small", "--incidents"]);
+    assert_eq!(code, 0);
+
+    // An empty store: no check has run yet.
+    let empty = tempfile::tempdir().unwrap();
+    let (code, _, err) = overseer(&[
+        "audit",
+        "--store",
+        empty.path().to_str().unwrap(),
+        "--check",
+        "small",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no check has run in this store"), "{err}");
+}
