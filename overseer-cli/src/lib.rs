@@ -257,10 +257,10 @@ fn check_is_store(dir: &Path) -> Result<(), Error> {
         })
         .flatten();
     let hint = match parent {
-        Some(parent) if !parent.as_os_str().is_empty() => {
-            format!(" (it is the area of a store: pass {})", parent.display())
-        }
-        _ => String::new(),
+        // A relative area (`--store audit`) is in the current directory.
+        Some(parent) if parent.as_os_str().is_empty() => " (it is the area of a store: pass .)".to_owned(),
+        Some(parent) => format!(" (it is the area of a store: pass {})", parent.display()),
+        None => String::new(),
     };
     Err(Error::NotAStore {
         dir: dir.to_owned(),

@@ -336,6 +336,19 @@ fn read_commands_on_what_is_not_a_store_exit_2() {
             assert_eq!(err.lines().count(), 1, "{err}");
         }
     }
+    // A relative area names the current directory.
+    let o = Command::new(BIN)
+        .args(["audit", "--store", "updates"])
+        .current_dir(&store)
+        .env_remove("OVERSEER_STORE")
+        .output()
+        .unwrap();
+    assert_code(&o, 2);
+    assert!(
+        stderr(&o).contains("updates is not an Overseer store") && stderr(&o).contains("pass .)"),
+        "{}",
+        stderr(&o)
+    );
     // The store itself, and an empty directory (an empty store), are read.
     assert_code(
         &overseer(&["history", "--store", s(&store), "transfers", "t-1"]),
