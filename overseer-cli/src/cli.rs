@@ -355,8 +355,9 @@ pub struct AuditArgs {
     #[arg(long, value_name = "ID", requires = "model")]
     pub id: Option<String>,
 
-    /// Only executions with this outcome.
-    #[arg(long, value_name = "OUTCOME", value_parser = ["pass", "fail", "not_applicable", "indeterminate", "error"])]
+    /// Only executions with this outcome (not with --incidents: an incident
+    /// has no outcome).
+    #[arg(long, value_name = "OUTCOME", value_parser = ["pass", "fail", "not_applicable", "indeterminate", "error"], conflicts_with = "incidents")]
     pub outcome: Option<String>,
 
     /// List incidents instead of executions (open ones; --all for every one).
@@ -471,6 +472,30 @@ mod tests {
             "{error}"
         );
         assert!(Cli::try_parse_from(["overseer", "audit", "--store", "/tmp/x", "--check", "c"]).is_ok());
+    }
+
+    /// `--outcome` filters executions only: with `--incidents` it would be
+    /// ignored, listing every incident as if it matched.
+    #[test]
+    fn outcome_with_incidents_is_refused() {
+        let error = Cli::try_parse_from([
+            "overseer",
+            "audit",
+            "--store",
+            "/tmp/x",
+            "--incidents",
+            "--outcome",
+            "pass",
+        ])
+        .map(|_| ())
+        .unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let text = error.to_string();
+        assert!(
+            text.contains("--outcome") && text.contains("--incidents"),
+            "{text}"
+        );
+        assert!(Cli::try_parse_from(["overseer", "audit", "--store", "/tmp/x", "--outcome", "pass"]).is_ok());
     }
 
     #[test]
