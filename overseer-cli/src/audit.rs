@@ -3,8 +3,8 @@
 use std::io::Write;
 
 use overseer_core::RecordKey;
-use overseer_core::Store;
 use overseer_core::store::{AuditEntry, IncidentEntry};
+use overseer_core::{Store, Timestamp};
 use serde_json::json;
 
 use crate::cli::AuditArgs;
@@ -31,6 +31,7 @@ pub(crate) async fn run(store: Store, args: &AuditArgs, out: &mut dyn Write) -> 
             .collect();
         if incidents.is_empty() {
             check_has_run(&store, args.check.as_deref()).await?;
+            record_exists(&store, root.as_ref()).await?;
             let _ = writeln!(
                 std::io::stderr(),
                 "no {}incidents",
@@ -53,6 +54,7 @@ pub(crate) async fn run(store: Store, args: &AuditArgs, out: &mut dyn Write) -> 
         .collect();
     if entries.is_empty() {
         check_has_run(&store, args.check.as_deref()).await?;
+        record_exists(&store, root.as_ref()).await?;
         let _ = writeln!(std::io::stderr(), "no executions");
     }
     for e in entries {
@@ -84,6 +86,21 @@ async fn check_has_run(store: &Store, check: Option<&str>) -> Result<(), Error> 
     Err(Error::NotFound(format!(
         "check {check:?} has no executions or incidents in this store ({known})"
     )))
+}
+
+/// Fails with [`Error::NotFound`] when `root` is given and has no updates
+/// in the store (a mistyped model or id, which would otherwise read as "no
+/// executions"), as `overseer history` does.
+async fn record_exists(store: &Store, root: Option<&RecordKey>) -> Result<(), Error> {
+    let Some(root) = root else {
+        return Ok(());
+    };
+    if store.list_updates(root, Timestamp::MAX).await?.is_empty() {
+        return Err(Error::NotFound(format!(
+            "record {root} not found: no updates are stored for it"
+        )));
+    }
+    Ok(())
 }
 
 fn entry_line(e: &AuditEntry) -> String {

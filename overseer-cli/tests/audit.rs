@@ -130,10 +130,11 @@ async fn audit_lists_executions_and_incidents_with_filters() {
 }
 
 /// A `--check` that never ran (a typo) is "not found", naming the checks
-/// that have run, rather than an empty answer; a check that ran but has
-/// nothing matching the other filters is an empty answer.
+/// that have run, and so is a `--model`/`--id` record with no updates,
+/// rather than an empty answer; a known check and record with nothing
+/// matching the other filters is an empty answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_of_a_check_that_never_ran_exits_1_naming_the_known_ones() {
+async fn audit_of_a_check_that_never_ran_or_an_unknown_record_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     write_store(dir.path()).await;
     let store = dir.path().to_str().unwrap();
@@ -150,14 +151,46 @@ async fn audit_of_a_check_that_never_ran_exits_1_naming_the_known_ones() {
              (checks that have run: small)"
         );
     }
-    // Known check, nothing matching the other filters: empty, exit 0.
+    // Known check and record, nothing matching the other filters: empty, exit 0.
     let (code, out, err) = overseer(&[
-        "audit", "--store", store, "--check", "small", "--model", "lines", "--id", "zz",
+        "audit",
+        "--store",
+        store,
+        "--check",
+        "small",
+        "--model",
+        "lines",
+        "--id",
+        "a",
+        "--outcome",
+        "fail",
     ]);
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
     assert!(err.contains("no executions"), "{err}");
-    let (code, _, _) = overseer(&["audit", "--store", store, "--check", "small", "--incidents"]);
-    assert_eq!(code, 0);
+    let (code, out, err) = overseer(&[
+        "audit",
+        "--store",
+        store,
+        "--incidents",
+        "--model",
+        "lines",
+        "--id",
+        "a",
+    ]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    assert!(err.contains("no open incidents"), "{err}");
+
+    // A record with no updates at all (a typo) is "not found", as in `history`.
+    for extra in [&[][..], &["--incidents"], &["--check", "small"]] {
+        let mut args = vec!["audit", "--store", store, "--model", "lines", "--id", "zz"];
+        args.extend_from_slice(extra);
+        let (code, out, err) = overseer(&args);
+        assert_eq!((code, out.as_str()), (1, ""), "{args:?}: {err}");
+        assert_eq!(
+            err.trim_end(),
+            "overseer: record lines/zz not found: no updates are stored for it"
+        );
+    }
 
     // An empty store: no check has run yet.
     let empty = tempfile::tempdir().unwrap();
