@@ -1564,3 +1564,51 @@ async fn extreme_plans_and_timeouts() {
     }
     assert_eq!(s.overseer().runner().pending(), 0);
 }
+
+/// A pipeline whose sources' format has no state builder could never load a
+/// record of them: every check over them would stay indeterminate, retried
+/// and never escalated. Building it is an error saying what to add.
+#[test]
+fn a_source_without_a_state_builder_is_a_build_error() {
+    use overseer_core::pipeline::{Overseer, OverseerBuilder, SourceConfig};
+    let registry = || Registry::new().add(Check::new("paid", paid_in_full).with_strategy(Immediate));
+    let sources = |builder: OverseerBuilder| {
+        builder
+            .store(overseer_core::Store::in_memory())
+            .source(
+                SourceConfig::new("core", Script)
+                    .unwrap()
+                    .models(["transfers"])
+                    .unwrap(),
+            )
+            .source(
+                SourceConfig::new("bank", Script)
+                    .unwrap()
+                    .models(["payments"])
+                    .unwrap(),
+            )
+            .reference(overseer_core::ReferenceSpec::parse("payments.transfer_id -> transfers").unwrap())
+            .checks(registry())
+    };
+    let without = sources(Overseer::builder()).build().unwrap_err();
+    assert_eq!(
+        without.to_string(),
+        "pipeline configuration: source core delivers format \"script\", which no state builder \
+         reads, so no record of it could be loaded: add .state_builders(overseer_builders::builders()) \
+         or .state_builder(..) for it (state builders: none)"
+    );
+    // The builder of another format does not read it either.
+    let other = sources(Overseer::builder().state_builder(overseer_core::testing::LinesConsumer))
+        .build()
+        .unwrap_err();
+    assert!(other.to_string().contains("(state builders: lines)"), "{other}");
+    // The scenario runner refuses it too.
+    let scenario = Scenario::builder(registry())
+        .source("core", Script, &["transfers"])
+        .source("bank", Script, &["payments"])
+        .reference("payments.transfer_id -> transfers")
+        .start(secs(0));
+    assert!(scenario.is_err());
+    // With it, the same pipeline builds.
+    assert!(sources(Overseer::builder().state_builder(Script)).build().is_ok());
+}
