@@ -294,8 +294,8 @@ pub struct ViewArgs {
     pub id: String,
 
     /// The time to view the record at: RFC 3339 (2024-05-01T12:00:00Z) or
-    /// integer Unix seconds [default: now].
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    /// integer Unix seconds, not milliseconds [default: now].
+    #[arg(long, value_name = "TIME", value_parser = parse_time, allow_negative_numbers = true)]
     pub at: Option<Timestamp>,
 
     /// Print the JSON on one line instead of indented.
@@ -434,8 +434,27 @@ fn parse_ref(text: &str) -> Result<RefArg, String> {
     })
 }
 
+/// The largest integer `--at` taken as Unix seconds: 9999-12-31T23:59:59Z,
+/// the last second RFC 3339 can write. A larger integer is most likely epoch
+/// milliseconds (what `ingest --time-field` also accepts), which read as
+/// seconds would be a time tens of thousands of years ahead: the latest
+/// state, shown as if it were the state at the time meant.
+const MAX_UNIX_SECONDS: i64 = 253_402_300_799;
+
 fn parse_time(text: &str) -> Result<Timestamp, String> {
-    Timestamp::parse(text).map_err(|e| e.to_string())
+    let time = Timestamp::parse(text).map_err(|e| e.to_string())?;
+    let text = text.trim();
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let integer = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+    if integer && time.as_micros().unsigned_abs() > MAX_UNIX_SECONDS.unsigned_abs() * 1_000_000 {
+        let secs = time.as_micros() / 1_000_000;
+        return Err(format!(
+            "{text:?} is beyond year 9999 as Unix seconds: give seconds, not milliseconds \
+             ({} if it is milliseconds) or RFC 3339",
+            secs / 1_000
+        ));
+    }
+    Ok(time)
 }
 
 fn parse_model(text: &str) -> Result<Model, String> {
@@ -496,6 +515,40 @@ mod tests {
             "{text}"
         );
         assert!(Cli::try_parse_from(["overseer", "audit", "--store", "/tmp/x", "--outcome", "pass"]).is_ok());
+    }
+
+    /// Integer `--at` values are Unix seconds; epoch milliseconds (an
+    /// easy mistake) are refused instead of read as a far-future time.
+    #[test]
+    fn at_takes_seconds_and_refuses_milliseconds() {
+        let at = |value: &str| {
+            Cli::try_parse_from(["overseer", "view", "--store", "/tmp/x", "m", "i", "--at", value]).map(
+                |cli| match cli.command {
+                    Command::View(args) => args.at,
+                    _ => None,
+                },
+            )
+        };
+        assert_eq!(
+            at("1709294520").unwrap(),
+            Some(Timestamp::from_secs(1_709_294_520))
+        );
+        assert_eq!(
+            at("253402300799").unwrap(),
+            Some(Timestamp::from_secs(253_402_300_799))
+        );
+        assert_eq!(at("-5").unwrap(), Some(Timestamp::from_secs(-5)));
+        assert_eq!(
+            at("2024-03-01T12:02:00Z").unwrap(),
+            Some(Timestamp::from_secs(1_709_294_520))
+        );
+        let error = at("1709294520000").unwrap_err().to_string();
+        assert!(
+            error.contains("beyond year 9999 as Unix seconds")
+                && error.contains("not milliseconds (1709294520 if it is milliseconds)"),
+            "{error}"
+        );
+        assert!(at("-1709294520000").is_err());
     }
 
     #[test]
