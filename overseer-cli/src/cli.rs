@@ -87,8 +87,10 @@ pub enum Command {
         long_about = "List every update of a record, oldest first, one per line on stdout.\n\n\
             Each line holds, separated by tabs: the commit time (RFC 3339), the operation, \
             the source, the position in the source, and the fields the update changed \
-            (comma-separated; - when none). With --json, each line is a JSON object with \
-            those fields plus ingested_at, format and references.\n\n\
+            (comma-separated; - when none; ? when the record's format is not a built-in one, \
+            such as a custom format of an embedding service). With --json, each line is a \
+            JSON object with those fields (changed_fields null when unknown) plus \
+            ingested_at, format and references.\n\n\
             A record with no updates is reported on stderr with exit code 1.",
         after_long_help = EXIT_CODES
     )]
