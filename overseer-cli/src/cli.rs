@@ -17,8 +17,9 @@ Exit codes:
   2  usage error, unreadable input, or store error";
 
 const LONG_ABOUT: &str = "\
-Operate an Overseer store: ingest change events, view records at any time, read their history and \
-dead letters.
+Operate an Overseer store: ingest change events, view records at any time, read their history, \
+dead letters and check audit (executions, incidents); plan, run and verify migrations of live \
+Postgres tables.
 
 Data goes to stdout (machine-readable); messages and progress go to stderr.
 
@@ -34,7 +35,7 @@ Exit codes:
     name = "overseer",
     version,
     about = "Operate an Overseer store: ingest change events, view records at any time, \
-             read their history and dead letters",
+             read their history, dead letters and check audit; migrate live Postgres tables",
     long_about = LONG_ABOUT,
 )]
 pub struct Cli {

@@ -124,6 +124,8 @@ fn help_lists_commands_and_exit_codes() {
         "view",
         "history",
         "dead-letters",
+        "audit",
+        "check audit",
         "--verbose",
         "Exit codes",
         "0 ",
