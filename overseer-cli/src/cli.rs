@@ -105,7 +105,8 @@ pub enum Command {
             source, its format, its position (- when unknown), the error, and the raw \
             event (as UTF-8, invalid bytes replaced; cut to 200 characters; tabs and line \
             breaks escaped). With --json, each line is a JSON object with the full raw \
-            event.",
+            event (raw; when it is not valid UTF-8, raw has the invalid bytes replaced and \
+            raw_hex holds its exact bytes in hex, else raw_hex is null).",
         after_long_help = EXIT_CODES
     )]
     DeadLetters(DeadLettersArgs),
