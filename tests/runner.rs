@@ -646,9 +646,18 @@ fn the_registry_is_validated_at_once_with_every_problem() {
         "{text}"
     );
     assert!(text.contains("duplicate check name \"paid\""), "{text}");
-    assert!(text.contains("unknown escalation \"nowhere\""), "{text}");
     assert!(
-        text.contains("unknown model \"ghosts\" (known models: payments, transfers)"),
+        text.contains(
+            "unknown escalation \"nowhere\" (known: log): register it under that name \
+             (OverseerBuilder::escalation), or correct the name"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "unknown model \"ghosts\" (known models: payments, transfers): list it in the models \
+             of the source that delivers it (SourceConfig::models), or correct the view's model name"
+        ),
         "{text}"
     );
     let empty = Registry::new().validate(&["transfers"], &["log"]).unwrap_err();
