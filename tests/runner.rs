@@ -1621,3 +1621,25 @@ fn a_source_without_a_state_builder_is_a_build_error() {
     // With it, the same pipeline builds.
     assert!(sources(Overseer::builder().state_builder(Script)).build().is_ok());
 }
+
+/// The scenario's clock only moves forward: asking for an earlier time is an
+/// error, not a silent no-op after which a test asserts on a time it never
+/// reached.
+#[tokio::test]
+async fn a_scenario_refuses_to_move_its_clock_back() {
+    let checks = Registry::new().add(Check::new("paid", paid_in_full).with_strategy(Immediate));
+    let (mut s, _) = scenario(checks);
+    s.advance_to(secs(100)).await.unwrap();
+    s.advance_to(secs(100)).await.unwrap();
+    let err = s.advance_to(secs(60)).await.unwrap_err();
+    assert!(
+        matches!(err, overseer_core::pipeline::PipelineError::ClockBackwards { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "cannot move the virtual clock back from 1970-01-01T00:01:40Z to 1970-01-01T00:01:00Z: \
+         advance_to takes a time at or after now()"
+    );
+    assert_eq!(s.now(), secs(100));
+}

@@ -113,6 +113,18 @@ pub enum PipelineError {
     /// The topic failed.
     #[error("topic: {0}")]
     Topic(BoxError),
+    /// [`Scenario::advance_to`](crate::testing::Scenario::advance_to) was
+    /// asked to move the virtual clock back (a test that would otherwise go
+    /// on as if time had moved).
+    #[error(
+        "cannot move the virtual clock back from {now} to {to}: advance_to takes a time at or after now()"
+    )]
+    ClockBackwards {
+        /// The clock's time.
+        now: crate::Timestamp,
+        /// The earlier time asked for.
+        to: crate::Timestamp,
+    },
     /// A source failed.
     #[error("source {source_id}: {error}")]
     Source {
