@@ -646,9 +646,18 @@ fn the_registry_is_validated_at_once_with_every_problem() {
         "{text}"
     );
     assert!(text.contains("duplicate check name \"paid\""), "{text}");
-    assert!(text.contains("unknown escalation \"nowhere\""), "{text}");
     assert!(
-        text.contains("unknown model \"ghosts\" (known models: payments, transfers)"),
+        text.contains(
+            "unknown escalation \"nowhere\" (known: log): register it under that name \
+             (OverseerBuilder::escalation), or correct the name"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "unknown model \"ghosts\" (known models: payments, transfers): list it in the models \
+             of the source that delivers it (SourceConfig::models), or correct the view's model name"
+        ),
         "{text}"
     );
     let empty = Registry::new().validate(&["transfers"], &["log"]).unwrap_err();
@@ -1563,4 +1572,74 @@ async fn extreme_plans_and_timeouts() {
         assert_eq!(e.outcome.kind(), OutcomeKind::Fail, "{e:?}");
     }
     assert_eq!(s.overseer().runner().pending(), 0);
+}
+
+/// A pipeline whose sources' format has no state builder could never load a
+/// record of them: every check over them would stay indeterminate, retried
+/// and never escalated. Building it is an error saying what to add.
+#[test]
+fn a_source_without_a_state_builder_is_a_build_error() {
+    use overseer_core::pipeline::{Overseer, OverseerBuilder, SourceConfig};
+    let registry = || Registry::new().add(Check::new("paid", paid_in_full).with_strategy(Immediate));
+    let sources = |builder: OverseerBuilder| {
+        builder
+            .store(overseer_core::Store::in_memory())
+            .source(
+                SourceConfig::new("core", Script)
+                    .unwrap()
+                    .models(["transfers"])
+                    .unwrap(),
+            )
+            .source(
+                SourceConfig::new("bank", Script)
+                    .unwrap()
+                    .models(["payments"])
+                    .unwrap(),
+            )
+            .reference(overseer_core::ReferenceSpec::parse("payments.transfer_id -> transfers").unwrap())
+            .checks(registry())
+    };
+    let without = sources(Overseer::builder()).build().unwrap_err();
+    assert_eq!(
+        without.to_string(),
+        "pipeline configuration: source core delivers format \"script\", which no state builder \
+         reads, so no record of it could be loaded: add .state_builders(overseer_builders::builders()) \
+         or .state_builder(..) for it (state builders: none)"
+    );
+    // The builder of another format does not read it either.
+    let other = sources(Overseer::builder().state_builder(overseer_core::testing::LinesConsumer))
+        .build()
+        .unwrap_err();
+    assert!(other.to_string().contains("(state builders: lines)"), "{other}");
+    // The scenario runner refuses it too.
+    let scenario = Scenario::builder(registry())
+        .source("core", Script, &["transfers"])
+        .source("bank", Script, &["payments"])
+        .reference("payments.transfer_id -> transfers")
+        .start(secs(0));
+    assert!(scenario.is_err());
+    // With it, the same pipeline builds.
+    assert!(sources(Overseer::builder().state_builder(Script)).build().is_ok());
+}
+
+/// The scenario's clock only moves forward: asking for an earlier time is an
+/// error, not a silent no-op after which a test asserts on a time it never
+/// reached.
+#[tokio::test]
+async fn a_scenario_refuses_to_move_its_clock_back() {
+    let checks = Registry::new().add(Check::new("paid", paid_in_full).with_strategy(Immediate));
+    let (mut s, _) = scenario(checks);
+    s.advance_to(secs(100)).await.unwrap();
+    s.advance_to(secs(100)).await.unwrap();
+    let err = s.advance_to(secs(60)).await.unwrap_err();
+    assert!(
+        matches!(err, overseer_core::pipeline::PipelineError::ClockBackwards { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "cannot move the virtual clock back from 1970-01-01T00:01:40Z to 1970-01-01T00:01:00Z: \
+         advance_to takes a time at or after now()"
+    );
+    assert_eq!(s.now(), secs(100));
 }

@@ -1522,3 +1522,45 @@ async fn incidents_opened_before_the_epoch_are_kept_apart() {
         );
     }
 }
+
+/// `Store::checks` names every check with audit records or incidents,
+/// including one whose name is too long for its key (hashed).
+#[tokio::test]
+async fn checks_lists_audited_and_incident_checks_by_name() {
+    let long = format!("my_service::checks::{}", "deeply_nested::".repeat(10));
+    for backend in backends() {
+        let store = Store::new(backend.store.clone());
+        assert!(store.checks().await.unwrap().is_empty(), "{}", backend.name);
+        store
+            .put_audit_batch(&[
+                audit_entry("paid", 1),
+                audit_entry("a/b c", 2),
+                audit_entry(&long, 3),
+            ])
+            .await
+            .unwrap();
+        store
+            .put_incident(&overseer_core::store::IncidentEntry {
+                check: "only_incidents".into(),
+                root: RecordKey::new("transfers", "t1").unwrap(),
+                dedup_key: "k".into(),
+                opened_at: Timestamp::from_secs(10),
+                resolved_at: None,
+                message: "m".into(),
+                details: Value::Null,
+                trigger_commit_time: Timestamp::from_secs(9),
+            })
+            .await
+            .unwrap();
+        let keys = all_keys(backend.store.as_ref()).await;
+        assert!(keys.iter().any(|k| k.starts_with("audit/+H")), "{keys:?}");
+        let mut expected = vec![
+            "a/b c".to_owned(),
+            long.clone(),
+            "only_incidents".into(),
+            "paid".into(),
+        ];
+        expected.sort();
+        assert_eq!(store.checks().await.unwrap(), expected, "{}", backend.name);
+    }
+}

@@ -3,8 +3,8 @@
 use std::io::Write;
 
 use overseer_core::RecordKey;
-use overseer_core::Store;
 use overseer_core::store::{AuditEntry, IncidentEntry};
+use overseer_core::{Store, Timestamp};
 use serde_json::json;
 
 use crate::cli::AuditArgs;
@@ -30,6 +30,8 @@ pub(crate) async fn run(store: Store, args: &AuditArgs, out: &mut dyn Write) -> 
             .filter(|i| root.as_ref().is_none_or(|r| r == &i.root))
             .collect();
         if incidents.is_empty() {
+            check_has_run(&store, args.check.as_deref()).await?;
+            record_exists(&store, root.as_ref()).await?;
             let _ = writeln!(
                 std::io::stderr(),
                 "no {}incidents",
@@ -51,6 +53,8 @@ pub(crate) async fn run(store: Store, args: &AuditArgs, out: &mut dyn Write) -> 
         .filter(|e| args.outcome.as_deref().is_none_or(|o| o == e.outcome.as_str()))
         .collect();
     if entries.is_empty() {
+        check_has_run(&store, args.check.as_deref()).await?;
+        record_exists(&store, root.as_ref()).await?;
         let _ = writeln!(std::io::stderr(), "no executions");
     }
     for e in entries {
@@ -59,6 +63,42 @@ pub(crate) async fn run(store: Store, args: &AuditArgs, out: &mut dyn Write) -> 
         } else {
             output::line(out, &entry_line(e))?;
         }
+    }
+    Ok(())
+}
+
+/// Fails with [`Error::NotFound`] when `check` is given and has neither
+/// executions nor incidents in the store (a mistyped or unknown name, which
+/// would otherwise read as "no executions"), naming the checks that have.
+async fn check_has_run(store: &Store, check: Option<&str>) -> Result<(), Error> {
+    let Some(check) = check else {
+        return Ok(());
+    };
+    let known = store.checks().await?;
+    if known.iter().any(|k| k == check) {
+        return Ok(());
+    }
+    let known = if known.is_empty() {
+        "no check has run in this store".to_owned()
+    } else {
+        format!("checks that have run: {}", known.join(", "))
+    };
+    Err(Error::NotFound(format!(
+        "check {check:?} has no executions or incidents in this store ({known})"
+    )))
+}
+
+/// Fails with [`Error::NotFound`] when `root` is given and has no updates
+/// in the store (a mistyped model or id, which would otherwise read as "no
+/// executions"), as `overseer history` does.
+async fn record_exists(store: &Store, root: Option<&RecordKey>) -> Result<(), Error> {
+    let Some(root) = root else {
+        return Ok(());
+    };
+    if store.list_updates(root, Timestamp::MAX).await?.is_empty() {
+        return Err(Error::NotFound(format!(
+            "record {root} not found: no updates are stored for it"
+        )));
     }
     Ok(())
 }

@@ -12,18 +12,21 @@ use overseer_core::{Model, Timestamp};
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  not found: the record does not exist at the time asked, or has no updates
+  1  not found: the record does not exist at the time asked, or has no updates;
+     or the check of audit --check has no executions or incidents
   2  usage error, unreadable input, or store error";
 
 const LONG_ABOUT: &str = "\
-Operate an Overseer store: ingest change events, view records at any time, read their history and \
-dead letters.
+Operate an Overseer store: ingest change events, view records at any time, read their history, \
+dead letters and check audit (executions, incidents); plan, run and verify migrations of live \
+Postgres tables.
 
 Data goes to stdout (machine-readable); messages and progress go to stderr.
 
 Exit codes:
   0  success
-  1  not found: the record does not exist at the time asked, or has no updates
+  1  not found: the record does not exist at the time asked, or has no updates;
+     or the check of audit --check has no executions or incidents
   2  usage error, unreadable input, or store error";
 
 /// The `overseer` operator command line.
@@ -32,7 +35,7 @@ Exit codes:
     name = "overseer",
     version,
     about = "Operate an Overseer store: ingest change events, view records at any time, \
-             read their history and dead letters",
+             read their history, dead letters and check audit; migrate live Postgres tables",
     long_about = LONG_ABOUT,
 )]
 pub struct Cli {
@@ -85,8 +88,10 @@ pub enum Command {
         long_about = "List every update of a record, oldest first, one per line on stdout.\n\n\
             Each line holds, separated by tabs: the commit time (RFC 3339), the operation, \
             the source, the position in the source, and the fields the update changed \
-            (comma-separated; - when none). With --json, each line is a JSON object with \
-            those fields plus ingested_at, format and references.\n\n\
+            (comma-separated; - when none; ? when the record's format is not a built-in one, \
+            such as a custom format of an embedding service). With --json, each line is a \
+            JSON object with those fields (changed_fields null when unknown) plus \
+            ingested_at, format and references.\n\n\
             A record with no updates is reported on stderr with exit code 1.",
         after_long_help = EXIT_CODES
     )]
@@ -100,7 +105,8 @@ pub enum Command {
             source, its format, its position (- when unknown), the error, and the raw \
             event (as UTF-8, invalid bytes replaced; cut to 200 characters; tabs and line \
             breaks escaped). With --json, each line is a JSON object with the full raw \
-            event.",
+            event (raw; when it is not valid UTF-8, raw has the invalid bytes replaced and \
+            raw_hex holds its exact bytes in hex, else raw_hex is null).",
         after_long_help = EXIT_CODES
     )]
     DeadLetters(DeadLettersArgs),
@@ -292,8 +298,8 @@ pub struct ViewArgs {
     pub id: String,
 
     /// The time to view the record at: RFC 3339 (2024-05-01T12:00:00Z) or
-    /// integer Unix seconds [default: now].
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    /// integer Unix seconds, not milliseconds [default: now].
+    #[arg(long, value_name = "TIME", value_parser = parse_time, allow_negative_numbers = true)]
     pub at: Option<Timestamp>,
 
     /// Print the JSON on one line instead of indented.
@@ -353,8 +359,9 @@ pub struct AuditArgs {
     #[arg(long, value_name = "ID", requires = "model")]
     pub id: Option<String>,
 
-    /// Only executions with this outcome.
-    #[arg(long, value_name = "OUTCOME", value_parser = ["pass", "fail", "not_applicable", "indeterminate", "error"])]
+    /// Only executions with this outcome (not with --incidents: an incident
+    /// has no outcome).
+    #[arg(long, value_name = "OUTCOME", value_parser = ["pass", "fail", "not_applicable", "indeterminate", "error"], conflicts_with = "incidents")]
     pub outcome: Option<String>,
 
     /// List incidents instead of executions (open ones; --all for every one).
@@ -431,8 +438,27 @@ fn parse_ref(text: &str) -> Result<RefArg, String> {
     })
 }
 
+/// The largest integer `--at` taken as Unix seconds: 9999-12-31T23:59:59Z,
+/// the last second RFC 3339 can write. A larger integer is most likely epoch
+/// milliseconds (what `ingest --time-field` also accepts), which read as
+/// seconds would be a time tens of thousands of years ahead: the latest
+/// state, shown as if it were the state at the time meant.
+const MAX_UNIX_SECONDS: i64 = 253_402_300_799;
+
 fn parse_time(text: &str) -> Result<Timestamp, String> {
-    Timestamp::parse(text).map_err(|e| e.to_string())
+    let time = Timestamp::parse(text).map_err(|e| e.to_string())?;
+    let text = text.trim();
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let integer = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+    if integer && time.as_micros().unsigned_abs() > MAX_UNIX_SECONDS.unsigned_abs() * 1_000_000 {
+        let secs = time.as_micros() / 1_000_000;
+        return Err(format!(
+            "{text:?} is beyond year 9999 as Unix seconds: give seconds, not milliseconds \
+             ({} if it is milliseconds) or RFC 3339",
+            secs / 1_000
+        ));
+    }
+    Ok(time)
 }
 
 fn parse_model(text: &str) -> Result<Model, String> {
@@ -469,6 +495,64 @@ mod tests {
             "{error}"
         );
         assert!(Cli::try_parse_from(["overseer", "audit", "--store", "/tmp/x", "--check", "c"]).is_ok());
+    }
+
+    /// `--outcome` filters executions only: with `--incidents` it would be
+    /// ignored, listing every incident as if it matched.
+    #[test]
+    fn outcome_with_incidents_is_refused() {
+        let error = Cli::try_parse_from([
+            "overseer",
+            "audit",
+            "--store",
+            "/tmp/x",
+            "--incidents",
+            "--outcome",
+            "pass",
+        ])
+        .map(|_| ())
+        .unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let text = error.to_string();
+        assert!(
+            text.contains("--outcome") && text.contains("--incidents"),
+            "{text}"
+        );
+        assert!(Cli::try_parse_from(["overseer", "audit", "--store", "/tmp/x", "--outcome", "pass"]).is_ok());
+    }
+
+    /// Integer `--at` values are Unix seconds; epoch milliseconds (an
+    /// easy mistake) are refused instead of read as a far-future time.
+    #[test]
+    fn at_takes_seconds_and_refuses_milliseconds() {
+        let at = |value: &str| {
+            Cli::try_parse_from(["overseer", "view", "--store", "/tmp/x", "m", "i", "--at", value]).map(
+                |cli| match cli.command {
+                    Command::View(args) => args.at,
+                    _ => None,
+                },
+            )
+        };
+        assert_eq!(
+            at("1709294520").unwrap(),
+            Some(Timestamp::from_secs(1_709_294_520))
+        );
+        assert_eq!(
+            at("253402300799").unwrap(),
+            Some(Timestamp::from_secs(253_402_300_799))
+        );
+        assert_eq!(at("-5").unwrap(), Some(Timestamp::from_secs(-5)));
+        assert_eq!(
+            at("2024-03-01T12:02:00Z").unwrap(),
+            Some(Timestamp::from_secs(1_709_294_520))
+        );
+        let error = at("1709294520000").unwrap_err().to_string();
+        assert!(
+            error.contains("beyond year 9999 as Unix seconds")
+                && error.contains("not milliseconds (1709294520 if it is milliseconds)"),
+            "{error}"
+        );
+        assert!(at("-1709294520000").is_err());
     }
 
     #[test]

@@ -51,6 +51,21 @@ fn letter_json(d: &DeadLetter) -> serde_json::Value {
         "position": d.position.as_ref().map(|p| p.as_str()),
         "error": d.error,
         "raw": String::from_utf8_lossy(&d.raw),
+        "raw_hex": raw_hex(&d.raw),
+    })
+}
+
+/// The exact bytes of a raw event that is not valid UTF-8, as lowercase
+/// hex (its `raw` has them replaced); `None` for a UTF-8 event, whose
+/// `raw` is exact.
+fn raw_hex(raw: &[u8]) -> Option<String> {
+    use std::fmt::Write as _;
+    std::str::from_utf8(raw).is_err().then(|| {
+        raw.iter()
+            .fold(String::with_capacity(raw.len() * 2), |mut out, b| {
+                let _ = write!(out, "{b:02x}");
+                out
+            })
     })
 }
 
@@ -94,5 +109,15 @@ mod tests {
         assert_eq!(v["raw"], long.as_str());
         assert_eq!(v["position"], serde_json::Value::Null);
         assert_eq!(v["error"], "json event rejected: expected value\tat line 1");
+        assert_eq!(v["raw_hex"], serde_json::Value::Null);
+    }
+
+    /// An event that is not UTF-8 keeps its exact bytes in `raw_hex` (its
+    /// `raw` has the invalid bytes replaced), so it can be replayed.
+    #[test]
+    fn json_keeps_the_exact_bytes_of_a_non_utf8_event() {
+        let v = letter_json(&letter(b"not \xff json", None));
+        assert_eq!(v["raw"], "not \u{fffd} json");
+        assert_eq!(v["raw_hex"], "6e6f7420ff206a736f6e");
     }
 }

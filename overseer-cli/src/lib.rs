@@ -35,7 +35,8 @@
 //! Data goes to stdout (machine-readable), messages and progress to stderr.
 //!
 //! Exit codes: [`EXIT_OK`] (0), [`EXIT_NOT_FOUND`] (1: the record does not
-//! exist at the time asked, or has no updates), [`EXIT_ERROR`] (2: usage
+//! exist at the time asked, or has no updates; or the check named by
+//! `overseer audit --check` has no executions or incidents), [`EXIT_ERROR`] (2: usage
 //! error, unreadable input, store error; clap's own usage errors exit with 2
 //! as well), [`EXIT_DISCREPANCIES`] (3: `overseer migrate verify` found
 //! discrepancies; the report is printed first).
@@ -63,7 +64,8 @@ pub use cli::{
 /// Exit code of success.
 pub const EXIT_OK: u8 = 0;
 /// Exit code of "not found": the record does not exist at the time asked, or
-/// has no updates at all.
+/// has no updates at all; or the check named by `overseer audit --check` has
+/// no executions or incidents in the store.
 pub const EXIT_NOT_FOUND: u8 = 1;
 /// Exit code of usage errors, unreadable inputs and store errors.
 pub const EXIT_ERROR: u8 = 2;
@@ -76,7 +78,8 @@ pub const EXIT_DISCREPANCIES: u8 = 3;
 #[non_exhaustive]
 pub enum Error {
     /// The record asked for does not exist at the time asked, or has no
-    /// updates at all (exit code 1).
+    /// updates at all; or the check asked for has no executions or
+    /// incidents (exit code 1).
     #[error("{0}")]
     NotFound(String),
     /// An argument is not acceptable.
@@ -85,6 +88,19 @@ pub enum Error {
     /// The store directory of a read command does not exist.
     #[error("store directory {} does not exist", .0.display())]
     MissingStore(PathBuf),
+    /// The store path of a read command exists but is not a directory.
+    #[error("store {} is not a directory: pass the directory of an Overseer store", .0.display())]
+    StoreNotADirectory(PathBuf),
+    /// The store directory of a read command holds files, but none of a
+    /// store's areas (`updates`, `audit`, ...): a mistyped path would
+    /// otherwise read as an empty store.
+    #[error("{} is not an Overseer store: it holds none of {}{hint}", dir.display(), overseer_core::store::layout::AREAS.join(", "))]
+    NotAStore {
+        /// The directory given.
+        dir: PathBuf,
+        /// What to try instead (empty when there is nothing to suggest).
+        hint: String,
+    },
     /// An input could not be read.
     #[error("cannot read {input}: {source}")]
     Input {
@@ -193,11 +209,63 @@ pub async fn run_with_output(cli: Cli, out: &mut dyn Write) -> Result<(), Error>
 
 /// Opens the store of a read command, which must exist (a mistyped
 /// directory is an error, not an empty store, and is not created).
+///
+/// A non-empty directory must hold at least one of the store's areas
+/// (`updates`, `audit`, ...): pointing a read command at the wrong directory
+/// (a store's `audit` area, the directory of the input files) is an error
+/// rather than an empty answer. An empty directory is an empty store.
 fn open_existing(dir: &Path) -> Result<Store, Error> {
-    if !dir.is_dir() {
+    if !dir.exists() {
         return Err(Error::MissingStore(dir.to_owned()));
     }
+    if !dir.is_dir() {
+        return Err(Error::StoreNotADirectory(dir.to_owned()));
+    }
+    check_is_store(dir)?;
     Ok(Store::local(dir)?)
+}
+
+/// Fails with [`Error::NotAStore`] when `dir` holds entries but none of a
+/// store's areas. Hidden entries and `lost+found` (a fresh file system's
+/// root) do not count.
+fn check_is_store(dir: &Path) -> Result<(), Error> {
+    use overseer_core::store::layout::AREAS;
+
+    let unreadable = |source| Error::Input {
+        input: dir.display().to_string(),
+        source,
+    };
+    let mut other = false;
+    for entry in std::fs::read_dir(dir).map_err(unreadable)? {
+        let name = entry.map_err(unreadable)?.file_name();
+        let name = name.to_string_lossy();
+        if AREAS.contains(&name.as_ref()) {
+            return Ok(());
+        }
+        other |= !name.starts_with('.') && name != "lost+found";
+    }
+    if !other {
+        return Ok(());
+    }
+    // A store's own area given instead of the store: name the store.
+    let parent = dir
+        .file_name()
+        .and_then(|name| {
+            AREAS
+                .contains(&name.to_string_lossy().as_ref())
+                .then(|| dir.parent())
+        })
+        .flatten();
+    let hint = match parent {
+        // A relative area (`--store audit`) is in the current directory.
+        Some(parent) if parent.as_os_str().is_empty() => " (it is the area of a store: pass .)".to_owned(),
+        Some(parent) => format!(" (it is the area of a store: pass {})", parent.display()),
+        None => String::new(),
+    };
+    Err(Error::NotAStore {
+        dir: dir.to_owned(),
+        hint,
+    })
 }
 
 /// Reports the outcome of [`run`]: an error is printed on stderr, and the

@@ -2,8 +2,7 @@
 
 use std::io::Write;
 
-use overseer_core::dal::TimelineEntry;
-use overseer_core::{Dal, RecordKey, Store, Timestamp};
+use overseer_core::{Dal, RecordKey, Store, Timestamp, UpdateDocument};
 use serde_json::{Value, json};
 
 use crate::cli::{HistoryArgs, ViewArgs};
@@ -26,7 +25,18 @@ async fn view_with(
     compact: bool,
     out: &mut dyn Write,
 ) -> Result<(), Error> {
-    let Some(state) = dal.state_at(key, at).await? else {
+    let state = match dal.state_at(key, at).await {
+        Ok(state) => state,
+        Err(overseer_core::Error::UnknownFormat { format, known }) => {
+            return Err(Error::Usage(format!(
+                "record {key} has updates of format {format:?}, which this command cannot fold (it \
+                 reads {known}): read its state through the Dal of the service that registers that \
+                 format's state builder; `overseer history` lists its updates"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Some(state) = state else {
         return Err(Error::NotFound(absent_reason(dal, key, at).await?));
     };
     let state = Value::Object(state);
@@ -58,37 +68,82 @@ pub(crate) async fn history(store: Store, args: &HistoryArgs, out: &mut dyn Writ
 }
 
 async fn history_with(dal: &Dal, key: &RecordKey, as_json: bool, out: &mut dyn Write) -> Result<(), Error> {
-    let timeline = dal.timeline(key).await?;
+    let timeline = match dal.timeline(key).await {
+        Ok(timeline) => timeline,
+        // A format the CLI cannot fold (a custom consumer of an embedding
+        // service): the updates are still listed, without changed fields.
+        Err(overseer_core::Error::UnknownFormat { format, .. }) => {
+            return history_unfolded(dal.store(), key, &format, as_json, out).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
     if timeline.is_empty() {
         return Err(Error::NotFound(format!(
             "record {key} not found: no updates are stored for it"
         )));
     }
     for entry in &timeline {
+        let changed = Some(entry.changed_fields.as_slice());
         if as_json {
-            output::json_line(out, &entry_json(entry))?;
+            output::json_line(out, &entry_json(&entry.entry.update, changed))?;
         } else {
-            output::line(out, &entry_line(entry))?;
+            output::line(out, &entry_line(&entry.entry.update, changed))?;
         }
     }
     Ok(())
 }
 
-fn entry_line(entry: &TimelineEntry) -> String {
-    let u = &entry.entry.update;
+/// `overseer history` of a record with updates of a format no built-in
+/// builder reads: every update from the store, in history order, with its
+/// changed fields unknown (`?` in lines, `null` in JSON).
+async fn history_unfolded(
+    store: &Store,
+    key: &RecordKey,
+    format: &str,
+    as_json: bool,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let mut updates = Vec::new();
+    for object in store.list_updates(key, Timestamp::MAX).await? {
+        updates.push(store.get_update(&object.path).await?);
+    }
+    updates.sort_by(|a, b| {
+        (a.commit_time, &a.source, &a.position).cmp(&(b.commit_time, &b.source, &b.position))
+    });
+    let _ = writeln!(
+        std::io::stderr(),
+        "overseer: {}",
+        output::field(&format!(
+            "record {key} has updates of format {format:?}, which this command cannot fold: \
+             the fields each changed are not shown"
+        ))
+    );
+    for update in &updates {
+        if as_json {
+            output::json_line(out, &entry_json(update, None))?;
+        } else {
+            output::line(out, &entry_line(update, None))?;
+        }
+    }
+    Ok(())
+}
+
+/// One update as a tab-separated line; `changed` is `None` when unknown
+/// (`?`).
+fn entry_line(u: &UpdateDocument, changed: Option<&[String]>) -> String {
     let or_dash = |s: String| if s.is_empty() { "-".to_owned() } else { s };
     [
         u.commit_time.to_string(),
         u.operation.to_string(),
         output::field(u.source.as_str()),
         or_dash(output::field(u.position.as_str())),
-        or_dash(output::field(&entry.changed_fields.join(","))),
+        changed.map_or_else(|| "?".to_owned(), |c| or_dash(output::field(&c.join(",")))),
     ]
     .join("\t")
 }
 
-fn entry_json(entry: &TimelineEntry) -> Value {
-    let u = &entry.entry.update;
+/// One update as a JSON object; `changed_fields` is `null` when unknown.
+fn entry_json(u: &UpdateDocument, changed: Option<&[String]>) -> Value {
     let references: Vec<Value> = u
         .references
         .iter()
@@ -105,7 +160,7 @@ fn entry_json(entry: &TimelineEntry) -> Value {
         "operation": u.operation.as_str(),
         "source": u.source.as_str(),
         "position": u.position.as_str(),
-        "changed_fields": entry.changed_fields,
+        "changed_fields": changed,
         "ingested_at": u.ingested_at.to_string(),
         "format": u.format.as_str(),
         "references": references,
@@ -154,6 +209,14 @@ mod tests {
         );
         let err = view_text(&dal, "a", 5, true).await.unwrap_err();
         assert!(err.to_string().contains("first update is at"), "{err}");
+        let unfolded = Dal::new(dal.store().clone()).with_builder(overseer_builders::json::Json::builder());
+        let err = view_text(&unfolded, "a", 15, true).await.unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string()
+                .starts_with("record lines/a has updates of format \"lines\", which this command cannot fold (it reads json)"),
+            "{err}"
+        );
         let err = view_text(&dal, "zz", 5, true).await.unwrap_err();
         assert!(err.to_string().contains("no updates"), "{err}");
         assert_eq!(err.exit_code(), 1);
@@ -181,6 +244,23 @@ mod tests {
         assert_eq!(first["format"], "lines");
         assert_eq!(first["changed_fields"], json!(["id", "n"]));
         assert_eq!(first["references"], json!([]));
+
+        // Without the format's builder (a custom format, as the CLI sees
+        // it), the updates are still listed, changed fields unknown.
+        let unfolded = Dal::new(dal.store().clone());
+        let mut out = Vec::new();
+        history_with(&unfolded, &key, false, &mut out).await.unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0][..3], ["1970-01-01T00:00:10Z", "insert", "app"]);
+        assert_eq!((lines[0][4], lines[1][4]), ("?", "?"));
+        let mut out = Vec::new();
+        history_with(&unfolded, &key, true, &mut out).await.unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(first["format"], "lines");
+        assert_eq!(first["changed_fields"], Value::Null);
 
         let missing = RecordKey::new("lines", "zz").unwrap();
         let err = history_with(&dal, &missing, false, &mut Vec::new())

@@ -128,3 +128,79 @@ async fn audit_lists_executions_and_incidents_with_filters() {
     assert_eq!(code, 2);
     assert!(err.contains("--id"), "{err}");
 }
+
+/// A `--check` that never ran (a typo) is "not found", naming the checks
+/// that have run, and so is a `--model`/`--id` record with no updates,
+/// rather than an empty answer; a known check and record with nothing
+/// matching the other filters is an empty answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_of_a_check_that_never_ran_or_an_unknown_record_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    write_store(dir.path()).await;
+    let store = dir.path().to_str().unwrap();
+
+    for extra in [&[][..], &["--incidents"], &["--incidents", "--all"], &["--json"]] {
+        let mut args = vec!["audit", "--store", store, "--check", "smal"];
+        args.extend_from_slice(extra);
+        let (code, out, err) = overseer(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(out.is_empty(), "{out}");
+        assert_eq!(
+            err.trim_end(),
+            "overseer: check \"smal\" has no executions or incidents in this store \
+             (checks that have run: small)"
+        );
+    }
+    // Known check and record, nothing matching the other filters: empty, exit 0.
+    let (code, out, err) = overseer(&[
+        "audit",
+        "--store",
+        store,
+        "--check",
+        "small",
+        "--model",
+        "lines",
+        "--id",
+        "a",
+        "--outcome",
+        "fail",
+    ]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    assert!(err.contains("no executions"), "{err}");
+    let (code, out, err) = overseer(&[
+        "audit",
+        "--store",
+        store,
+        "--incidents",
+        "--model",
+        "lines",
+        "--id",
+        "a",
+    ]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    assert!(err.contains("no open incidents"), "{err}");
+
+    // A record with no updates at all (a typo) is "not found", as in `history`.
+    for extra in [&[][..], &["--incidents"], &["--check", "small"]] {
+        let mut args = vec!["audit", "--store", store, "--model", "lines", "--id", "zz"];
+        args.extend_from_slice(extra);
+        let (code, out, err) = overseer(&args);
+        assert_eq!((code, out.as_str()), (1, ""), "{args:?}: {err}");
+        assert_eq!(
+            err.trim_end(),
+            "overseer: record lines/zz not found: no updates are stored for it"
+        );
+    }
+
+    // An empty store: no check has run yet.
+    let empty = tempfile::tempdir().unwrap();
+    let (code, _, err) = overseer(&[
+        "audit",
+        "--store",
+        empty.path().to_str().unwrap(),
+        "--check",
+        "small",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no check has run in this store"), "{err}");
+}

@@ -124,6 +124,8 @@ fn help_lists_commands_and_exit_codes() {
         "view",
         "history",
         "dead-letters",
+        "audit",
+        "check audit",
         "--verbose",
         "Exit codes",
         "0 ",
@@ -300,6 +302,63 @@ fn read_commands_on_a_missing_store_exit_2_and_create_nothing() {
         assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
     }
     assert!(!store.exists());
+}
+
+/// A path that is a file, a directory that is not a store, or a store's own
+/// area is an error naming the problem, not an empty answer.
+#[test]
+fn read_commands_on_what_is_not_a_store_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(dir.path(), "events.jsonl", &[r#"{"id":"t-1","updated_at":1}"#]);
+    let store = dir.path().join("store");
+    let o = ingest_transfers(&store, dir.path(), &[r#"{"id":"t-1","updated_at":1}"#]);
+    assert_code(&o, 0);
+    let area = store.join("updates");
+    let not_a_store = format!("{} is not an Overseer store", s(dir.path()));
+    let area_of_a_store = format!("it is the area of a store: pass {}", s(&store));
+    let cases: [(&Path, &str); 3] = [
+        (&file, "is not a directory"),
+        // Holds the input files and the store, but is not itself a store.
+        (dir.path(), &not_a_store),
+        (&area, &area_of_a_store),
+    ];
+    for (path, message) in cases {
+        for args in [
+            &["view", "--store", s(path), "transfers", "t-1"][..],
+            &["history", "--store", s(path), "transfers", "t-1"],
+            &["dead-letters", "--store", s(path)],
+            &["audit", "--store", s(path)],
+            &["audit", "--store", s(path), "--incidents"],
+        ] {
+            let o = overseer(args);
+            assert_code(&o, 2);
+            assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+            let err = stderr(&o);
+            assert!(err.contains(message), "{args:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
+    // A relative area names the current directory.
+    let o = Command::new(BIN)
+        .args(["audit", "--store", "updates"])
+        .current_dir(&store)
+        .env_remove("OVERSEER_STORE")
+        .output()
+        .unwrap();
+    assert_code(&o, 2);
+    assert!(
+        stderr(&o).contains("updates is not an Overseer store") && stderr(&o).contains("pass .)"),
+        "{}",
+        stderr(&o)
+    );
+    // The store itself, and an empty directory (an empty store), are read.
+    assert_code(
+        &overseer(&["history", "--store", s(&store), "transfers", "t-1"]),
+        0,
+    );
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert_code(&overseer(&["audit", "--store", s(&empty)]), 0);
 }
 
 #[test]

@@ -452,7 +452,9 @@ impl Registry {
             for model in check.spec.models().chain(check.models()) {
                 if !models.contains(&model) {
                     problems.push(format!(
-                        "check {:?} reads unknown model {model:?} (known models: {})",
+                        "check {:?} reads unknown model {model:?} (known models: {}): list it in the \
+                         models of the source that delivers it (SourceConfig::models), or correct \
+                         the view's model name",
                         check.name,
                         known_models.join(", ")
                     ));
@@ -473,7 +475,8 @@ impl Registry {
             }
             if !escalations.contains(&check.escalation()) {
                 problems.push(format!(
-                    "check {:?} escalates to unknown escalation {:?} (known: {})",
+                    "check {:?} escalates to unknown escalation {:?} (known: {}): register it \
+                     under that name (OverseerBuilder::escalation), or correct the name",
                     check.name,
                     check.escalation,
                     escalations.join(", ")

@@ -41,7 +41,7 @@ use crate::dal::Dal;
 use crate::error::{BoxError, Error};
 use crate::escalation::Escalation;
 use crate::ingest::{BatchReport, Ingestor};
-use crate::model::{Model, SourceId, SourcePosition};
+use crate::model::{Format, Model, SourceId, SourcePosition};
 use crate::runner::{Execution, ModelSources, Runner, RunnerConfig, RunnerError};
 use crate::store::Store;
 use crate::topic::{InProcessTopic, Message, Topic};
@@ -113,6 +113,18 @@ pub enum PipelineError {
     /// The topic failed.
     #[error("topic: {0}")]
     Topic(BoxError),
+    /// [`Scenario::advance_to`](crate::testing::Scenario::advance_to) was
+    /// asked to move the virtual clock back (a test that would otherwise go
+    /// on as if time had moved).
+    #[error(
+        "cannot move the virtual clock back from {now} to {to}: advance_to takes a time at or after now()"
+    )]
+    ClockBackwards {
+        /// The clock's time.
+        now: crate::Timestamp,
+        /// The earlier time asked for.
+        to: crate::Timestamp,
+    },
     /// A source failed.
     #[error("source {source_id}: {error}")]
     Source {
@@ -234,6 +246,7 @@ impl OverseerBuilder {
                 "no sources: add at least one .source(SourceConfig::new(..))".into(),
             ));
         }
+        let formats: Vec<Format> = self.state_builders.iter().map(|b| b.format()).collect();
         let dal = self
             .state_builders
             .into_iter()
@@ -256,6 +269,26 @@ impl OverseerBuilder {
                 return Err(PipelineError::Config(format!(
                     "source {} delivers no model: list them with SourceConfig::models([..])",
                     s.id
+                )));
+            }
+            // Without its format's builder no record of the source can be
+            // read: every check over it would stay indeterminate, silently.
+            let format = s.consumer.format();
+            if !dal.has_builder(&format) {
+                let mut known: Vec<&str> = formats.iter().map(Format::as_str).collect();
+                known.sort_unstable();
+                known.dedup();
+                return Err(PipelineError::Config(format!(
+                    "source {} delivers format {:?}, which no state builder reads, so no record of it \
+                     could be loaded: add .state_builders(overseer_builders::builders()) or \
+                     .state_builder(..) for it (state builders: {})",
+                    s.id,
+                    format.as_str(),
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
                 )));
             }
             for m in &s.models {

@@ -234,7 +234,17 @@ impl Scenario {
     }
 
     /// Moves the virtual clock to `t` and runs what becomes ready.
+    ///
+    /// The clock only moves forward: a `t` before [`now`](Self::now) is
+    /// [`PipelineError::ClockBackwards`](crate::pipeline::PipelineError::ClockBackwards)
+    /// (nothing runs), rather than a silent no-op that would let a test
+    /// assert on a time it never reached.
     pub async fn advance_to(&mut self, t: Timestamp) -> Result<(), crate::pipeline::PipelineError> {
+        use crate::clock::Clock;
+        let now = self.clock.now();
+        if t < now {
+            return Err(crate::pipeline::PipelineError::ClockBackwards { now, to: t });
+        }
         self.clock.advance_to(t);
         let ran = self.overseer.tick().await?;
         self.overseer.flush_escalations().await;

@@ -229,7 +229,6 @@ impl Store {
     /// Filtering by check lists that check's batches only; filtering by
     /// record reads them and keeps the record's executions.
     pub async fn audit(&self, check: Option<&str>, root: Option<&RecordKey>) -> Result<Vec<AuditEntry>> {
-        const M: &str = "AuditBatch";
         let prefix = self.audit_prefix(check);
         // Batches are `audit/<check>/<file>`; deeper keys are the
         // per-execution objects of earlier versions, which are skipped.
@@ -239,13 +238,7 @@ impl Store {
             if path.parts().count() != depth {
                 continue;
             }
-            let mut bytes = self.get_bytes(&path).await?;
-            if path.as_ref().ends_with(".zst") {
-                bytes = compression::decompress(&bytes)
-                    .map(Bytes::from)
-                    .map_err(|reason| codec::corrupt(path.as_ref(), M, reason))?;
-            }
-            let batch: proto::AuditBatch = codec::decode(path.as_ref(), M, bytes)?;
+            let batch = self.audit_batch(&path).await?;
             for record in batch.records {
                 let entry = AuditEntry::from_proto(record, path.as_ref())?;
                 if root.is_none_or(|r| *r == entry.root) {
@@ -263,6 +256,75 @@ impl Store {
             ))
         });
         Ok(out)
+    }
+
+    /// Reads one audit batch (`.pb`, or `.pb.zst`: one zstd frame of it).
+    async fn audit_batch(&self, path: &Path) -> Result<proto::AuditBatch> {
+        const M: &str = "AuditBatch";
+        let mut bytes = self.get_bytes(path).await?;
+        if path.as_ref().ends_with(".zst") {
+            bytes = compression::decompress(&bytes)
+                .map(Bytes::from)
+                .map_err(|reason| codec::corrupt(path.as_ref(), M, reason))?;
+        }
+        codec::decode(path.as_ref(), M, bytes)
+    }
+
+    /// The names of the checks that have audit records or incidents in the
+    /// store, sorted: the names [`audit`](Self::audit) and
+    /// [`incidents`](Self::incidents) can report.
+    ///
+    /// Lists the first level of the `audit/` and `incidents/` areas; a check
+    /// whose name is too long to be kept in its key (hashed, see
+    /// docs/store-layout.md) is named by its first object.
+    pub async fn checks(&self) -> Result<Vec<String>> {
+        let mut names = std::collections::BTreeSet::new();
+        for area in ["audit", "incidents"] {
+            let prefix = self.path(&[area]);
+            let listing = self
+                .inner
+                .list_with_delimiter(Some(&prefix))
+                .await
+                .map_err(|source| Error::Store {
+                    operation: "list",
+                    path: prefix.to_string(),
+                    source,
+                })?;
+            for dir in listing.common_prefixes {
+                let Some(segment) = dir.filename() else {
+                    continue;
+                };
+                let name = match layout::decode_segment(segment) {
+                    Some(name) => Some(name),
+                    None => self.check_named_in(area, &dir).await?,
+                };
+                names.extend(name);
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    /// The check name held by the first object under `dir`, a check's
+    /// directory in `area` (`audit` or `incidents`).
+    async fn check_named_in(&self, area: &str, dir: &Path) -> Result<Option<String>> {
+        let depth = dir.parts().count() + 1;
+        for path in self.list_paths(dir).await? {
+            if area == "audit" {
+                // Deeper keys are the per-execution objects of earlier versions.
+                if path.parts().count() != depth {
+                    continue;
+                }
+                let batch = self.audit_batch(&path).await?;
+                if let Some(record) = batch.records.into_iter().next() {
+                    return Ok(Some(record.check));
+                }
+            } else {
+                let r: proto::IncidentRecord =
+                    codec::decode(path.as_ref(), "IncidentRecord", self.get_bytes(&path).await?)?;
+                return Ok(Some(r.check));
+            }
+        }
+        Ok(None)
     }
 
     fn incident_dir(&self, entry: &IncidentEntry) -> Path {

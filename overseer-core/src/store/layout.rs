@@ -19,6 +19,19 @@ use sha2::{Digest, Sha256};
 /// file systems.
 pub const MAX_SEGMENT: usize = 120;
 
+/// The top-level directories (key prefixes) of a store, one per area of
+/// the layout: a directory that holds none of them is not a store.
+pub const AREAS: [&str; 8] = [
+    "updates",
+    "dictionaries",
+    "refs",
+    "referrers",
+    "dead-letters",
+    "sources",
+    "audit",
+    "incidents",
+];
+
 /// Encodes one untrusted name into a safe key segment: the name itself
 /// when it needs no escaping (the common case, which allocates nothing).
 ///
