@@ -771,3 +771,31 @@ async fn an_entry_without_an_id_is_a_typed_error_of_the_integrity_check() {
     assert!(matches!(err, LedgerError::Value { .. }), "{err}");
     assert!(err.to_string().contains("1 entries have a NULL \"id\""), "{err}");
 }
+
+/// An entry without an account has no chain to belong to: repair, which
+/// recomputes chains per account, leaves it alone, so the integrity check
+/// refuses it by name instead of reporting broken links that no repair
+/// would ever fix.
+#[tokio::test]
+async fn an_entry_without_an_account_is_a_typed_error_of_the_integrity_check() {
+    let Some(new) = pg_database("null_entry_account").await else {
+        return;
+    };
+    new.client()
+        .batch_execute(
+            "CREATE TABLE ledger_entries (id bigint PRIMARY KEY, tx_id text, account text, \
+               amount_minor bigint, currency text, balance_after bigint, prev_id bigint, created_at timestamptz);
+             INSERT INTO ledger_entries (id, tx_id, account, amount_minor, currency, balance_after, prev_id) VALUES
+               (1, 't1', 'a', 5, 'EUR', 5, NULL), (2, 't1', NULL, -5, 'EUR', -5, 1), (3, 't2', NULL, 1, 'EUR', 1, 1);",
+        )
+        .await
+        .unwrap();
+    let err = check_integrity(new.url(), &LedgerSchema::default(), 100)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::Value { .. }), "{err}");
+    assert!(
+        err.to_string().contains("2 entries have a NULL \"account\""),
+        "{err}"
+    );
+}

@@ -384,7 +384,8 @@ pub async fn check_integrity(
     );
     let totals_sql = format!(
         "SELECT count(*)::int8, (SELECT count(*) FROM (SELECT {account} FROM {t} GROUP BY 1) a)::int8, \
-                (count(*) FILTER (WHERE {id} IS NULL))::int8 FROM {t}"
+                (count(*) FILTER (WHERE {id} IS NULL))::int8, \
+                (count(*) FILTER (WHERE {account} IS NULL))::int8 FROM {t}"
     );
 
     let run = |sql: String, step: &'static str| async move {
@@ -414,6 +415,22 @@ pub async fn check_integrity(
                     "{null_ids} entries have a NULL {:?}; every entry needs an id (make the id column \
                      NOT NULL, ideally the primary key)",
                     schema.id
+                ),
+            });
+        }
+        // Nor has an entry without an account: the chains are per account,
+        // and repair, which recomputes them per account, leaves such
+        // entries alone, so reporting them as broken links would ask for a
+        // repair that never comes.
+        let null_accounts = count(row.get(3));
+        if null_accounts > 0 {
+            return Err(LedgerError::Value {
+                side: "new",
+                step: "counting entries".to_owned(),
+                reason: format!(
+                    "{null_accounts} entries have a NULL {:?}; every entry belongs to an account's chain \
+                     (give each one its account, and make the column NOT NULL)",
+                    schema.account
                 ),
             });
         }
