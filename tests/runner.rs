@@ -732,10 +732,16 @@ impl overseer_core::pipeline::Source for VecSource {
 /// A pipeline of the two sources `core` (transfers) and `bank` (payments
 /// referencing them), in memory, before its checks.
 fn two_sources() -> overseer_core::pipeline::OverseerBuilder {
-    use overseer_core::pipeline::{Overseer, SourceConfig};
-    Overseer::builder()
+    two_sources_on(overseer_core::pipeline::Overseer::builder().state_builder(Script))
+}
+
+/// [`two_sources`] on `builder`, whose state builders are left as they are.
+fn two_sources_on(
+    builder: overseer_core::pipeline::OverseerBuilder,
+) -> overseer_core::pipeline::OverseerBuilder {
+    use overseer_core::pipeline::SourceConfig;
+    builder
         .store(overseer_core::Store::in_memory())
-        .state_builder(Script)
         .source(
             SourceConfig::new("core", Script)
                 .unwrap()
@@ -1579,26 +1585,9 @@ async fn extreme_plans_and_timeouts() {
 /// and never escalated. Building it is an error saying what to add.
 #[test]
 fn a_source_without_a_state_builder_is_a_build_error() {
-    use overseer_core::pipeline::{Overseer, OverseerBuilder, SourceConfig};
+    use overseer_core::pipeline::{Overseer, OverseerBuilder};
     let registry = || Registry::new().add(Check::new("paid", paid_in_full).with_strategy(Immediate));
-    let sources = |builder: OverseerBuilder| {
-        builder
-            .store(overseer_core::Store::in_memory())
-            .source(
-                SourceConfig::new("core", Script)
-                    .unwrap()
-                    .models(["transfers"])
-                    .unwrap(),
-            )
-            .source(
-                SourceConfig::new("bank", Script)
-                    .unwrap()
-                    .models(["payments"])
-                    .unwrap(),
-            )
-            .reference(overseer_core::ReferenceSpec::parse("payments.transfer_id -> transfers").unwrap())
-            .checks(registry())
-    };
+    let sources = |builder: OverseerBuilder| two_sources_on(builder).checks(registry());
     let without = sources(Overseer::builder()).build().unwrap_err();
     assert_eq!(
         without.to_string(),

@@ -285,11 +285,7 @@ impl Store {
                 .inner
                 .list_with_delimiter(Some(&prefix))
                 .await
-                .map_err(|source| Error::Store {
-                    operation: "list",
-                    path: prefix.to_string(),
-                    source,
-                })?;
+                .map_err(|source| super::list_error(&prefix, source))?;
             for dir in listing.common_prefixes {
                 let Some(segment) = dir.filename() else {
                     continue;

@@ -172,6 +172,15 @@ fn put_error(key: &str, source: object_store::Error) -> Error {
     }
 }
 
+/// A listing of `prefix` that failed in the backend.
+pub(crate) fn list_error(prefix: &Path, source: object_store::Error) -> Error {
+    Error::Store {
+        operation: "list",
+        path: prefix.to_string(),
+        source,
+    }
+}
+
 /// A key built by the store (every segment already safe, see [`layout`]) as
 /// a [`Path`]: validated, not encoded a second time.
 fn built_path(key: &str) -> Result<Path> {
@@ -378,11 +387,7 @@ impl Store {
             .map_ok(|meta| meta.location)
             .try_collect()
             .await
-            .map_err(|source| Error::Store {
-                operation: "list",
-                path: prefix.to_string(),
-                source,
-            })?;
+            .map_err(|source| list_error(prefix, source))?;
         // `list` order is not guaranteed by every backend.
         paths.sort();
         Ok(paths)
@@ -558,13 +563,7 @@ impl Store {
             match self.inner.list(Some(&prefix)).next().await {
                 None => {}
                 Some(Ok(_)) => return Ok(true),
-                Some(Err(source)) => {
-                    return Err(Error::Store {
-                        operation: "list",
-                        path: prefix.to_string(),
-                        source,
-                    });
-                }
+                Some(Err(source)) => return Err(list_error(&prefix, source)),
             }
         }
         Ok(false)
