@@ -96,9 +96,7 @@ async fn record_exists(store: &Store, root: Option<&RecordKey>) -> Result<(), Er
         return Ok(());
     };
     if store.list_updates(root, Timestamp::MAX).await?.is_empty() {
-        return Err(Error::NotFound(format!(
-            "record {root} not found: no updates are stored for it"
-        )));
+        return Err(Error::NotFound(crate::record::no_updates(root)));
     }
     Ok(())
 }

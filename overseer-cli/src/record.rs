@@ -52,7 +52,7 @@ async fn view_with(
 async fn absent_reason(dal: &Dal, key: &RecordKey, at: Timestamp) -> Result<String, Error> {
     let history = dal.history(key, Timestamp::MAX).await?;
     let Some(first) = history.first() else {
-        return Ok(format!("record {key} not found: no updates are stored for it"));
+        return Ok(no_updates(key));
     };
     let first = first.update.commit_time;
     Ok(if at < first {
@@ -60,6 +60,11 @@ async fn absent_reason(dal: &Dal, key: &RecordKey, at: Timestamp) -> Result<Stri
     } else {
         format!("record {key} does not exist at {at}: it is deleted then")
     })
+}
+
+/// What a read of a record with no stored updates says.
+pub(crate) fn no_updates(key: &RecordKey) -> String {
+    format!("record {key} not found: no updates are stored for it")
 }
 
 pub(crate) async fn history(store: Store, args: &HistoryArgs, out: &mut dyn Write) -> Result<(), Error> {
@@ -78,9 +83,7 @@ async fn history_with(dal: &Dal, key: &RecordKey, as_json: bool, out: &mut dyn W
         Err(e) => return Err(e.into()),
     };
     if timeline.is_empty() {
-        return Err(Error::NotFound(format!(
-            "record {key} not found: no updates are stored for it"
-        )));
+        return Err(Error::NotFound(no_updates(key)));
     }
     for entry in &timeline {
         let changed = Some(entry.changed_fields.as_slice());
@@ -107,9 +110,7 @@ async fn history_unfolded(
     for object in store.list_updates(key, Timestamp::MAX).await? {
         updates.push(store.get_update(&object.path).await?);
     }
-    updates.sort_by(|a, b| {
-        (a.commit_time, &a.source, &a.position).cmp(&(b.commit_time, &b.source, &b.position))
-    });
+    updates.sort_by(|a, b| a.history_order().cmp(&b.history_order()));
     let _ = writeln!(
         std::io::stderr(),
         "overseer: {}",

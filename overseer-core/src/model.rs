@@ -377,7 +377,7 @@ pub struct UpdateDocument {
 impl UpdateDocument {
     /// Where the update goes in its record's history: updates are ordered
     /// by commit time, then source, then position.
-    pub(crate) fn history_order(&self) -> (Timestamp, &SourceId, &SourcePosition) {
+    pub fn history_order(&self) -> (Timestamp, &SourceId, &SourcePosition) {
         (self.commit_time, &self.source, &self.position)
     }
 }

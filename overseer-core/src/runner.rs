@@ -877,7 +877,7 @@ const DEDUP_ESCAPED: &AsciiSet = &CONTROLS.add(b'/').add(b'%');
 /// each part escaped so that no two incidents share a key, whatever their
 /// names hold (a record id `x/1` of model `m` is not record `1` of a model
 /// `m/x`). Names of plain characters are kept as written.
-pub(crate) fn dedup_key(check: &str, root: &RecordKey, opened_at: Timestamp) -> String {
+fn dedup_key(check: &str, root: &RecordKey, opened_at: Timestamp) -> String {
     format!(
         "{}/{}/{}/{}",
         utf8_percent_encode(check, DEDUP_ESCAPED),

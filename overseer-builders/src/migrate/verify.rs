@@ -405,34 +405,31 @@ pub async fn check_integrity(
         report.entries = count(row.get(0));
         report.accounts = count(row.get(1));
         // An entry without an id has no place in its account's chain (and
-        // the offender lists name entries by id): refuse, naming the count.
-        let null_ids = count(row.get(2));
-        if null_ids > 0 {
-            return Err(LedgerError::Value {
-                side: "new",
-                step: "counting entries".to_owned(),
-                reason: format!(
-                    "{null_ids} entries have a NULL {:?}; every entry needs an id (make the id column \
-                     NOT NULL, ideally the primary key)",
-                    schema.id
-                ),
-            });
-        }
-        // Nor has an entry without an account: the chains are per account,
-        // and repair, which recomputes them per account, leaves such
-        // entries alone, so reporting them as broken links would ask for a
-        // repair that never comes.
-        let null_accounts = count(row.get(3));
-        if null_accounts > 0 {
-            return Err(LedgerError::Value {
-                side: "new",
-                step: "counting entries".to_owned(),
-                reason: format!(
-                    "{null_accounts} entries have a NULL {:?}; every entry belongs to an account's chain \
-                     (give each one its account, and make the column NOT NULL)",
-                    schema.account
-                ),
-            });
+        // the offender lists name entries by id), nor has one without an
+        // account: the chains are per account, and repair, which recomputes
+        // them per account, leaves such entries alone, so reporting them as
+        // broken links would ask for a repair that never comes. Refuse
+        // either, naming the count.
+        for (nulls, column, advice) in [
+            (
+                count(row.get(2)),
+                &schema.id,
+                "every entry needs an id (make the id column NOT NULL, ideally the primary key)",
+            ),
+            (
+                count(row.get(3)),
+                &schema.account,
+                "every entry belongs to an account's chain (give each one its account, and make the \
+                 column NOT NULL)",
+            ),
+        ] {
+            if nulls > 0 {
+                return Err(LedgerError::Value {
+                    side: "new",
+                    step: "counting entries".to_owned(),
+                    reason: format!("{nulls} entries have a NULL {column:?}; {advice}"),
+                });
+            }
         }
     }
     for row in chain?.1 {
