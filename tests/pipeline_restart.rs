@@ -83,6 +83,46 @@ async fn restart_does_not_duplicate_open_incident() {
     );
 }
 
+/// An open incident's repeated failures are stored as they happen: a
+/// restarted runner goes on counting them from where the previous one left
+/// off, and the store holds the time and message of the latest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_goes_on_counting_an_open_incidents_failures() {
+    let store = Store::in_memory();
+    let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1000)));
+    {
+        let mut o = build(&store, &clock);
+        o.ingest("app", &b(&["r 500"])).await.unwrap();
+        o.drain().await.unwrap();
+        clock.advance_to(Timestamp::from_secs(1500));
+        o.ingest("app", &b(&["r 600"])).await.unwrap();
+        o.drain().await.unwrap();
+    }
+    let stored = store.incidents().await.unwrap();
+    assert_eq!(stored.len(), 1, "{stored:#?}");
+    assert_eq!(
+        (stored[0].failures, stored[0].updated_at),
+        (2, Timestamp::from_secs(1500))
+    );
+
+    clock.advance_to(Timestamp::from_secs(2000));
+    let mut o = build(&store, &clock);
+    o.ingest("app", &b(&["r 700"])).await.unwrap();
+    o.drain().await.unwrap();
+    let open: Vec<_> = o.runner().open_incidents().cloned().collect();
+    assert_eq!(open.len(), 1, "{open:#?}");
+    assert_eq!(
+        (open[0].failures, open[0].opened_at, open[0].updated_at),
+        (3, Timestamp::from_secs(1000), Timestamp::from_secs(2000)),
+        "the restarted runner counts on from the stored failures"
+    );
+    let stored = store.incidents().await.unwrap();
+    assert_eq!(
+        (stored[0].failures, stored[0].updated_at, stored[0].resolved_at),
+        (3, Timestamp::from_secs(2000), None)
+    );
+}
+
 /// A record that passes after a restart must resolve the incident opened before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_then_pass_resolves_stored_incident() {

@@ -1498,7 +1498,9 @@ async fn incidents_opened_before_the_epoch_are_kept_apart() {
             root: RecordKey::new("transfers", "t1").unwrap(),
             dedup_key: format!("positive/transfers/t1/{opened}"),
             opened_at: Timestamp::from_micros(opened),
+            updated_at: Timestamp::from_micros(opened),
             resolved_at: resolved.map(Timestamp::from_micros),
+            failures: 1,
             message: "not positive".into(),
             details: Value::Null,
             trigger_commit_time: Timestamp::from_micros(opened),
@@ -1517,6 +1519,93 @@ async fn incidents_opened_before_the_epoch_are_kept_apart() {
         assert_eq!(
             stored,
             [(-5, Some(-4)), (-3, None), (0, None)],
+            "{}",
+            backend.name
+        );
+    }
+}
+
+/// An incident's repeated failures are kept (`failed-<n>.pb`), and the
+/// listing gives each incident its latest one, whatever order the backend
+/// lists them in; a record written before the count was kept reads as one
+/// failure at the opening.
+#[tokio::test]
+async fn incidents_are_listed_with_their_latest_failure() {
+    use overseer_core::store::IncidentEntry;
+    for backend in backends() {
+        let store = Store::new(backend.store.clone());
+        let root = RecordKey::new("transfers", "t1").unwrap();
+        let at = |failures: u32, secs: i64, resolved: Option<i64>| IncidentEntry {
+            check: "paid".into(),
+            root: root.clone(),
+            dedup_key: "paid/transfers/t1/10000000".into(),
+            opened_at: Timestamp::from_secs(10),
+            updated_at: Timestamp::from_secs(secs),
+            resolved_at: resolved.map(Timestamp::from_secs),
+            failures,
+            message: format!("failure {failures}"),
+            details: json!({ "n": failures }),
+            trigger_commit_time: Timestamp::from_secs(9),
+        };
+        for entry in [at(1, 10, None), at(3, 30, None), at(2, 20, None)] {
+            store.put_incident(&entry).await.unwrap();
+        }
+        assert_eq!(
+            store.incidents().await.unwrap(),
+            [at(3, 30, None)],
+            "{}",
+            backend.name
+        );
+        store.put_incident(&at(3, 30, Some(40))).await.unwrap();
+        assert_eq!(
+            store.incidents().await.unwrap(),
+            [at(3, 30, Some(40))],
+            "{}",
+            backend.name
+        );
+        let keys = all_keys(backend.store.as_ref()).await;
+        let names: Vec<&str> = keys
+            .iter()
+            .filter(|k| k.starts_with("incidents/"))
+            .filter_map(|k| k.rsplit('/').next())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "failed-0000000002.pb",
+                "failed-0000000003.pb",
+                "opened.pb",
+                "resolved.pb"
+            ],
+            "{}",
+            backend.name
+        );
+
+        // As written before `failures` and `updated_at_micros` existed.
+        let legacy = overseer_core::proto::IncidentRecord {
+            check: "legacy".into(),
+            root: Some(overseer_core::proto::RecordKey {
+                model: "transfers".into(),
+                id: "t2".into(),
+            }),
+            dedup_key: "legacy/transfers/t2/5000000".into(),
+            opened_at_micros: 5_000_000,
+            message: "old".into(),
+            ..Default::default()
+        };
+        backend
+            .store
+            .put(
+                &"incidents/legacy/transfers/t2/00000000000005000000/opened.pb".into(),
+                legacy.encode_to_vec().into(),
+            )
+            .await
+            .unwrap();
+        let listed = store.incidents().await.unwrap();
+        let old = listed.iter().find(|i| i.check == "legacy").unwrap();
+        assert_eq!(
+            (old.failures, old.updated_at, old.message.as_str()),
+            (1, Timestamp::from_secs(5), "old"),
             "{}",
             backend.name
         );
@@ -1545,7 +1634,9 @@ async fn checks_lists_audited_and_incident_checks_by_name() {
                 root: RecordKey::new("transfers", "t1").unwrap(),
                 dedup_key: "k".into(),
                 opened_at: Timestamp::from_secs(10),
+                updated_at: Timestamp::from_secs(10),
                 resolved_at: None,
+                failures: 1,
                 message: "m".into(),
                 details: Value::Null,
                 trigger_commit_time: Timestamp::from_secs(9),

@@ -145,6 +145,8 @@ fn incident_line(i: &IncidentEntry) -> String {
         i.resolved_at.map_or_else(|| "open".to_owned(), |t| t.to_string()),
         output::field(&i.check),
         output::field(&i.root.to_string()),
+        i.failures.to_string(),
+        i.updated_at.to_string(),
         output::field(&i.message),
     ]
     .join("\t")
@@ -157,6 +159,8 @@ fn incident_json(i: &IncidentEntry) -> serde_json::Value {
         "check": i.check,
         "root": {"model": i.root.model.as_str(), "id": i.root.id.as_str()},
         "dedup_key": i.dedup_key,
+        "failures": i.failures,
+        "updated_at": i.updated_at.to_string(),
         "message": i.message,
         "details": i.details,
         "trigger_commit_time": i.trigger_commit_time.to_string(),

@@ -38,9 +38,10 @@ async fn small(line: Line) -> Verdict {
     }
 }
 
-async fn write_store(dir: &std::path::Path) {
-    let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000)));
-    let mut overseer = Overseer::builder()
+/// A pipeline running `small` at once over the lines of source `app`,
+/// storing in `dir`.
+fn pipeline(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Overseer {
+    Overseer::builder()
         .store(Store::local(dir).unwrap())
         .state_builder(LinesConsumer)
         .source(
@@ -52,7 +53,12 @@ async fn write_store(dir: &std::path::Path) {
         .checks(Registry::new().add(Check::new("small", small).with_strategy(Immediate)))
         .manual_clock(clock.clone())
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+async fn write_store(dir: &std::path::Path) {
+    let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000)));
+    let mut overseer = pipeline(dir, &clock);
     overseer
         .ingest("app", &["a 5".into(), "b 500".into()])
         .await
@@ -127,6 +133,33 @@ async fn audit_lists_executions_and_incidents_with_filters() {
     let (code, _, err) = overseer(&["audit", "--store", store, "--model", "lines"]);
     assert_eq!(code, 2);
     assert!(err.contains("--id"), "{err}");
+}
+
+/// An incident line names how many runs have failed and when the latest
+/// did, and carries the latest failure's message and details.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_show_their_failure_count_and_latest_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_000)));
+    let mut running = pipeline(dir.path(), &clock);
+    for (at, line) in [(1_000, "c 500"), (2_000, "c 600"), (3_000, "c 700")] {
+        clock.advance_to(Timestamp::from_secs(at));
+        running.ingest("app", &[line.into()]).await.unwrap();
+        running.tick().await.unwrap();
+    }
+    let store = dir.path().to_str().unwrap();
+
+    let (code, out, _) = overseer(&["audit", "--store", store, "--incidents"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        "1970-01-01T00:16:40Z\topen\tsmall\tlines/c\t3\t1970-01-01T00:50:00Z\ttoo big\n"
+    );
+    let (_, out, _) = overseer(&["audit", "--store", store, "--incidents", "--json"]);
+    let open: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(open["failures"], 3);
+    assert_eq!(open["updated_at"], "1970-01-01T00:50:00Z");
+    assert_eq!(open["details"], 700);
 }
 
 /// A `--check` that never ran (a typo) is "not found", naming the checks

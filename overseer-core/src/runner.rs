@@ -785,9 +785,9 @@ impl Runner {
                     root: entry.root,
                     dedup_key: entry.dedup_key,
                     opened_at: entry.opened_at,
-                    updated_at: entry.opened_at,
+                    updated_at: entry.updated_at,
                     resolved_at: None,
-                    failures: 1,
+                    failures: entry.failures,
                     message: entry.message,
                     details: entry.details,
                     trigger_commit_time: entry.trigger_commit_time,
@@ -809,11 +809,15 @@ impl Runner {
         let name = self.runnable[check].name().to_owned();
         let (change, incident) = match self.incidents.get_mut(&key) {
             Some(open) => {
-                open.failures += 1;
+                open.failures = open.failures.saturating_add(1);
                 open.updated_at = now;
                 open.message = failure.message.clone();
                 open.details = failure.details.clone();
-                (IncidentChange::Updated, open.clone())
+                let updated = open.clone();
+                // So that a restart resumes the count, and an operator sees
+                // the latest failure.
+                self.dal.store().put_incident(&incident_entry(&updated)).await?;
+                (IncidentChange::Updated, updated)
             }
             None => {
                 // After an incident of the same (check, record) opened at
@@ -893,7 +897,9 @@ fn incident_entry(i: &Incident) -> IncidentEntry {
         root: i.root.clone(),
         dedup_key: i.dedup_key.clone(),
         opened_at: i.opened_at,
+        updated_at: i.updated_at,
         resolved_at: i.resolved_at,
+        failures: i.failures,
         message: i.message.clone(),
         details: i.details.clone(),
         trigger_commit_time: i.trigger_commit_time,

@@ -92,7 +92,8 @@ pub struct AuditEntry {
     pub coalesced: u32,
 }
 
-/// An incident as stored: its opening, and its resolution once resolved.
+/// An incident as stored: its opening, its repeated failures, and its
+/// resolution once resolved.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IncidentEntry {
     /// The check.
@@ -103,11 +104,16 @@ pub struct IncidentEntry {
     pub dedup_key: String,
     /// When it opened.
     pub opened_at: Timestamp,
+    /// When its latest failure was concluded (`opened_at` until it fails
+    /// again).
+    pub updated_at: Timestamp,
     /// When it resolved, if it has.
     pub resolved_at: Option<Timestamp>,
-    /// The message of the failure that opened it.
+    /// How many executions have failed since it opened (1 at its opening).
+    pub failures: u32,
+    /// The message of its latest failure.
     pub message: String,
-    /// Details of the failure that opened it.
+    /// Details of its latest failure.
     pub details: Value,
     /// Commit time of the update that made the discrepancy observable.
     pub trigger_commit_time: Timestamp,
@@ -341,24 +347,31 @@ impl Store {
             message: entry.message.clone(),
             details_json: details_json(&entry.details),
             trigger_commit_time_micros: entry.trigger_commit_time.as_micros(),
+            failures: entry.failures,
+            updated_at_micros: Some(entry.updated_at.as_micros()),
         }
     }
 
-    /// Records an incident's opening (`opened.pb`) or, when `resolved_at`
-    /// is set, its resolution (`resolved.pb`); both create-only.
+    /// Records an incident's opening (`opened.pb`, its first failure), its
+    /// `n`-th failure (`failed-<n>.pb`, `n` in 10 digits) or, when
+    /// `resolved_at` is set, its resolution (`resolved.pb`); each
+    /// create-only, so an incident's record only grows.
     pub async fn put_incident(&self, entry: &IncidentEntry) -> Result<()> {
         let name = if entry.resolved_at.is_some() {
-            "resolved.pb"
+            "resolved.pb".to_owned()
+        } else if entry.failures <= 1 {
+            "opened.pb".to_owned()
         } else {
-            "opened.pb"
+            format!("failed-{:010}.pb", entry.failures)
         };
-        let path = self.incident_dir(entry).join(name);
+        let path = self.incident_dir(entry).join(name.as_str());
         let bytes = Self::incident_message(entry).encode_to_vec();
         self.put_create(&path, Bytes::from(bytes)).await?;
         Ok(())
     }
 
-    /// Every incident, open or resolved, ordered by opening time.
+    /// Every incident, open or resolved, ordered by opening time, each with
+    /// its latest failure recorded.
     pub async fn incidents(&self) -> Result<Vec<IncidentEntry>> {
         const M: &str = "IncidentRecord";
         let mut by_dir: std::collections::BTreeMap<String, IncidentEntry> = Default::default();
@@ -370,7 +383,10 @@ impl Store {
                 root: codec::key_from_proto(r.root, path.as_ref(), M)?,
                 dedup_key: r.dedup_key,
                 opened_at: Timestamp::from_micros(r.opened_at_micros),
+                // Records written before these were kept: the opening.
+                updated_at: Timestamp::from_micros(r.updated_at_micros.unwrap_or(r.opened_at_micros)),
                 resolved_at: r.resolved_at_micros.map(Timestamp::from_micros),
+                failures: r.failures.max(1),
                 message: r.message,
                 details: parse_details(&r.details_json),
                 trigger_commit_time: Timestamp::from_micros(r.trigger_commit_time_micros),
@@ -392,6 +408,13 @@ impl Store {
             let slot = by_dir.entry(dir).or_insert_with(|| entry.clone());
             if entry.resolved_at.is_some() {
                 slot.resolved_at = entry.resolved_at;
+            }
+            // The latest failure recorded (listings are in no set order).
+            if (entry.failures, entry.updated_at) > (slot.failures, slot.updated_at) {
+                slot.failures = entry.failures;
+                slot.updated_at = entry.updated_at;
+                slot.message = entry.message;
+                slot.details = entry.details;
             }
         }
         let mut out: Vec<IncidentEntry> = by_dir.into_values().collect();
