@@ -619,6 +619,7 @@ async fn truncated_at_field_boundary_is_detected() {
     let prefix = overseer_core::proto::DeadLetter {
         received_at_micros: 0,
         error: String::new(),
+        batch_index: 0,
         ..full
     }
     .encode_to_vec();

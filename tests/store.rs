@@ -201,14 +201,57 @@ async fn malformed_events_are_dead_lettered_once_and_the_rest_is_stored() {
     }
 }
 
+/// A store holding record `m/a` at position 7 (`{"v": 1}`), and the
+/// ingestor that stored it.
+async fn with_a_stored_at_position_7(backend: std::sync::Arc<dyn ObjectStore>) -> (Store, Ingestor) {
+    let store = Store::new(backend);
+    let ing = ingestor(&store, References::new());
+    ing.ingest_batch(&[ev("m", "a", 1, 7, "full", json!({"v": 1})).line()])
+        .await
+        .unwrap();
+    (store, ing)
+}
+
+/// Dead letters are listed in the order their events arrived in, batch by
+/// batch and, within a batch, by position in it: rejected by the consumer
+/// or, later, as a position conflict when storing.
+#[tokio::test]
+async fn dead_letters_are_listed_in_arrival_order() {
+    for backend in backends() {
+        let (store, ing) = with_a_stored_at_position_7(backend.store.clone()).await;
+        let bad = |n: u32| bytes::Bytes::from(format!("not an event {n}"));
+        let first = vec![
+            bad(0),
+            ev("m", "b", 2, 8, "full", json!({})).line(),
+            // Rejected when stored, after every consumer rejection.
+            ev("m", "a", 1, 7, "full", json!({"v": 2})).line(),
+            bad(3),
+            bad(4),
+            ev("m", "c", 3, 9, "full", json!({})).line(),
+            bad(6),
+            bad(7),
+        ];
+        let r = ing.ingest_batch(&first).await.unwrap();
+        assert_eq!((r.stored, r.dead_lettered), (2, 6), "{}", backend.name);
+        let second = vec![bad(10), bad(11)];
+        ing.ingest_batch(&second).await.unwrap();
+
+        let letters = store.dead_letters().await.unwrap();
+        let got: Vec<(&[u8], u32)> = letters.iter().map(|l| (l.raw.as_ref(), l.batch_index)).collect();
+        let expected: Vec<(&[u8], u32)> = [(&first, 0), (&first, 2), (&first, 3), (&first, 4)]
+            .into_iter()
+            .chain([(&first, 6), (&first, 7), (&second, 0), (&second, 1)])
+            .map(|(batch, i)| (batch[i].as_ref(), i as u32))
+            .collect();
+        assert_eq!(got, expected, "{}", backend.name);
+        assert!(letters[1].error.contains("position conflict"), "{}", backend.name);
+    }
+}
+
 #[tokio::test]
 async fn a_different_event_at_a_stored_position_is_a_conflict_not_a_duplicate() {
     for backend in backends() {
-        let store = Store::new(backend.store.clone());
-        let ing = ingestor(&store, References::new());
-        ing.ingest_batch(&[ev("m", "a", 1, 7, "full", json!({"v": 1})).line()])
-            .await
-            .unwrap();
+        let (store, ing) = with_a_stored_at_position_7(backend.store.clone()).await;
         let r = ing
             .ingest_batch(&[ev("m", "a", 1, 7, "full", json!({"v": 2})).line()])
             .await

@@ -100,13 +100,14 @@ pub enum Command {
     /// List the events that could not be ingested.
     #[command(
         long_about = "List the events that could not be ingested (the dead-letter area), \
-            oldest first, one per line on stdout.\n\n\
+            in the order they arrived in, one per line on stdout.\n\n\
             Each line holds, separated by tabs: the time the event was received, its \
             source, its format, its position (- when unknown), the error, and the raw \
             event (as UTF-8, invalid bytes replaced; cut to 200 characters; tabs and line \
             breaks escaped). With --json, each line is a JSON object with the full raw \
             event (raw; when it is not valid UTF-8, raw has the invalid bytes replaced and \
-            raw_hex holds its exact bytes in hex, else raw_hex is null).",
+            raw_hex holds its exact bytes in hex, else raw_hex is null) and its index in \
+            the batch it arrived in (batch_index).",
         after_long_help = EXIT_CODES
     )]
     DeadLetters(DeadLettersArgs),

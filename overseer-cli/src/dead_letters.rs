@@ -46,6 +46,7 @@ fn letter_line(d: &DeadLetter) -> String {
 fn letter_json(d: &DeadLetter) -> serde_json::Value {
     json!({
         "received_at": d.received_at.to_string(),
+        "batch_index": d.batch_index,
         "source": d.source.as_str(),
         "format": d.format,
         "position": d.position.as_ref().map(|p| p.as_str()),
@@ -83,6 +84,7 @@ mod tests {
             raw: raw.to_vec().into(),
             error: "json event rejected: expected value\tat line 1".into(),
             received_at: Timestamp::from_secs(60),
+            batch_index: 0,
         }
     }
 

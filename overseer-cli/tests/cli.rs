@@ -437,9 +437,11 @@ fn malformed_lines_are_dead_lettered_and_listed() {
         assert_eq!(row[2], "json");
         assert!(!row[4].is_empty());
     }
+    // In the order they arrived in.
     let raws: Vec<&str> = rows.iter().map(|r| r[5]).collect();
-    assert!(raws.contains(&"this is not json"), "{raws:?}");
-    let cut = raws.iter().find(|r| r.starts_with("{\"oops\"")).unwrap();
+    assert_eq!(raws[0], "this is not json", "{raws:?}");
+    let cut = raws[1];
+    assert!(cut.starts_with("{\"oops\""), "{cut}");
     assert_eq!(cut.chars().count(), 201, "200 characters and an ellipsis: {cut}");
 
     let o = overseer(&["dead-letters", "--store", s(&store), "--json"]);
@@ -449,7 +451,9 @@ fn malformed_lines_are_dead_lettered_and_listed() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(letters.len(), 2);
-    assert!(letters.iter().any(|l| l["raw"] == long.as_str()));
+    assert_eq!(letters[1]["raw"], long.as_str());
+    let indices: Vec<&Value> = letters.iter().map(|l| &l["batch_index"]).collect();
+    assert_eq!(indices, [2, 4], "their places in the one batch ingested");
     assert!(
         letters
             .iter()

@@ -223,11 +223,13 @@ impl Ingestor {
         };
         let mut docs = Vec::with_capacity(batch.len());
         let mut changes = Vec::with_capacity(if self.prime_changes { batch.len() } else { 0 });
-        let mut rejected = Vec::new();
+        // Each with its index in the batch, which dead letters keep.
+        let mut rejected: Vec<(u32, Bytes, Option<SourcePosition>, String)> = Vec::new();
+        let mut indices: Vec<u32> = Vec::with_capacity(batch.len());
         // Whether the batch's last position is that of the last record (it
         // is cloned once, after the loop).
         let mut last_is_record = false;
-        for (raw, outcome) in batch.iter().zip(outcomes) {
+        for ((index, raw), outcome) in (0u32..).zip(batch).zip(outcomes) {
             match outcome {
                 Outcome::Record(r, references) => {
                     let r = *r;
@@ -244,6 +246,7 @@ impl Ingestor {
                         raw: raw.clone(),
                         references,
                     });
+                    indices.push(index);
                     if self.prime_changes {
                         changes.push(r.change);
                     }
@@ -256,7 +259,7 @@ impl Ingestor {
                         last_is_record = false;
                     }
                 }
-                Outcome::Rejected(e) => rejected.push((raw.clone(), None, e.to_string())),
+                Outcome::Rejected(e) => rejected.push((index, raw.clone(), None, e.to_string())),
             }
         }
         if last_is_record {
@@ -271,7 +274,7 @@ impl Ingestor {
         let mut changes = changes.into_iter();
         let mut stored = Vec::with_capacity(outcomes.len());
         let mut redelivered = Vec::new();
-        for (doc, path, outcome) in outcomes {
+        for ((doc, path, outcome), index) in outcomes.into_iter().zip(indices) {
             let change = changes.next();
             match outcome {
                 Ok(PutOutcome::Created) => {
@@ -291,7 +294,7 @@ impl Ingestor {
                     }
                 }
                 Err(e @ Error::PositionConflict { .. }) => {
-                    rejected.push((doc.raw.clone(), Some(doc.position.clone()), e.to_string()))
+                    rejected.push((index, doc.raw.clone(), Some(doc.position.clone()), e.to_string()))
                 }
                 Err(e) => return Err(e),
             }
@@ -311,7 +314,7 @@ impl Ingestor {
             }
         }
 
-        for (raw, position, error) in rejected {
+        for (batch_index, raw, position, error) in rejected {
             tracing::warn!(source = %self.source, %error, "event dead-lettered");
             let letter = DeadLetter {
                 source: self.source.clone(),
@@ -320,6 +323,7 @@ impl Ingestor {
                 raw,
                 error,
                 received_at,
+                batch_index,
             };
             self.store.put_dead_letter(&letter).await?;
             report.dead_lettered += 1;

@@ -84,8 +84,11 @@ pub struct DeadLetter {
     pub raw: Bytes,
     /// Why it was rejected.
     pub error: String,
-    /// When it was received.
+    /// When it was received (the batch it arrived in).
     pub received_at: Timestamp,
+    /// Its index in the batch it arrived in: dead letters are listed in
+    /// the order they arrived in, by `received_at` then this.
+    pub batch_index: u32,
 }
 
 /// A source's acknowledged progress.
@@ -1019,6 +1022,7 @@ impl Store {
             raw: letter.raw.clone(),
             error: letter.error.clone(),
             received_at_micros: letter.received_at.as_micros(),
+            batch_index: letter.batch_index,
         };
         self.put_create(&path, Bytes::from(message.encode_to_vec())).await
     }
@@ -1032,7 +1036,10 @@ impl Store {
         ])
     }
 
-    /// Every dead letter, ordered by the time it was received.
+    /// Every dead letter, in the order received: by the time its batch
+    /// was received, then by source and position in its batch. (Dead
+    /// letters stored before the position in the batch was kept come
+    /// first among those of their batch.)
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
         let paths = self.list_paths(&self.path(&["dead-letters"])).await?;
         let mut out = Vec::with_capacity(paths.len());
@@ -1062,9 +1069,12 @@ impl Store {
                 raw: d.raw,
                 error: d.error,
                 received_at: Timestamp::from_micros(d.received_at_micros),
+                batch_index: d.batch_index,
             });
         }
-        out.sort_by_key(|d| d.received_at);
+        out.sort_by(|a, b| {
+            (a.received_at, &a.source, a.batch_index).cmp(&(b.received_at, &b.source, b.batch_index))
+        });
         Ok(out)
     }
 
