@@ -1655,6 +1655,40 @@ async fn incidents_are_listed_with_their_latest_failure() {
     }
 }
 
+/// Listing incidents reads an incident's opening, its latest failure and
+/// its resolution, not every failure: a restart after an incident failed
+/// thousands of times reads three objects for it, not thousands.
+#[tokio::test]
+async fn listing_incidents_reads_only_their_latest_failure() {
+    use overseer_core::store::{CountingStore, IncidentEntry};
+    let counting = std::sync::Arc::new(CountingStore::new(overseer_core::store::MemoryStore::new()));
+    let store = Store::new(counting.clone());
+    let at = |failures: u32, resolved: Option<i64>| IncidentEntry {
+        check: "paid".into(),
+        root: RecordKey::new("transfers", "t1").unwrap(),
+        dedup_key: "paid/transfers/t1/10000000".into(),
+        opened_at: Timestamp::from_secs(10),
+        updated_at: Timestamp::from_secs(10 + i64::from(failures)),
+        resolved_at: resolved.map(Timestamp::from_secs),
+        failures,
+        message: format!("failure {failures}"),
+        details: Value::Null,
+        trigger_commit_time: Timestamp::from_secs(9),
+    };
+    for failures in 1..=121 {
+        store.put_incident(&at(failures, None)).await.unwrap();
+    }
+    store.put_incident(&at(121, Some(200))).await.unwrap();
+    let before = counting.counts().gets;
+    let listed = store.incidents().await.unwrap();
+    assert_eq!(listed, [at(121, Some(200))]);
+    assert_eq!(
+        counting.counts().gets - before,
+        3,
+        "opened, failed-121 and resolved"
+    );
+}
+
 /// `Store::checks` names every check with audit records or incidents,
 /// including one whose name is too long for its key (hashed).
 #[tokio::test]

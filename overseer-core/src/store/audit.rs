@@ -1,6 +1,8 @@
 //! The audit area: every check execution and every incident transition,
 //! written immutably (`audit/` and `incidents/`, see docs/store-layout.md).
 
+use std::collections::btree_map::Entry;
+
 use bytes::Bytes;
 use object_store::path::Path;
 use prost::Message;
@@ -375,7 +377,28 @@ impl Store {
     pub async fn incidents(&self) -> Result<Vec<IncidentEntry>> {
         const M: &str = "IncidentRecord";
         let mut by_dir: std::collections::BTreeMap<String, IncidentEntry> = Default::default();
+        // Of an incident's failures, only the latest is read: its name
+        // (`failed-` and the count in 10 digits) sorts last.
+        let mut latest_failed: std::collections::BTreeMap<String, Path> = Default::default();
+        let mut paths = Vec::new();
         for path in self.list_paths(&self.path(&["incidents"])).await? {
+            if path.filename().is_some_and(|name| name.starts_with("failed-")) {
+                let dir = path.parent().map(|p| p.to_string()).unwrap_or_default();
+                match latest_failed.entry(dir) {
+                    Entry::Vacant(v) => {
+                        v.insert(path);
+                    }
+                    Entry::Occupied(mut o) if o.get().filename() < path.filename() => {
+                        o.insert(path);
+                    }
+                    Entry::Occupied(_) => {}
+                }
+            } else {
+                paths.push(path);
+            }
+        }
+        paths.extend(latest_failed.into_values());
+        for path in paths {
             let r: proto::IncidentRecord = codec::decode(path.as_ref(), M, self.get_bytes(&path).await?)?;
             let dir = path.parent().map(|p| p.to_string()).unwrap_or_default();
             let entry = IncidentEntry {
