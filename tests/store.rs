@@ -1655,6 +1655,63 @@ async fn incidents_are_listed_with_their_latest_failure() {
     }
 }
 
+/// A `failed-<n>.pb` cut short (its count or time lost) or holding another
+/// count than its name is a typed `Corrupt` error naming it, not an
+/// incident silently listed with fewer failures (which a restarted runner
+/// would then count on from).
+#[tokio::test]
+async fn a_truncated_or_mismatched_failure_record_is_corrupt() {
+    use overseer_core::store::IncidentEntry;
+    let at = |failures: u32| IncidentEntry {
+        check: "paid".into(),
+        root: RecordKey::new("transfers", "t1").unwrap(),
+        dedup_key: "paid/transfers/t1/10000000".into(),
+        opened_at: Timestamp::from_secs(10),
+        updated_at: Timestamp::from_secs(10 + i64::from(failures)),
+        resolved_at: None,
+        failures,
+        message: format!("failure {failures}"),
+        details: Value::Null,
+        trigger_commit_time: Timestamp::from_secs(9),
+    };
+    let record = |failures: u32, updated: Option<i64>| overseer_core::proto::IncidentRecord {
+        check: "paid".into(),
+        root: Some(overseer_core::proto::RecordKey {
+            model: "transfers".into(),
+            id: "t1".into(),
+        }),
+        dedup_key: "paid/transfers/t1/10000000".into(),
+        opened_at_micros: 10_000_000,
+        message: "failure 3".into(),
+        trigger_commit_time_micros: 9_000_000,
+        failures,
+        updated_at_micros: updated,
+        ..Default::default()
+    };
+    let key = "incidents/paid/transfers/t1/00000000000010000000/failed-0000000003.pb";
+    // Cut before the count (fields 9-10), before the time (field 10), and
+    // a whole record of another failure copied there.
+    for bad in [record(0, None), record(3, None), record(2, Some(12_000_000))] {
+        for backend in backends() {
+            let store = Store::new(backend.store.clone());
+            for failures in 1..=2 {
+                store.put_incident(&at(failures)).await.unwrap();
+            }
+            backend
+                .store
+                .put(&key.into(), bad.encode_to_vec().into())
+                .await
+                .unwrap();
+            let err = store.incidents().await.unwrap_err();
+            assert!(
+                matches!(&err, overseer_core::Error::Corrupt { path, .. } if path == key),
+                "{}: {bad:?}: {err}",
+                backend.name
+            );
+        }
+    }
+}
+
 /// Listing incidents reads an incident's opening, its latest failure and
 /// its resolution, not every failure: a restart after an incident failed
 /// thousands of times reads three objects for it, not thousands.

@@ -400,6 +400,35 @@ impl Store {
         paths.extend(latest_failed.into_values());
         for path in paths {
             let r: proto::IncidentRecord = codec::decode(path.as_ref(), M, self.get_bytes(&path).await?)?;
+            // A failure's record holds the count its name gives and its
+            // time: one without is truncated (its last fields lost, read as
+            // defaults) or was copied from another failure.
+            if let Some(name) = path.filename().filter(|name| name.starts_with("failed-")) {
+                let named = name
+                    .strip_prefix("failed-")
+                    .and_then(|n| n.strip_suffix(".pb"))
+                    .filter(|n| n.len() == 10)
+                    .and_then(|n| n.parse::<u32>().ok());
+                if named != Some(r.failures)
+                    || r.updated_at_micros.is_none()
+                    || r.resolved_at_micros.is_some()
+                {
+                    return Err(codec::corrupt(
+                        path.as_ref(),
+                        M,
+                        format!(
+                            "it holds failure {} of its incident{}, which is not the one its key \
+                             names (truncated, or copied from another failure)",
+                            r.failures,
+                            if r.updated_at_micros.is_none() {
+                                " without its time"
+                            } else {
+                                ""
+                            }
+                        ),
+                    ));
+                }
+            }
             let dir = path.parent().map(|p| p.to_string()).unwrap_or_default();
             let entry = IncidentEntry {
                 check: r.check,
