@@ -123,6 +123,68 @@ async fn restart_goes_on_counting_an_open_incidents_failures() {
     );
 }
 
+/// An incident resolved at the clock's current time, then the runner
+/// restarted before the clock moved: the record failing again opens a new
+/// incident after it, not one that shares the resolved one's key (whose
+/// opening and failures would be dropped as duplicates of the old one's,
+/// and which would list as resolved while open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_in_the_tick_of_a_resolution_opens_a_new_incident() {
+    let store = Store::in_memory();
+    let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1000)));
+    async fn even(l: Line) -> Verdict {
+        if l.n % 2 == 0 {
+            Verdict::pass()
+        } else {
+            Verdict::fail("odd")
+        }
+    }
+    let build = || {
+        Overseer::builder()
+            .store(store.clone())
+            .manual_clock(clock.clone())
+            .state_builder(LinesConsumer)
+            .source(
+                SourceConfig::new("app", LinesConsumer)
+                    .unwrap()
+                    .models(["lines"])
+                    .unwrap(),
+            )
+            .checks(Registry::new().add(Check::new("even", even)))
+            .build()
+            .unwrap()
+    };
+    {
+        let mut o = build();
+        o.ingest("app", &b(&["r 101"])).await.unwrap();
+        o.drain().await.unwrap();
+        o.ingest("app", &b(&["r 102"])).await.unwrap();
+        o.drain().await.unwrap();
+        assert_eq!(o.runner().stats().incidents_resolved, 1);
+    }
+    let mut o = build();
+    o.ingest("app", &b(&["r 103"])).await.unwrap();
+    o.drain().await.unwrap();
+    o.ingest("app", &b(&["r 105"])).await.unwrap();
+    o.drain().await.unwrap();
+    let stored = store.incidents().await.unwrap();
+    let got: Vec<_> = stored
+        .iter()
+        .map(|i| (i.opened_at, i.resolved_at, i.failures))
+        .collect();
+    let reopened = Timestamp::from_micros(1_000_000_001);
+    assert_eq!(
+        got,
+        [
+            (Timestamp::from_secs(1000), Some(Timestamp::from_secs(1000)), 1),
+            (reopened, None, 2)
+        ],
+        "{stored:#?}"
+    );
+    let open: Vec<_> = o.runner().open_incidents().map(|i| i.opened_at).collect();
+    assert_eq!(open, [reopened]);
+}
+
 /// A record that passes after a restart must resolve the incident opened before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_then_pass_resolves_stored_incident() {

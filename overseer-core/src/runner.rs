@@ -222,8 +222,8 @@ pub struct Runner {
     escalation_errors: Arc<std::sync::atomic::AtomicU64>,
     incidents: HashMap<(usize, RecordKey), Incident, RandomState>,
     /// The opening times of incidents resolved while the clock had not yet
-    /// passed them: one reopened for the same (check, record) opens after
-    /// it, so that the two are distinct incidents (in the store, whose
+    /// passed them (or found in the store at a restart before it had): one
+    /// reopened for the same (check, record) opens after it, so that the two are distinct incidents (in the store, whose
     /// incidents are keyed by opening time, and for paging systems).
     reopen_after: HashMap<(usize, RecordKey), Timestamp, RandomState>,
     /// Whether the incidents left open in the store (by an earlier run over
@@ -771,13 +771,24 @@ impl Runner {
         if self.incidents_restored {
             return Ok(());
         }
+        let now = self.clock.now();
         for entry in self.dal.store().incidents().await? {
-            if entry.resolved_at.is_some() {
-                continue;
-            }
             let Some(check) = self.runnable.iter().position(|c| c.name() == entry.check) else {
                 continue;
             };
+            // One opened at this time or later (the clock did not move
+            // since): an incident opened now must open after it, not share
+            // its key, as `resolve` arranges within one run.
+            if entry.opened_at >= now {
+                let after = self
+                    .reopen_after
+                    .entry((check, entry.root.clone()))
+                    .or_insert(entry.opened_at);
+                *after = (*after).max(entry.opened_at);
+            }
+            if entry.resolved_at.is_some() {
+                continue;
+            }
             self.incidents
                 .entry((check, entry.root.clone()))
                 .or_insert(Incident {
