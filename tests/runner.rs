@@ -1257,6 +1257,42 @@ async fn an_incident_reopened_at_the_same_clock_time_is_stored() {
     }
 }
 
+/// A reopened incident (opened past the clock, the clock not having moved)
+/// that fails again in that tick is not updated before it opened: its
+/// latest failure, as held and stored, is at its opening or later.
+#[tokio::test]
+async fn a_reopened_incident_failing_again_in_its_tick_is_not_updated_before_it_opened() {
+    let checks = Registry::new().add(Check::new("positive", positive).with_strategy(Immediate));
+    let (mut s, _) = scenario(checks);
+    s.advance_to(secs(100)).await.unwrap();
+    for (i, amount) in [-1, 1, -2, -3].into_iter().enumerate() {
+        let t = i as i64 + 1;
+        s.feed(
+            "core",
+            [ev("transfers", "t1", t, t as u64, json!({ "amount": amount }))],
+        )
+        .await
+        .unwrap();
+    }
+    let open = s.open_incidents();
+    assert_eq!(open.len(), 1, "{open:#?}");
+    assert_eq!(
+        (open[0].failures, open[0].opened_at, open[0].updated_at),
+        (
+            2,
+            Timestamp::from_micros(100_000_001),
+            Timestamp::from_micros(100_000_001)
+        )
+    );
+    let stored = s.overseer().store().incidents().await.unwrap();
+    let last = stored.last().unwrap();
+    assert_eq!(
+        (last.failures, last.opened_at, last.updated_at),
+        (2, open[0].opened_at, open[0].updated_at),
+        "{stored:#?}"
+    );
+}
+
 /// Dedup keys join the check, the record's model and id and the opening
 /// time with `/`: names holding a `/` must not make two incidents share a
 /// key (a paging system would merge them, and one's resolve would close

@@ -821,7 +821,8 @@ impl Runner {
         let (change, incident) = match self.incidents.get_mut(&key) {
             Some(open) => {
                 open.failures = open.failures.saturating_add(1);
-                open.updated_at = now;
+                // Not before its opening (moved past the clock by a reopening).
+                open.updated_at = now.max(open.opened_at);
                 open.message = failure.message.clone();
                 open.details = failure.details.clone();
                 let updated = open.clone();
