@@ -223,8 +223,9 @@ pub struct Runner {
     incidents: HashMap<(usize, RecordKey), Incident, RandomState>,
     /// The opening times of incidents resolved while the clock had not yet
     /// passed them (or found in the store at a restart before it had): one
-    /// reopened for the same (check, record) opens after it, so that the two are distinct incidents (in the store, whose
-    /// incidents are keyed by opening time, and for paging systems).
+    /// reopened for the same (check, record) opens after it, so that the
+    /// two are distinct incidents (in the store, whose incidents are keyed
+    /// by opening time, and for paging systems).
     reopen_after: HashMap<(usize, RecordKey), Timestamp, RandomState>,
     /// Whether the incidents left open in the store (by an earlier run over
     /// it) have been taken into `incidents`.
