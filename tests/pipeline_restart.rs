@@ -40,6 +40,11 @@ async fn small(l: Line) -> Verdict {
 }
 
 fn build(store: &Store, clock: &Arc<ManualClock>) -> Overseer {
+    build_with(store, clock, Registry::new().add(Check::new("small", small)))
+}
+
+/// A pipeline over the lines of source `app` running `checks`.
+fn build_with(store: &Store, clock: &Arc<ManualClock>, checks: Registry) -> Overseer {
     Overseer::builder()
         .store(store.clone())
         .manual_clock(clock.clone())
@@ -50,7 +55,7 @@ fn build(store: &Store, clock: &Arc<ManualClock>) -> Overseer {
                 .models(["lines"])
                 .unwrap(),
         )
-        .checks(Registry::new().add(Check::new("small", small)))
+        .checks(checks)
         .build()
         .unwrap()
 }
@@ -139,21 +144,7 @@ async fn restart_in_the_tick_of_a_resolution_opens_a_new_incident() {
             Verdict::fail("odd")
         }
     }
-    let build = || {
-        Overseer::builder()
-            .store(store.clone())
-            .manual_clock(clock.clone())
-            .state_builder(LinesConsumer)
-            .source(
-                SourceConfig::new("app", LinesConsumer)
-                    .unwrap()
-                    .models(["lines"])
-                    .unwrap(),
-            )
-            .checks(Registry::new().add(Check::new("even", even)))
-            .build()
-            .unwrap()
-    };
+    let build = || build_with(&store, &clock, Registry::new().add(Check::new("even", even)));
     {
         let mut o = build();
         o.ingest("app", &b(&["r 101"])).await.unwrap();

@@ -1217,14 +1217,10 @@ async fn positive(v: Root<Transfer>) -> Verdict {
 /// An incident that resolves and reopens for the same (check, record) at
 /// the same runner time must be kept in the store as two incidents: the
 /// store must agree with the runner that the record is failing.
-#[tokio::test]
-async fn an_incident_reopened_at_the_same_clock_time_is_stored() {
-    let checks = Registry::new().add(Check::new("positive", positive).with_strategy(Immediate));
-    let (mut s, _) = scenario(checks);
-    s.advance_to(secs(100)).await.unwrap();
-    // Fail, pass, fail, pass, fail: three incidents, the clock never moves.
-    for (i, amount) in [-1, 1, -2, 2, -3].into_iter().enumerate() {
-        let t = i as i64 + 1;
+/// Feeds transfer `t1` with each amount in turn, the `n`-th committed at
+/// `n` seconds, each in its own batch.
+async fn feed_amounts(s: &mut Scenario, amounts: &[i64]) {
+    for (t, amount) in (1i64..).zip(amounts) {
         s.feed(
             "core",
             [ev("transfers", "t1", t, t as u64, json!({ "amount": amount }))],
@@ -1232,6 +1228,15 @@ async fn an_incident_reopened_at_the_same_clock_time_is_stored() {
         .await
         .unwrap();
     }
+}
+
+#[tokio::test]
+async fn an_incident_reopened_at_the_same_clock_time_is_stored() {
+    let checks = Registry::new().add(Check::new("positive", positive).with_strategy(Immediate));
+    let (mut s, _) = scenario(checks);
+    s.advance_to(secs(100)).await.unwrap();
+    // Fail, pass, fail, pass, fail: three incidents, the clock never moves.
+    feed_amounts(&mut s, &[-1, 1, -2, 2, -3]).await;
     let kinds: Vec<_> = s.executions().iter().map(|e| e.outcome.kind()).collect();
     use OutcomeKind::{Fail, Pass};
     assert_eq!(kinds, [Fail, Pass, Fail, Pass, Fail]);
@@ -1265,15 +1270,7 @@ async fn a_reopened_incident_failing_again_in_its_tick_is_not_updated_before_it_
     let checks = Registry::new().add(Check::new("positive", positive).with_strategy(Immediate));
     let (mut s, _) = scenario(checks);
     s.advance_to(secs(100)).await.unwrap();
-    for (i, amount) in [-1, 1, -2, -3].into_iter().enumerate() {
-        let t = i as i64 + 1;
-        s.feed(
-            "core",
-            [ev("transfers", "t1", t, t as u64, json!({ "amount": amount }))],
-        )
-        .await
-        .unwrap();
-    }
+    feed_amounts(&mut s, &[-1, 1, -2, -3]).await;
     let open = s.open_incidents();
     assert_eq!(open.len(), 1, "{open:#?}");
     assert_eq!(
