@@ -109,11 +109,7 @@ fn entry_line(e: &AuditEntry) -> String {
         e.outcome.as_str().to_owned(),
         e.as_of.to_string(),
         output::field(&e.trigger_key.to_string()),
-        if e.message.is_empty() {
-            "-".to_owned()
-        } else {
-            output::field(&e.message)
-        },
+        message_field(&e.message),
     ]
     .join("\t")
 }
@@ -147,9 +143,19 @@ fn incident_line(i: &IncidentEntry) -> String {
         output::field(&i.root.to_string()),
         i.failures.to_string(),
         i.updated_at.to_string(),
-        output::field(&i.message),
+        message_field(&i.message),
     ]
     .join("\t")
+}
+
+/// A message as a field of a line: `-` when there is none, as every empty
+/// field of these lines.
+fn message_field(message: &str) -> String {
+    if message.is_empty() {
+        "-".to_owned()
+    } else {
+        output::field(message)
+    }
 }
 
 fn incident_json(i: &IncidentEntry) -> serde_json::Value {
@@ -165,4 +171,34 @@ fn incident_json(i: &IncidentEntry) -> serde_json::Value {
         "details": i.details,
         "trigger_commit_time": i.trigger_commit_time.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use overseer_core::{RecordKey, Timestamp};
+
+    use super::*;
+
+    /// An incident whose failure has no message shows `-`, as an
+    /// execution's line does, not an empty field.
+    #[test]
+    fn an_incident_without_a_message_shows_a_dash() {
+        let incident = |message: &str| IncidentEntry {
+            check: "paid".into(),
+            root: RecordKey::new("transfers", "t1").unwrap(),
+            dedup_key: "k".into(),
+            opened_at: Timestamp::from_secs(60),
+            updated_at: Timestamp::from_secs(120),
+            resolved_at: None,
+            failures: 2,
+            message: message.into(),
+            details: serde_json::Value::Null,
+            trigger_commit_time: Timestamp::from_secs(59),
+        };
+        assert_eq!(
+            incident_line(&incident("")),
+            "1970-01-01T00:01:00Z\topen\tpaid\ttransfers/t1\t2\t1970-01-01T00:02:00Z\t-"
+        );
+        assert!(incident_line(&incident("late\tpayment")).ends_with("\tlate\\tpayment"));
+    }
 }
