@@ -122,7 +122,7 @@ pub enum Command {
             the source time the view was loaded as of, the triggering record, and the \
             message (- when none). An incident line holds: opened at, resolved at (or \
             open), the check, the root record, how many runs have failed, when the latest \
-            failed, and its message. With --json each line is a \
+            failed, and its message (- when none). With --json each line is a \
             JSON object with every field, failure details included.",
         after_long_help = EXIT_CODES
     )]
