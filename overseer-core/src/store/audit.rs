@@ -1,8 +1,6 @@
 //! The audit area: every check execution and every incident transition,
 //! written immutably (`audit/` and `incidents/`, see docs/store-layout.md).
 
-use std::collections::btree_map::Entry;
-
 use bytes::Bytes;
 use object_store::path::Path;
 use prost::Message;
@@ -131,6 +129,17 @@ fn opened_segment(opened_at: Timestamp) -> String {
     } else {
         format!("{micros:020}")
     }
+}
+
+/// The name of the record of an incident's `failures`-th failure.
+fn failed_file(failures: u32) -> String {
+    format!("failed-{failures:010}.pb")
+}
+
+/// Whether `path` is the record of one of an incident's failures after its
+/// opening.
+fn is_failure(path: &Path) -> bool {
+    path.filename().is_some_and(|name| name.starts_with("failed-"))
 }
 
 fn details_json(v: &Value) -> String {
@@ -323,12 +332,15 @@ impl Store {
                     return Ok(Some(record.check));
                 }
             } else {
-                let r: proto::IncidentRecord =
-                    codec::decode(path.as_ref(), "IncidentRecord", self.get_bytes(&path).await?)?;
-                return Ok(Some(r.check));
+                return Ok(Some(self.incident_record(&path).await?.check));
             }
         }
         Ok(None)
+    }
+
+    /// Reads one of an incident's records.
+    async fn incident_record(&self, path: &Path) -> Result<proto::IncidentRecord> {
+        codec::decode(path.as_ref(), "IncidentRecord", self.get_bytes(path).await?)
     }
 
     fn incident_dir(&self, entry: &IncidentEntry) -> Path {
@@ -364,7 +376,7 @@ impl Store {
         } else if entry.failures <= 1 {
             "opened.pb".to_owned()
         } else {
-            format!("failed-{:010}.pb", entry.failures)
+            failed_file(entry.failures)
         };
         let path = self.incident_dir(entry).join(name.as_str());
         let bytes = Self::incident_message(entry).encode_to_vec();
@@ -378,58 +390,46 @@ impl Store {
         const M: &str = "IncidentRecord";
         let mut by_dir: std::collections::BTreeMap<String, IncidentEntry> = Default::default();
         // Of an incident's failures, only the latest is read: its name
-        // (`failed-` and the count in 10 digits) sorts last.
-        let mut latest_failed: std::collections::BTreeMap<String, Path> = Default::default();
-        let mut paths = Vec::new();
+        // (`failed-` and the count in 10 digits) sorts last. Listings are
+        // sorted, so it is the last of its directory.
+        let mut paths: Vec<(String, Path)> = Vec::new();
         for path in self.list_paths(&self.path(&["incidents"])).await? {
-            if path.filename().is_some_and(|name| name.starts_with("failed-")) {
-                let dir = path.parent().map(|p| p.to_string()).unwrap_or_default();
-                match latest_failed.entry(dir) {
-                    Entry::Vacant(v) => {
-                        v.insert(path);
-                    }
-                    Entry::Occupied(mut o) if o.get().filename() < path.filename() => {
-                        o.insert(path);
-                    }
-                    Entry::Occupied(_) => {}
-                }
+            let dir = path.parent().map(|p| p.to_string()).unwrap_or_default();
+            if let Some((last_dir, last)) = paths.last_mut()
+                && *last_dir == dir
+                && is_failure(last)
+                && is_failure(&path)
+            {
+                *last = path;
             } else {
-                paths.push(path);
+                paths.push((dir, path));
             }
         }
-        paths.extend(latest_failed.into_values());
-        for path in paths {
-            let r: proto::IncidentRecord = codec::decode(path.as_ref(), M, self.get_bytes(&path).await?)?;
+        for (dir, path) in paths {
+            let r = self.incident_record(&path).await?;
             // A failure's record holds the count its name gives and its
             // time: one without is truncated (its last fields lost, read as
             // defaults) or was copied from another failure.
-            if let Some(name) = path.filename().filter(|name| name.starts_with("failed-")) {
-                let named = name
-                    .strip_prefix("failed-")
-                    .and_then(|n| n.strip_suffix(".pb"))
-                    .filter(|n| n.len() == 10)
-                    .and_then(|n| n.parse::<u32>().ok());
-                if named != Some(r.failures)
+            if is_failure(&path)
+                && (path.filename() != Some(failed_file(r.failures).as_str())
                     || r.updated_at_micros.is_none()
-                    || r.resolved_at_micros.is_some()
-                {
-                    return Err(codec::corrupt(
-                        path.as_ref(),
-                        M,
-                        format!(
-                            "it holds failure {} of its incident{}, which is not the one its key \
-                             names (truncated, or copied from another failure)",
-                            r.failures,
-                            if r.updated_at_micros.is_none() {
-                                " without its time"
-                            } else {
-                                ""
-                            }
-                        ),
-                    ));
-                }
+                    || r.resolved_at_micros.is_some())
+            {
+                let without_time = if r.updated_at_micros.is_none() {
+                    " without its time"
+                } else {
+                    ""
+                };
+                return Err(codec::corrupt(
+                    path.as_ref(),
+                    M,
+                    format!(
+                        "it holds failure {} of its incident{without_time}, which is not the one \
+                         its key names (truncated, or copied from another failure)",
+                        r.failures
+                    ),
+                ));
             }
-            let dir = path.parent().map(|p| p.to_string()).unwrap_or_default();
             let entry = IncidentEntry {
                 check: r.check,
                 root: codec::key_from_proto(r.root, path.as_ref(), M)?,
