@@ -220,14 +220,13 @@ impl Dal {
     }
 
     fn decode(&self, update: UpdateDocument) -> Result<HistoryEntry> {
-        let builder = self.builders.get(&update.format).ok_or_else(|| {
-            let mut known: Vec<&str> = self.builders.keys().map(|f| f.as_str()).collect();
-            known.sort_unstable();
-            Error::UnknownFormat {
+        let builder = self
+            .builders
+            .get(&update.format)
+            .ok_or_else(|| Error::UnknownFormat {
                 format: update.format.to_string(),
-                known: known.join(", "),
-            }
-        })?;
+                known: self.formats().join(", "),
+            })?;
         let change = builder.decode(&update).map_err(|e| Error::Build {
             key: update.key.to_string(),
             position: update.position.to_string(),
@@ -235,6 +234,13 @@ impl Dal {
             reason: e.reason,
         })?;
         Ok(HistoryEntry { update, change })
+    }
+
+    /// The formats this DAL has builders for, sorted.
+    pub(crate) fn formats(&self) -> Vec<&str> {
+        let mut known: Vec<&str> = self.builders.keys().map(Format::as_str).collect();
+        known.sort_unstable();
+        known
     }
 
     /// Whether this DAL has a builder for `format`.

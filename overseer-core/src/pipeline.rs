@@ -41,7 +41,7 @@ use crate::dal::Dal;
 use crate::error::{BoxError, Error};
 use crate::escalation::Escalation;
 use crate::ingest::{BatchReport, Ingestor};
-use crate::model::{Format, Model, SourceId, SourcePosition};
+use crate::model::{Model, SourceId, SourcePosition};
 use crate::runner::{Execution, ModelSources, Runner, RunnerConfig, RunnerError};
 use crate::store::Store;
 use crate::topic::{InProcessTopic, Message, Topic};
@@ -246,7 +246,6 @@ impl OverseerBuilder {
                 "no sources: add at least one .source(SourceConfig::new(..))".into(),
             ));
         }
-        let formats: Vec<Format> = self.state_builders.iter().map(|b| b.format()).collect();
         let dal = self
             .state_builders
             .into_iter()
@@ -275,9 +274,7 @@ impl OverseerBuilder {
             // read: every check over it would stay indeterminate, silently.
             let format = s.consumer.format();
             if !dal.has_builder(&format) {
-                let mut known: Vec<&str> = formats.iter().map(Format::as_str).collect();
-                known.sort_unstable();
-                known.dedup();
+                let known = dal.formats();
                 return Err(PipelineError::Config(format!(
                     "source {} delivers format {:?}, which no state builder reads, so no record of it \
                      could be loaded: add .state_builders(overseer_builders::builders()) or \
