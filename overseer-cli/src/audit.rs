@@ -109,7 +109,7 @@ fn entry_line(e: &AuditEntry) -> String {
         e.outcome.as_str().to_owned(),
         e.as_of.to_string(),
         output::field(&e.trigger_key.to_string()),
-        message_field(&e.message),
+        output::field_or_dash(&e.message),
     ]
     .join("\t")
 }
@@ -143,19 +143,9 @@ fn incident_line(i: &IncidentEntry) -> String {
         output::field(&i.root.to_string()),
         i.failures.to_string(),
         i.updated_at.to_string(),
-        message_field(&i.message),
+        output::field_or_dash(&i.message),
     ]
     .join("\t")
-}
-
-/// A message as a field of a line: `-` when there is none, as every empty
-/// field of these lines.
-fn message_field(message: &str) -> String {
-    if message.is_empty() {
-        "-".to_owned()
-    } else {
-        output::field(message)
-    }
 }
 
 fn incident_json(i: &IncidentEntry) -> serde_json::Value {

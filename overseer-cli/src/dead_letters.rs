@@ -34,9 +34,7 @@ fn letter_line(d: &DeadLetter) -> String {
         d.received_at.to_string(),
         output::field(d.source.as_str()),
         output::field(&d.format),
-        d.position
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), |p| output::field(p.as_str())),
+        output::field_or_dash(d.position.as_ref().map_or("", |p| p.as_str())),
         output::field(&d.error),
         output::field(&output::truncate(&raw, RAW_CHARS)),
     ]

@@ -188,11 +188,7 @@ pub(crate) async fn status(args: &MigrateStatusArgs, out: &mut dyn Write) -> Res
                     s.step.number(),
                     s.step,
                     s.status,
-                    if s.detail.is_empty() {
-                        "-".to_owned()
-                    } else {
-                        output::field(&s.detail)
-                    },
+                    output::field_or_dash(&s.detail),
                     s.updated_at.as_deref().unwrap_or("-")
                 ),
             )?;

@@ -34,6 +34,16 @@ pub(crate) fn field(text: &str) -> String {
     out
 }
 
+/// [`field`] of `text`, or `-` when it is empty: how a line shows a field
+/// with nothing in it.
+pub(crate) fn field_or_dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        field(text)
+    }
+}
+
 /// The first `max` characters of `text`, with `…` appended when cut.
 pub(crate) fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {

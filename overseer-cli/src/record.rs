@@ -132,13 +132,12 @@ async fn history_unfolded(
 /// One update as a tab-separated line; `changed` is `None` when unknown
 /// (`?`).
 fn entry_line(u: &UpdateDocument, changed: Option<&[String]>) -> String {
-    let or_dash = |s: String| if s.is_empty() { "-".to_owned() } else { s };
     [
         u.commit_time.to_string(),
         u.operation.to_string(),
         output::field(u.source.as_str()),
-        or_dash(output::field(u.position.as_str())),
-        changed.map_or_else(|| "?".to_owned(), |c| or_dash(output::field(&c.join(",")))),
+        output::field_or_dash(u.position.as_str()),
+        changed.map_or_else(|| "?".to_owned(), |c| output::field_or_dash(&c.join(","))),
     ]
     .join("\t")
 }
